@@ -1,0 +1,1 @@
+"""Shared platform plumbing: configuration, the Spark session, Delta tables, table contracts."""

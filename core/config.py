@@ -1,0 +1,328 @@
+"""Closed, typed platform configuration loaded from ``conf/*.yaml``.
+
+Every section is a frozen pydantic model that rejects unknown keys, so a misspelled key
+fails at start-up with its dotted name and the file it came from. Any key can be
+overridden on the command line with ``--set section.key=value`` (the value is parsed as
+YAML, so ``--set training.epochs=2`` gives an int and ``--set spark.conf={}`` a mapping).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SparkConfig(_Strict):
+    """How the one Spark session is built (see :func:`core.spark.get_spark`)."""
+
+    master: str = "local[*]"
+    app_name: str = "user-repr-platform"
+    log_level: str = "WARN"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("conf", mode="before")
+    @classmethod
+    def _stringify(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+        return value
+
+
+class DeltaConfig(_Strict):
+    """Which engine reads and writes Delta tables.
+
+    ``rs``: delta-rs (``deltalake``), the embedded default; executors write Parquet files and
+    the driver commits them through delta-rs's transaction API. ``spark``: delta-spark, for
+    clusters with the Delta jars on the class path.
+    """
+
+    engine: Literal["rs", "spark"] = "rs"
+    storage_options: dict[str, str] = Field(default_factory=dict)
+
+
+class MlflowConfig(_Strict):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    registry_uri: str | None = None
+    artifact_location: str | None = "./mlartifacts"
+    experiment: str = "universal-user-representations"
+    registered_model: str = "dupn_user_model"
+    champion_alias: str = "champion"
+
+
+class InputsConfig(_Strict):
+    """Shape facts about the input tables that CONTRACT.md leaves to configuration."""
+
+    rank_features_dim: int = Field(8, ge=1, le=256)
+
+
+class DemoWorldConfig(_Strict):
+    """Size and seed of the synthetic world written by ``jobs/generate_demo_world.py``."""
+
+    seed: int = 7
+    start_date: _dt.date = _dt.date(2026, 11, 1)
+    days: int = Field(14, ge=1)
+    n_users: int = Field(20_000, ge=10)
+    n_items: int = Field(50_000, ge=100)
+    n_shops: int = Field(2_000, ge=10)
+    n_brands: int = Field(1_000, ge=10)
+    n_categories: int = Field(60, ge=4)
+    n_talents: int = Field(2_000, ge=10)
+    n_styles: int = Field(12, ge=2)
+    queries_per_category: int = Field(5, ge=1)
+    events_per_user_day: float = Field(7.0, gt=0)
+    search_sessions_per_user_day: float = Field(0.25, ge=0)
+    recommend_sessions_per_user_day: float = Field(0.25, ge=0)
+    items_per_session: int = Field(10, ge=2)
+    follow_impressions_per_user_day: float = Field(0.5, ge=0)
+    shop_impressions_per_user_day: float = Field(0.4, ge=0)
+    ppp_label_share_per_day: float = Field(0.15, ge=0, le=1)
+    ppp_label_noise: float = Field(0.1, ge=0, le=1)
+    users_per_partition: int = Field(2_000, ge=1)
+    duplicate_event_share: float = Field(0.0005, ge=0, le=0.5,
+                                         description="exact duplicate log rows, as real logs have")
+    drift_per_day: float = Field(0.25, ge=0, le=1, description="chance a user's interest moves each day")
+
+
+class HashBuckets(_Strict):
+    """Bucket counts of the stable id encoding (index 0 = padding, 1 = unknown/null)."""
+
+    item_id: int = Field(1 << 18, ge=4)
+    shop_id: int = Field(1 << 14, ge=4)
+    brand_id: int = Field(1 << 13, ge=4)
+    category_id: int = Field(1 << 11, ge=4)
+    tag: int = Field(1 << 10, ge=4)
+    query_token: int = Field(1 << 13, ge=4)
+    talent_id: int = Field(1 << 14, ge=4)
+    talent_category_id: int = Field(1 << 11, ge=4)
+
+
+class SequencesConfig(_Strict):
+    lookback_days: int = Field(30, ge=1)
+    max_len: int = Field(100, ge=1)
+    max_tags: int = Field(4, ge=1)
+    max_query_tokens: int = Field(4, ge=1)
+    # Upper edges in seconds of the age buckets; ages above the last edge go to "older".
+    time_bucket_edges_s: list[int] = Field(
+        default_factory=lambda: [60, 300, 1800, 3600, 86400, 259200, 604800])
+    hash_buckets: HashBuckets = Field(default_factory=HashBuckets)
+
+    @field_validator("time_bucket_edges_s")
+    @classmethod
+    def _increasing(cls, edges: list[int]) -> list[int]:
+        if not edges or any(b <= a for a, b in zip(edges, edges[1:])) or edges[0] <= 0:
+            raise ValueError("must be a non-empty list of strictly increasing positive seconds")
+        return edges
+
+
+class QualityConfig(_Strict):
+    max_quarantine_share: float = Field(0.01, ge=0, le=1)
+
+
+class StatsConfig(_Strict):
+    drift_threshold: float = Field(0.25, gt=0)
+
+
+class TaskSampling(_Strict):
+    enabled: bool = True
+    negative_rate: float = Field(1.0, gt=0, le=1)
+    positive_upsample: int = Field(1, ge=1)
+    cap_per_user_day: int = Field(200, ge=1)
+
+
+class TrainingSetConfig(_Strict):
+    holdout_days: int = Field(1, ge=1)
+    ctr: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.25, cap_per_user_day=40))
+    l2r: TaskSampling = Field(default_factory=lambda: TaskSampling(cap_per_user_day=40))
+    follow: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.5, cap_per_user_day=20))
+    ppp: TaskSampling = Field(default_factory=lambda: TaskSampling(cap_per_user_day=1))
+    seed: int = 11
+
+
+class ModelConfig(_Strict):
+    """DUPN sizes (paper defaults) and the multi-task design on top of the representation."""
+
+    item_dim: int = 32
+    shop_dim: int = 24
+    brand_dim: int = 24
+    category_dim: int = 16
+    tag_dim: int = 28
+    behavior_dim: int = 16
+    scene_dim: int = 16
+    time_dim: int = 16
+    query_dim: int = 32
+    profile_dim: int = 8
+    talent_dim: int = 32
+    lstm_hidden: int = 128
+    attention_hidden: int = 64
+    pooled_dim: int = 128
+    representation_dim: int = 256
+    head_hidden: int = 128
+    property_in: Literal["all", "lstm", "attention", "none"] = "all"
+    architecture: Literal["shared_bottom", "mmoe", "cgc", "ple", "cross_stitch"] = "shared_bottom"
+    esmm: bool = True
+    num_experts: int = Field(4, ge=1)
+    num_task_experts: int = Field(1, ge=1)
+    expert_dim: int = 128
+    ple_levels: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class WeightingConfig(_Strict):
+    kind: Literal["fixed", "uncertainty", "gradnorm"] = "uncertainty"
+    fixed: dict[str, float] = Field(default_factory=dict)
+    gradnorm_alpha: float = Field(1.5, ge=0)
+    gradnorm_lr: float = Field(0.025, gt=0)
+
+
+class PromotionConfig(_Strict):
+    tolerance: float = Field(0.005, ge=0)
+    auto_promote: bool = True
+
+
+TaskName = Literal["ctr", "l2r", "follow", "ppp"]
+ALL_TASKS: tuple[TaskName, ...] = ("ctr", "l2r", "follow", "ppp")
+
+
+class TrainingConfig(_Strict):
+    tasks: list[TaskName] = Field(default_factory=lambda: list(ALL_TASKS))
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    optimizer: Literal["adagrad", "adam", "sgd"] = "adagrad"
+    lr: float = Field(0.001, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(1024, ge=1)
+    epochs: int = Field(2, ge=1)
+    incremental_epochs: int = Field(1, ge=1)
+    max_steps_per_epoch: int | None = None
+    num_processes: int = Field(1, ge=1)
+    use_distributor: bool = True
+    reader_workers: int = Field(2, ge=1)
+    eval_batch_size: int = Field(2048, ge=1)
+    seed: int = 5
+    torch_threads: int | None = None
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+
+
+class PublishConfig(_Strict):
+    batch_size: int = Field(2048, ge=1)
+    partitions: int | None = None
+
+
+class TransferConfig(_Strict):
+    test_share: float = Field(0.3, gt=0, lt=1)
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(512, ge=1)
+    lr: float = Field(0.005, gt=0)
+    seed: int = 3
+
+
+class Config(_Strict):
+    """The whole platform configuration (one YAML file plus ``--set`` overrides)."""
+
+    lake_root: str = "./lake"
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    delta: DeltaConfig = Field(default_factory=DeltaConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    inputs: InputsConfig = Field(default_factory=InputsConfig)
+    demo: DemoWorldConfig = Field(default_factory=DemoWorldConfig)
+    sequences: SequencesConfig = Field(default_factory=SequencesConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    stats: StatsConfig = Field(default_factory=StatsConfig)
+    training_set: TrainingSetConfig = Field(default_factory=TrainingSetConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
+    transfer: TransferConfig = Field(default_factory=TransferConfig)
+    source: str = Field("<defaults>", exclude=True, description="file the config came from")
+
+    @model_validator(mode="after")
+    def _lake_root_not_empty(self) -> "Config":
+        if not self.lake_root.strip():
+            raise ValueError("lake_root must not be empty")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved configuration as plain YAML-able data (logged with every run)."""
+        return self.model_dump(mode="json")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", "c=x"]`` -> ``[("a.b", 1), ("c", "x")]`` with YAML-typed values."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value (e.g. training.batch_size=512), got '{item}'")
+        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else ""))
+    return out
+
+
+def _spark_conf_override(key: str) -> bool:
+    return key.startswith("spark.conf.")
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Load and validate a config file, applying ``key=value`` overrides.
+
+    Args:
+        path: a YAML file; ``None`` gives the built-in defaults (the embedded default).
+        overrides: ``section.key=value`` strings, applied in order after the file.
+
+    Raises:
+        ConfigError: one line naming the file and the offending key.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {source} not found (pass --config conf/local.yaml)")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: top level must be a mapping of sections")
+        tree = loaded
+    for key, value in parse_overrides(overrides):
+        if _spark_conf_override(key):
+            # Spark keys contain dots themselves: spark.conf.spark.sql.shuffle.partitions=4
+            tree.setdefault("spark", {}).setdefault("conf", {})[key[len("spark.conf."):]] = value
+        else:
+            _set_dotted(tree, key, value)
+    try:
+        return Config.model_validate({**tree, "source": source})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, source)) from None
+
+
+def _one_line(exc: ValidationError, source: str) -> str:
+    parts = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "<top>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{key}'")
+        else:
+            parts.append(f"'{key}': {err['msg']} (got {err.get('input')!r})")
+    return f"config {source}: " + "; ".join(parts)

@@ -1,0 +1,434 @@
+"""One Delta table interface, two engines.
+
+* ``rs`` (embedded default): executors write Parquet files into a staging folder inside the
+  table; the driver moves them into their partition folders and commits them in one delta-rs
+  transaction (``create_write_transaction``). Nothing row-sized passes through the driver.
+  Reads list a snapshot's files with delta-rs and let Spark read them.
+* ``spark``: delta-spark (``format("delta")``), for clusters with the Delta jars.
+
+Both produce standard Delta tables; commit metadata goes to ``commitInfo.userMetadata`` as
+a JSON string in both engines, so either engine (and any Delta reader) sees it.
+"""
+from __future__ import annotations
+
+import abc
+import datetime as _dt
+import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from urllib.parse import unquote, urlparse
+
+from core.errors import PlatformError, SchemaError, TableNotFound
+from core.tables import TableSpec
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from core.config import Config
+
+logger = logging.getLogger(__name__)
+
+WriteMode = Literal["append", "overwrite"]
+DtFilter = str | Sequence[str] | None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One entry of a table's history."""
+
+    version: int
+    timestamp: _dt.datetime
+    operation: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    table: str
+    version: int
+    files: int
+    rows: int | None
+
+    def describe(self) -> str:
+        rows = "?" if self.rows is None else f"{self.rows:,}"
+        return f"{self.table} v{self.version} ({rows} rows, {self.files} files)"
+
+
+def resolve_root(lake_root: str) -> str:
+    """Absolute lake root: local paths are made absolute, URIs (s3a://, hdfs://) kept."""
+    if "://" in lake_root:
+        return lake_root.rstrip("/")
+    return os.path.abspath(lake_root)
+
+
+def _dt_list(dt: DtFilter) -> list[str] | None:
+    if dt is None:
+        return None
+    return [dt] if isinstance(dt, str) else list(dt)
+
+
+class DeltaTables(abc.ABC):
+    """Reads and writes the lake's Delta tables as Spark DataFrames."""
+
+    engine: str = ""
+
+    def __init__(self, spark: "SparkSession", lake_root: str, storage_options: dict[str, str] | None = None):
+        self.spark = spark
+        self.root = resolve_root(lake_root)
+        self.storage_options = dict(storage_options or {})
+
+    def uri(self, spec: TableSpec) -> str:
+        return f"{self.root}/{spec.name}"
+
+    # ------------------------------------------------------------------ abstract engine API
+    @abc.abstractmethod
+    def exists(self, spec: TableSpec) -> bool:
+        """True when the table has at least one commit."""
+
+    @abc.abstractmethod
+    def version(self, spec: TableSpec) -> int:
+        """Latest version of the table."""
+
+    @abc.abstractmethod
+    def history(self, spec: TableSpec, limit: int | None = None) -> list[Commit]:
+        """Commits, newest first."""
+
+    @abc.abstractmethod
+    def files(self, spec: TableSpec, dt: DtFilter = None, version: int | None = None) -> list[str]:
+        """``file://``/URI paths of the Parquet files of a snapshot (optionally only some ``dt``)."""
+
+    @abc.abstractmethod
+    def _read(self, spec: TableSpec, dts: list[str] | None, version: int | None) -> "DataFrame":
+        ...
+
+    @abc.abstractmethod
+    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace_dt: str | None,
+               metadata: dict[str, Any]) -> WriteResult:
+        ...
+
+    # ------------------------------------------------------------------ shared behaviour
+    def read(self, spec: TableSpec, dt: DtFilter = None, version: int | None = None) -> "DataFrame":
+        """The table (or some ``dt`` partitions, or an older ``version``) as a DataFrame.
+
+        Raises:
+            TableNotFound: the table or the requested version does not exist.
+        """
+        if not self.exists(spec):
+            raise TableNotFound(f"table {spec.name} does not exist under {self.root}; run the job that writes it")
+        if version is not None:
+            latest = self.version(spec)
+            if version < 0 or version > latest:
+                raise TableNotFound(f"table {spec.name} has no version {version} (latest is {latest})")
+        dts = _dt_list(dt)
+        if dts is not None and "dt" not in spec.partition_by:
+            raise PlatformError(f"table {spec.name} is not partitioned by dt")
+        return self._read(spec, dts, version).select(spec.columns)
+
+    def write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode = "append", *,
+              replace_dt: str | None = None, metadata: dict[str, Any] | None = None) -> WriteResult:
+        """Write ``df`` (conformed to ``spec``) in one atomic commit.
+
+        Args:
+            mode: ``append``; or ``overwrite``: the whole table, or with ``replace_dt`` exactly
+                that ``dt`` partition (replace-where). Rows of another ``dt`` make the write fail.
+            metadata: JSON-able commit metadata (job, run id, input versions, ...).
+        """
+        if replace_dt is not None:
+            if "dt" not in spec.partition_by:
+                raise PlatformError(f"table {spec.name} is not partitioned by dt; cannot replace a partition")
+            mode = "overwrite"
+        if mode not in ("append", "overwrite"):
+            raise PlatformError(f"unknown write mode {mode!r} (append or overwrite)")
+        conformed = spec.conform(df)
+        meta = {"engine": self.engine, **(metadata or {})}
+        result = self._write(conformed, spec, mode, replace_dt, meta)
+        logger.info("wrote %s", result.describe())
+        return result
+
+    def replace_partition(self, df: "DataFrame", spec: TableSpec, dt: str,
+                          metadata: dict[str, Any] | None = None) -> WriteResult:
+        """Atomically replace exactly partition ``dt`` of ``spec`` with ``df``."""
+        return self.write(df, spec, "overwrite", replace_dt=dt, metadata=metadata)
+
+    def partitions(self, spec: TableSpec, version: int | None = None) -> list[str]:
+        """Sorted ``dt`` values present in a snapshot (from the file list, no data scan)."""
+        out = set()
+        for f in self.files(spec, version=version):
+            for part in f.split("/"):
+                if part.startswith("dt="):
+                    out.add(unquote(part[3:]))
+        return sorted(out)
+
+    def last_metadata(self, spec: TableSpec) -> dict[str, Any]:
+        """User metadata of the newest commit."""
+        hist = self.history(spec, limit=1)
+        return hist[0].metadata if hist else {}
+
+
+def _parse_user_metadata(raw: Any) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    try:
+        parsed = json.loads(raw)
+        return parsed if isinstance(parsed, dict) else {"value": parsed}
+    except (TypeError, ValueError):
+        return {"value": raw}
+
+
+def _ms_to_dt(ms: int | float | None) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp((ms or 0) / 1000.0, tz=_dt.timezone.utc)
+
+
+class RsDeltaTables(DeltaTables):
+    """delta-rs engine: Spark executors write Parquet; delta-rs commits and lists snapshots."""
+
+    engine = "rs"
+
+    def _table(self, spec: TableSpec, version: int | None = None) -> Any:
+        from deltalake import DeltaTable
+
+        try:
+            return DeltaTable(self.uri(spec), version=version, storage_options=self.storage_options or None)
+        except Exception as exc:  # delta-rs raises TableNotFoundError / DeltaError variants
+            raise TableNotFound(f"table {spec.name}: {str(exc).splitlines()[0]}") from exc
+
+    def exists(self, spec: TableSpec) -> bool:
+        from deltalake import DeltaTable
+
+        return bool(DeltaTable.is_deltatable(self.uri(spec), storage_options=self.storage_options or None))
+
+    def version(self, spec: TableSpec) -> int:
+        return int(self._table(spec).version())
+
+    def history(self, spec: TableSpec, limit: int | None = None) -> list[Commit]:
+        if not self.exists(spec):
+            raise TableNotFound(f"table {spec.name} does not exist under {self.root}")
+        out = []
+        for h in self._table(spec).history(limit):
+            out.append(Commit(int(h["version"]), _ms_to_dt(h.get("timestamp")), str(h.get("operation", "")),
+                              _parse_user_metadata(h.get("userMetadata"))))
+        return sorted(out, key=lambda c: -c.version)
+
+    def files(self, spec: TableSpec, dt: DtFilter = None, version: int | None = None) -> list[str]:
+        dts = _dt_list(dt)
+        table = self._table(spec, version)
+        pred = None if dts is None else [("dt", "in", dts)]
+        return [_as_url(u) for u in table.file_uris(file_pruning_predicate=pred)]
+
+    def _read(self, spec: TableSpec, dts: list[str] | None, version: int | None) -> "DataFrame":
+        paths = self.files(spec, dts, version)
+        if not paths:
+            return self.spark.createDataFrame([], spec.schema)
+        reader = self.spark.read.schema(spec.schema)
+        if spec.partition_by:
+            reader = reader.option("basePath", _as_url(self.uri(spec)))
+        return reader.parquet(*paths)
+
+    # -- writing ----------------------------------------------------------------------------
+    def _delta_schema(self, spec: TableSpec) -> Any:
+        from deltalake import Schema
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        return Schema.from_arrow(to_arrow_schema(spec.schema))
+
+    def _check_existing_schema(self, table: Any, spec: TableSpec) -> None:
+        have = {f.name: f for f in table.schema().fields}
+        want = {f.name: f for f in self._delta_schema(spec).fields}
+        if set(have) != set(want) or any(str(have[n].type) != str(want[n].type) for n in want):
+            raise SchemaError(
+                f"table {spec.name} exists with a different schema ({sorted(have)}); "
+                f"expected {sorted(want)}: migrate or remove the table before writing")
+
+    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace_dt: str | None,
+               metadata: dict[str, Any]) -> WriteResult:
+        from deltalake import CommitProperties, DeltaTable
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        table_uri = self.uri(spec)
+        staging = f"{table_uri}/_staging/{uuid.uuid4().hex}"
+        fs = _HadoopFs(self.spark, staging)
+        try:
+            df.write.mode("errorifexists").partitionBy(*spec.partition_by).parquet(staging)
+            adds: list[AddAction] = []
+            rows: int | None = 0
+            for st in fs.list_parquet(staging):
+                rel = st.path[len(fs.qualify(staging)) + 1:]
+                pvalues = _partition_values(rel, spec.partition_by)
+                if replace_dt is not None and pvalues.get("dt") != replace_dt:
+                    raise PlatformError(
+                        f"write to {spec.name} replacing dt={replace_dt} contains rows of dt={pvalues.get('dt')}")
+                dest = f"{fs.qualify(table_uri)}/{rel}"
+                fs.move(st.path, dest)
+                n = _parquet_rows(dest)
+                rows = rows + n if (n is not None and rows is not None) else None
+                stats = json.dumps({"numRecords": n}) if n is not None else "{}"
+                adds.append(AddAction(rel, st.size, pvalues, st.mtime, True, stats))
+            props = CommitProperties(custom_metadata={"userMetadata": json.dumps(metadata, default=str)})
+            schema = self._delta_schema(spec)
+            if not self.exists(spec):
+                create_table_with_add_actions(
+                    table_uri, schema, adds, mode="error", partition_by=list(spec.partition_by) or None,
+                    name=spec.name.replace("/", "."), description=spec.description,
+                    storage_options=self.storage_options or None, commit_properties=props)
+            else:
+                table = self._table(spec)
+                self._check_existing_schema(table, spec)
+                filters = [("dt", "=", replace_dt)] if replace_dt is not None else None
+                table.create_write_transaction(
+                    adds, mode=mode, schema=schema, partition_by=list(spec.partition_by) or None,
+                    partition_filters=filters, commit_properties=props)
+            version = int(DeltaTable(table_uri, storage_options=self.storage_options or None).version())
+            return WriteResult(spec.name, version, len(adds), rows)
+        finally:
+            fs.delete(staging)
+
+
+class SparkDeltaTables(DeltaTables):
+    """delta-spark engine (needs io.delta:delta-spark on the class path, see conf/cluster.example.yaml)."""
+
+    engine = "spark"
+
+    def __init__(self, spark: "SparkSession", lake_root: str, storage_options: dict[str, str] | None = None):
+        super().__init__(spark, lake_root, storage_options)
+        from core.spark import delta_spark_available
+
+        if not delta_spark_available(spark):
+            raise PlatformError(
+                "delta.engine=spark but the Delta classes are not on Spark's class path: add "
+                "spark.jars.packages=io.delta:delta-spark_2.12:3.3.2 to spark.conf, or use delta.engine=rs")
+
+    def _dt(self, spec: TableSpec) -> Any:
+        from delta.tables import DeltaTable
+
+        return DeltaTable.forPath(self.spark, self.uri(spec))
+
+    def exists(self, spec: TableSpec) -> bool:
+        from delta.tables import DeltaTable
+
+        return bool(DeltaTable.isDeltaTable(self.spark, self.uri(spec)))
+
+    def version(self, spec: TableSpec) -> int:
+        return self.history(spec, 1)[0].version
+
+    def history(self, spec: TableSpec, limit: int | None = None) -> list[Commit]:
+        if not self.exists(spec):
+            raise TableNotFound(f"table {spec.name} does not exist under {self.root}")
+        hist = self._dt(spec).history(limit) if limit else self._dt(spec).history()
+        rows = hist.select("version", "timestamp", "operation", "userMetadata").collect()  # bounded by limit
+        return [Commit(int(r.version), r.timestamp.replace(tzinfo=_dt.timezone.utc), r.operation,
+                       _parse_user_metadata(r.userMetadata)) for r in rows]
+
+    def _read(self, spec: TableSpec, dts: list[str] | None, version: int | None) -> "DataFrame":
+        from pyspark.sql import functions as F
+
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        df = reader.load(self.uri(spec))
+        return df.where(F.col("dt").isin(dts)) if dts is not None else df
+
+    def files(self, spec: TableSpec, dt: DtFilter = None, version: int | None = None) -> list[str]:
+        return sorted(self.read(spec, dt, version).inputFiles())
+
+    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace_dt: str | None,
+               metadata: dict[str, Any]) -> WriteResult:
+        from delta.tables import DeltaTable
+
+        uri = self.uri(spec)
+        if not self.exists(spec):
+            (DeltaTable.createIfNotExists(self.spark).location(uri).addColumns(spec.schema)
+             .partitionedBy(*spec.partition_by).execute())
+        writer = (df.write.format("delta").mode(mode)
+                  .option("userMetadata", json.dumps(metadata, default=str)))
+        if replace_dt is not None:
+            writer = writer.option("replaceWhere", f"dt = '{replace_dt}'")
+        if spec.partition_by:
+            writer = writer.partitionBy(*spec.partition_by)
+        writer.save(uri)
+        last = self._dt(spec).history(1).select("version", "operationMetrics").collect()[0]
+        metrics = last.operationMetrics or {}
+        rows = int(metrics["numOutputRows"]) if "numOutputRows" in metrics else None
+        files = int(metrics.get("numFiles", 0))
+        return WriteResult(spec.name, int(last.version), files, rows)
+
+
+def get_tables(spark: "SparkSession", cfg: "Config") -> DeltaTables:
+    """The Delta engine chosen by ``cfg.delta.engine`` over ``cfg.lake_root``."""
+    cls: type[DeltaTables] = RsDeltaTables if cfg.delta.engine == "rs" else SparkDeltaTables
+    return cls(spark, cfg.lake_root, cfg.delta.storage_options)
+
+
+# ---------------------------------------------------------------------- file system helpers
+def _as_url(path: str) -> str:
+    """Local paths become ``file://`` URLs (what Petastorm and Spark both accept)."""
+    if "://" in path:
+        return path
+    return "file://" + path
+
+
+def _partition_values(rel: str, partition_by: Iterable[str]) -> dict[str, str | None]:
+    parts = dict(p.split("=", 1) for p in rel.split("/")[:-1] if "=" in p)
+    out: dict[str, str | None] = {}
+    for col in partition_by:
+        raw = parts.get(col)
+        out[col] = None if raw in (None, "__HIVE_DEFAULT_PARTITION__") else unquote(raw)
+    return out
+
+
+def _parquet_rows(url: str) -> int | None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("", "file"):
+        return None
+    import pyarrow.parquet as pq
+
+    return int(pq.ParquetFile(unquote(parsed.path)).metadata.num_rows)
+
+
+@dataclass(frozen=True)
+class _FileStatus:
+    path: str
+    size: int
+    mtime: int
+
+
+class _HadoopFs:
+    """The Hadoop FileSystem of a path, through Spark's JVM (local, HDFS, s3a, ...)."""
+
+    def __init__(self, spark: "SparkSession", path: str):
+        self._jvm: Any = spark._jvm
+        conf = spark._jsc.hadoopConfiguration()
+        self._fs = self._path(path).getFileSystem(conf)
+
+    def _path(self, path: str) -> Any:
+        return self._jvm.org.apache.hadoop.fs.Path(path)
+
+    def qualify(self, path: str) -> str:
+        return str(self._fs.makeQualified(self._path(path)).toString()).rstrip("/")
+
+    def list_parquet(self, root: str) -> list[_FileStatus]:
+        out = []
+        it = self._fs.listFiles(self._path(root), True)
+        while it.hasNext():
+            st = it.next()
+            p = str(st.getPath().toString())
+            name = p.rsplit("/", 1)[-1]
+            if name.endswith(".parquet") and not name.startswith(("_", ".")):
+                out.append(_FileStatus(p, int(st.getLen()), int(st.getModificationTime())))
+        return out
+
+    def move(self, src: str, dst: str) -> None:
+        dst_path = self._path(dst)
+        self._fs.mkdirs(dst_path.getParent())
+        if not self._fs.rename(self._path(src), dst_path):
+            raise PlatformError(f"could not move {src} to {dst}")
+
+    def delete(self, path: str) -> None:
+        try:
+            self._fs.delete(self._path(path), True)
+        except Exception:  # noqa: BLE001 - cleanup must not mask the original error
+            logger.warning("could not delete staging folder %s", path, exc_info=True)

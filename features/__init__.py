@@ -1,0 +1,1 @@
+"""Spark feature jobs' logic: demo world, behaviour sequences, statistics, training sets."""

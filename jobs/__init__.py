@@ -1,0 +1,1 @@
+"""Thin job entry points: ``spark-submit jobs/<job>.py`` or ``python -m jobs.<job>``."""

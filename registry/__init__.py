@@ -1,0 +1,1 @@
+"""Experiment tracking and model registry (MLflow adapter behind an interface)."""

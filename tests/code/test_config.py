@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.config import load_config
+from core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_configs_load() -> None:
+    local = load_config(ROOT / "conf" / "local.yaml")
+    assert local.spark.master == "local[*]"
+    assert local.delta.engine == "rs"
+    assert local.mlflow.tracking_uri.startswith("sqlite:")
+    assert local.lake_root == "./lake"
+    cluster = load_config(ROOT / "conf" / "cluster.example.yaml")
+    assert cluster.delta.engine == "spark"
+    assert cluster.lake_root.startswith("s3a://")
+    assert "io.delta:delta-spark" in cluster.spark.conf["spark.jars.packages"]
+    assert cluster.spark.master in ("yarn",) or cluster.spark.master.startswith("k8s://")
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training:\n  batchsize: 12\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    msg = str(err.value)
+    assert "training.batchsize" in msg and str(bad) in msg and "\n" not in msg
+
+
+def test_unknown_top_level_section(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainig: {}\n")
+    with pytest.raises(ConfigError, match="unknown key 'trainig'"):
+        load_config(bad)
+
+
+def test_override_is_typed_and_applied() -> None:
+    cfg = load_config(ROOT / "conf" / "local.yaml", ["training.batch_size=512", "delta.engine=spark",
+                                                     "spark.conf.spark.sql.shuffle.partitions=3"])
+    assert cfg.training.batch_size == 512
+    assert cfg.delta.engine == "spark"
+    assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "3"
+
+
+def test_override_unknown_or_bad_value() -> None:
+    with pytest.raises(ConfigError, match="unknown key 'training.batch_sise'"):
+        load_config(ROOT / "conf" / "local.yaml", ["training.batch_sise=512"])
+    with pytest.raises(ConfigError, match="'training.batch_size'"):
+        load_config(ROOT / "conf" / "local.yaml", ["training.batch_size=lots"])
+    with pytest.raises(ConfigError, match="'delta.engine'"):
+        load_config(ROOT / "conf" / "local.yaml", ["delta.engine=duckdb"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(ROOT / "conf" / "local.yaml", ["training.batch_size"])
+
+
+def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("training: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(broken)
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config(None)
+    with pytest.raises(Exception):
+        cfg.training.batch_size = 3
+
+
+def test_time_bucket_edges_validated() -> None:
+    with pytest.raises(ConfigError, match="time_bucket_edges_s"):
+        load_config(None, ["sequences.time_bucket_edges_s=[60, 30]"])

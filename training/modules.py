@@ -1,0 +1,340 @@
+"""Small composable parts of the DUPN user tower (Ni et al., "Perceive Your Users in Depth", KDD 2018).
+
+Shapes: B = batch size, L = sequence length, K = tags per item, Q = query tokens,
+H = LSTM hidden size. Index 0 of every categorical input is padding (embeds to zeros and
+is never trained), index 1 is "unknown" (see :mod:`features.encoding`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from core.config import ModelConfig
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_INIT_STD = 0.1
+
+
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """An embedding table with padding index 0 (zero row, no gradient), initialised N(0, 0.1²)."""
+    table = nn.Embedding(num, dim, padding_idx=0)
+    nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
+    with torch.no_grad():
+        table.weight[0].zero_()
+    return table
+
+
+def embedding_bag(num: int, dim: int) -> nn.EmbeddingBag:
+    """A mean-pooling embedding bag that skips index 0; an all-padding bag embeds to zeros."""
+    bag = nn.EmbeddingBag(num, dim, mode="mean", padding_idx=0)
+    nn.init.normal_(bag.weight, std=EMBEDDING_INIT_STD)
+    with torch.no_grad():
+        bag.weight[0].zero_()
+    return bag
+
+
+def bag_mean(bag: nn.EmbeddingBag, ids: Tensor) -> Tensor:
+    """Mean embedding of the non-zero ids of each bag.
+
+    Args:
+        ids: (..., K) int64.
+
+    Returns:
+        (..., D); zeros for bags with no non-zero id.
+    """
+    lead = ids.shape[:-1]
+    return bag(ids.reshape(-1, ids.shape[-1])).reshape(*lead, bag.embedding_dim)
+
+
+def mlp(in_dim: int, hidden: Sequence[int], out_dim: int, dropout: float) -> nn.Sequential:
+    """Linear -> ReLU -> Dropout for each hidden width, then a final Linear to ``out_dim``."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+        width = h
+    layers.append(nn.Linear(width, out_dim))
+    return nn.Sequential(*layers)
+
+
+class FrozenNorm(nn.Module):
+    """``(x - mean) / sqrt(var + eps)`` with statistics fixed at construction.
+
+    The statistics come from ``features/feature_stats`` and are stored as buffers (saved
+    with the model, never trained): training and serving normalise identically, which the
+    paper found batch normalisation does not guarantee.
+
+    Args:
+        mean: per-column means, length D (1 for a scalar input).
+        var: per-column variances, length D.
+    """
+
+    def __init__(self, mean: Sequence[float], var: Sequence[float], eps: float = 1e-5) -> None:
+        super().__init__()
+        if len(mean) != len(var) or not len(mean):
+            raise ValueError(f"FrozenNorm needs equally long non-empty mean and var, got {len(mean)} / {len(var)}")
+        mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32)
+        var_t = torch.tensor([float(v) for v in var], dtype=torch.float32)
+        if bool((var_t < 0).any()):
+            raise ValueError(f"FrozenNorm variances must be >= 0, got {list(var)}")
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("inv_std", torch.rsqrt(var_t + eps))
+        self.dim = len(mean)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: (..., D), or any shape when D == 1 (a scalar input). Returns the same shape."""
+        if self.dim > 1 and x.shape[-1] != self.dim:
+            raise ValueError(f"FrozenNorm expects a last dimension of {self.dim}, got shape {tuple(x.shape)}")
+        return (x - self.mean) * self.inv_std
+
+
+class ItemEmbedding(nn.Module):
+    """Item id, shop, brand, category, mean-pooled tags and normalised log price, concatenated.
+
+    One instance embeds both the behaviour-sequence items and the target items, so an item
+    has one representation wherever it appears. Each price input keeps its own frozen
+    statistics (``seq_log_price`` / ``item_log_price``).
+
+    Args:
+        vocab: embedding-table sizes (keys item, shop, brand, category, tag).
+        cfg: the dims (item_dim, shop_dim, brand_dim, category_dim, tag_dim).
+        price_norms: price input name -> its :class:`FrozenNorm` (width 1).
+    """
+
+    def __init__(self, vocab: Mapping[str, int], cfg: ModelConfig, price_norms: Mapping[str, FrozenNorm]) -> None:
+        super().__init__()
+        self.item = embedding(vocab["item"], cfg.item_dim)
+        self.shop = embedding(vocab["shop"], cfg.shop_dim)
+        self.brand = embedding(vocab["brand"], cfg.brand_dim)
+        self.category = embedding(vocab["category"], cfg.category_dim)
+        self.tags = embedding_bag(vocab["tag"], cfg.tag_dim)
+        self.price_norms = nn.ModuleDict(dict(price_norms))
+        self.out_dim = cfg.item_dim + cfg.shop_dim + cfg.brand_dim + cfg.category_dim + cfg.tag_dim + 1
+
+    def forward(self, item: Tensor, shop: Tensor, brand: Tensor, category: Tensor, tags: Tensor,
+                log_price: Tensor, price_input: str) -> Tensor:
+        """Item vectors.
+
+        Args:
+            item, shop, brand, category: (...) int64 indices.
+            tags: (..., K) int64, 0 = no tag.
+            log_price: (...) float32.
+            price_input: which price statistics to use (a key of ``price_norms``).
+
+        Returns:
+            (..., out_dim).
+        """
+        if price_input not in self.price_norms:
+            raise KeyError(f"no price statistics '{price_input}'; known: {sorted(self.price_norms)}")
+        price = self.price_norms[price_input](log_price.float()).unsqueeze(-1)
+        return torch.cat([self.item(item), self.shop(shop), self.brand(brand), self.category(category),
+                          bag_mean(self.tags, tags), price], dim=-1)
+
+
+class PropertyEmbedding(nn.Module):
+    """Behaviour properties p_t: behaviour type, scene and time bucket embeddings, concatenated.
+
+    Args:
+        vocab: sizes (keys behavior, scene, time_bucket).
+        cfg: behavior_dim, scene_dim, time_dim.
+    """
+
+    def __init__(self, vocab: Mapping[str, int], cfg: ModelConfig) -> None:
+        super().__init__()
+        self.behavior = embedding(vocab["behavior"], cfg.behavior_dim)
+        self.scene = embedding(vocab["scene"], cfg.scene_dim)
+        self.time_bucket = embedding(vocab["time_bucket"], cfg.time_dim)
+        self.out_dim = cfg.behavior_dim + cfg.scene_dim + cfg.time_dim
+
+    def forward(self, behavior: Tensor, scene: Tensor, time_bucket: Tensor) -> Tensor:
+        """behavior, scene, time_bucket: (B, L) int64. Returns p: (B, L, out_dim)."""
+        return torch.cat([self.behavior(behavior), self.scene(scene), self.time_bucket(time_bucket)], dim=-1)
+
+
+class PropertyGatedLSTM(nn.Module):
+    """DUPN's property-gated LSTM over the behaviour sequence.
+
+    For each step t with item input x_t and property p_t::
+
+        i_t, f_t, o_t = sigmoid(W x_t + U h_{t-1} + V p_t + b)     (V p_t only if use_property)
+        c~_t = tanh(W_c x_t + U_c h_{t-1} + b_c)                    (item input only, never p_t)
+        c_t = f_t * c_{t-1} + i_t * c~_t,   h_t = o_t * tanh(c_t)
+
+    The property decides how much of an item is written, kept and read, but is never
+    written into the memory itself. The input and property projections of all steps are one
+    matrix product; only the recurrence loops, inside PyTorch's fused LSTM kernel, which
+    receives the block weight ``[[W_i V_i] [W_f V_f] [W_c 0] [W_o V_o]]`` built from the
+    parameters below (the zero block keeps p_t out of the candidate).
+    :meth:`forward_reference` is the same computation as a plain Python loop.
+
+    Sequences are right-padded: padded steps come after every valid one, so they never
+    change the states of valid steps.
+
+    Args:
+        input_dim: Dx, width of the item input.
+        property_dim: Dp, width of the property input (ignored unless use_property).
+        hidden: H.
+        use_property: feed p_t into the three gates (DUPN); False gives a plain LSTM.
+    """
+
+    def __init__(self, input_dim: int, property_dim: int, hidden: int, use_property: bool) -> None:
+        super().__init__()
+        self.input_dim, self.hidden, self.use_property = input_dim, hidden, use_property
+        self.property_dim = property_dim if use_property else 0
+        # Gate rows are ordered input, forget, output.
+        self.gate_input = nn.Linear(input_dim, 3 * hidden)
+        self.gate_property = nn.Linear(property_dim, 3 * hidden, bias=False) if use_property else None
+        self.candidate_input = nn.Linear(input_dim, hidden)
+        # Recurrent rows: input, forget, output gates, then the candidate.
+        self.recurrent = nn.Linear(hidden, 4 * hidden, bias=False)
+        with torch.no_grad():
+            self.gate_input.bias[hidden:2 * hidden].fill_(1.0)  # remember by default
+
+    def _fused_weights(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(W_ih (4H, Dx+Dp), W_hh (4H, H), b (4H,)) in PyTorch's i, f, g, o row order."""
+        h = self.hidden
+        wi, wf, wo = self.gate_input.weight.split(h)
+        bi, bf, bo = self.gate_input.bias.split(h)
+        wc = self.candidate_input.weight
+        if self.gate_property is not None:
+            vi, vf, vo = self.gate_property.weight.split(h)
+            zero = wc.new_zeros(h, self.property_dim)
+            wi, wf, wc, wo = (torch.cat([wi, vi], 1), torch.cat([wf, vf], 1), torch.cat([wc, zero], 1),
+                              torch.cat([wo, vo], 1))
+        ui, uf, uo, uc = self.recurrent.weight.split(h)
+        w_ih = torch.cat([wi, wf, wc, wo], 0)
+        w_hh = torch.cat([ui, uf, uc, uo], 0)
+        bias = torch.cat([bi, bf, self.candidate_input.bias, bo], 0)
+        return w_ih, w_hh, bias
+
+    def _inputs(self, x: Tensor, p: Tensor | None) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.input_dim:
+            raise ValueError(f"PropertyGatedLSTM expects x of shape (B, L, {self.input_dim}), got {tuple(x.shape)}")
+        if self.gate_property is None:
+            return x
+        if p is None or p.shape[:2] != x.shape[:2] or p.shape[-1] != self.property_dim:
+            raise ValueError(f"PropertyGatedLSTM(use_property=True) needs p of shape (B, L, {self.property_dim}) "
+                             f"matching x {tuple(x.shape)}, got {None if p is None else tuple(p.shape)}")
+        return torch.cat([x, p], dim=-1)
+
+    def forward(self, x: Tensor, p: Tensor | None = None) -> Tensor:
+        """Hidden states of every step.
+
+        Args:
+            x: (B, L, Dx) item inputs.
+            p: (B, L, Dp) properties; required iff use_property.
+
+        Returns:
+            (B, L, H).
+        """
+        inputs = self._inputs(x, p)
+        w_ih, w_hh, bias = self._fused_weights()
+        h0 = inputs.new_zeros(1, inputs.shape[0], self.hidden)
+        out, _, _ = torch.lstm(inputs, (h0, h0), [w_ih, w_hh, bias, torch.zeros_like(bias)],
+                               True, 1, 0.0, self.training, False, True)
+        return out
+
+    def forward_reference(self, x: Tensor, p: Tensor | None = None) -> Tensor:
+        """:meth:`forward` written step by step from the equations (slow; for tests and reading)."""
+        self._inputs(x, p)
+        h_dim = self.hidden
+        gates_x = self.gate_input(x)
+        if self.gate_property is not None and p is not None:
+            gates_x = gates_x + self.gate_property(p)
+        cand_x = self.candidate_input(x)
+        u_gates, u_cand = self.recurrent.weight[:3 * h_dim], self.recurrent.weight[3 * h_dim:]
+        h = x.new_zeros(x.shape[0], h_dim)
+        c = x.new_zeros(x.shape[0], h_dim)
+        states = []
+        for t in range(x.shape[1]):
+            i, f, o = torch.sigmoid(gates_x[:, t] + h @ u_gates.T).split(h_dim, dim=-1)
+            c_tilde = torch.tanh(cand_x[:, t] + h @ u_cand.T)
+            c = f * c + i * c_tilde
+            h = o * torch.tanh(c)
+            states.append(h)
+        return torch.stack(states, dim=1)
+
+
+def valid_mask(seq_len: Tensor, max_len: int) -> Tensor:
+    """(B, L) bool, True at positions ``t < seq_len`` (seq_len is clipped to [0, L])."""
+    positions = torch.arange(max_len, device=seq_len.device)
+    return positions.unsqueeze(0) < seq_len.clamp(0, max_len).unsqueeze(1)
+
+
+class AttentionPooling(nn.Module):
+    """Attention over the LSTM states, conditioned on the query, the user and the properties.
+
+    ``score_t = v^T tanh(W_h h_t + W_p p_t + W_q q + W_u u)``, softmax over valid positions.
+
+    Args:
+        state_dim: H.
+        property_dim: Dp, or 0 to leave properties out of the attention.
+        query_dim: Dq.
+        user_dim: Du.
+        hidden: attention width A.
+    """
+
+    def __init__(self, state_dim: int, property_dim: int, query_dim: int, user_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.state = nn.Linear(state_dim, hidden)
+        self.property = nn.Linear(property_dim, hidden, bias=False) if property_dim > 0 else None
+        self.query = nn.Linear(query_dim, hidden, bias=False)
+        self.user = nn.Linear(user_dim, hidden, bias=False)
+        self.score = nn.Linear(hidden, 1, bias=False)
+
+    def forward(self, states: Tensor, seq_len: Tensor, query: Tensor, user: Tensor,
+                properties: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Pool the states.
+
+        Args:
+            states: (B, L, H).
+            seq_len: (B,) int64; positions >= seq_len are padding.
+            query: (B, Dq), zeros when there is no query.
+            user: (B, Du).
+            properties: (B, L, Dp); required iff the module was built with property_dim > 0.
+
+        Returns:
+            pooled (B, H) and weights (B, L): weights are 0 at padding and sum to 1 over the
+            valid positions; a row with seq_len = 0 gets zero weights and a zero pooled vector.
+        """
+        hidden = self.state(states) + (self.query(query) + self.user(user)).unsqueeze(1)
+        if self.property is not None:
+            if properties is None:
+                raise ValueError("this AttentionPooling uses behaviour properties; pass properties=(B, L, Dp)")
+            hidden = hidden + self.property(properties)
+        scores = self.score(torch.tanh(hidden)).squeeze(-1)
+        mask = valid_mask(seq_len, states.shape[1])
+        any_valid = mask.any(dim=1, keepdim=True)
+        # Rows without any valid position softmax over zeros instead of -inf (no NaN), then
+        # the mask zeroes them.
+        scores = scores.masked_fill(~mask, float("-inf")).masked_fill(~any_valid, 0.0)
+        weights = torch.softmax(scores, dim=1) * mask.to(scores.dtype)
+        pooled = torch.bmm(weights.unsqueeze(1), states).squeeze(1)
+        return pooled, weights
+
+
+class UserProfile(nn.Module):
+    """The user profile vector u: age, gender and city embeddings plus normalised dense features.
+
+    Args:
+        vocab: sizes (keys age, gender, city).
+        cfg: profile_dim (each embedding's width).
+        dense_norm: :class:`FrozenNorm` of ``user_dense`` (width U).
+    """
+
+    def __init__(self, vocab: Mapping[str, int], cfg: ModelConfig, dense_norm: FrozenNorm) -> None:
+        super().__init__()
+        self.age = embedding(vocab["age"], cfg.profile_dim)
+        self.gender = embedding(vocab["gender"], cfg.profile_dim)
+        self.city = embedding(vocab["city"], cfg.profile_dim)
+        self.dense_norm = dense_norm
+        self.out_dim = 3 * cfg.profile_dim + dense_norm.dim
+
+    def forward(self, age: Tensor, gender: Tensor, city: Tensor, dense: Tensor) -> Tensor:
+        """age, gender, city: (B,) int64; dense: (B, U). Returns u: (B, 3 * profile_dim + U)."""
+        return torch.cat([self.age(age), self.gender(gender), self.city(city), self.dense_norm(dense.float())],
+                         dim=-1)

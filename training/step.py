@@ -1,0 +1,205 @@
+"""The optimisation step, apart from the model: losses, task weighting and the optimiser.
+
+:class:`TrainTask` is what a training loop (single process or one DDP rank) drives:
+``step(batch)`` for training, ``predict(batch)`` for evaluation. The model may be wrapped in
+DistributedDataParallel; the weighting's own parameters are then averaged across processes
+by this class (the model's gradients are averaged by DDP).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from core.config import TrainingConfig
+from training.losses import row_counts, task_losses
+from training.model import unwrap
+from training.weighting import TaskWeighting
+
+logger = logging.getLogger(__name__)
+
+LABEL_KEYS = ("task_id", "group_id", "label_click", "label_cart", "label_buy", "label_follow", "label_tier",
+              "l2r_weight", "sample_weight")
+
+
+def build_optimizer(model_params: Iterable[nn.Parameter], cfg: TrainingConfig,
+                    extra_params: Sequence[nn.Parameter] = ()) -> torch.optim.Optimizer:
+    """The configured optimiser (adagrad / adam / sgd at ``cfg.lr``).
+
+    ``cfg.weight_decay`` is an L2 penalty on the model parameters; ``extra_params`` (the task
+    weighting's, e.g. uncertainty log-variances) are trained without it.
+    """
+    groups: list[dict[str, object]] = [{"params": list(model_params), "weight_decay": cfg.weight_decay}]
+    if extra_params:
+        groups.append({"params": list(extra_params), "weight_decay": 0.0})
+    if cfg.optimizer == "adagrad":
+        return torch.optim.Adagrad(groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
+    raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adagrad, adam or sgd")
+
+
+def _average_across_processes(params: Sequence[nn.Parameter]) -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for p in params:
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= dist.get_world_size()
+
+
+class TrainTask:
+    """Model + task weighting + optimiser: one object per training run.
+
+    Args:
+        model: a :class:`training.model.DUPNModel`, possibly DDP-wrapped.
+        weighting: how the per-task losses are combined (:mod:`training.weighting`).
+        cfg: optimiser, learning rate and weight decay.
+        loss_names: losses to train on; default the model spec's ``loss_names``.
+        max_grad_norm: clip the global gradient norm to this (None = no clipping).
+    """
+
+    def __init__(self, model: nn.Module, weighting: TaskWeighting, cfg: TrainingConfig,
+                 loss_names: Sequence[str] | None = None, max_grad_norm: float | None = None) -> None:
+        self.model = model
+        self.weighting = weighting
+        self.loss_names = tuple(loss_names) if loss_names is not None else unwrap(model).spec.loss_names
+        missing = [t for t in weighting.task_names if t not in self.loss_names]
+        if missing:
+            raise ValueError(f"the weighting covers tasks {missing} that are not trained ({self.loss_names})")
+        self.optimizer = build_optimizer(model.parameters(), cfg, weighting.main_parameters())
+        self.max_grad_norm = max_grad_norm
+        self.steps = 0
+
+    def step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
+        """One optimisation step on a mixed-task batch.
+
+        Returns:
+            ``loss`` (the weighted total), ``loss_<task>``, ``weight_<task>`` and ``rows_<task>``.
+
+        Raises:
+            FloatingPointError: the loss is not finite (the step is not applied).
+        """
+        self.model.train()
+        self.weighting.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        outputs = self.model(batch)
+        losses = task_losses(outputs, batch, self.loss_names)
+        counts = row_counts(batch, self.loss_names)
+        total = self.weighting.combine(losses, counts)
+        if not bool(torch.isfinite(total.detach())):
+            values = {t: float(v.detach()) for t, v in losses.items()}
+            raise FloatingPointError(f"non-finite loss at step {self.steps}: total {float(total.detach())}, "
+                                     f"per task {values}; lower training.lr or check the inputs for NaN")
+        weights_used = self.weighting.weights()
+        self.weighting.before_backward(losses, counts)
+        total.backward()
+        _average_across_processes(self.weighting.main_parameters())
+        if self.max_grad_norm is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.steps += 1
+        out = {"loss": float(total.detach())}
+        for t in self.loss_names:
+            out[f"loss_{t}"] = float(losses[t].detach())
+            out[f"rows_{t}"] = float(counts[t])
+        for t, w in weights_used.items():
+            out[f"weight_{t}"] = w
+        return out
+
+    @torch.no_grad()
+    def predict(self, batch: Mapping[str, Tensor], with_representation: bool = False) -> dict[str, np.ndarray]:
+        """Eval-mode predictions as numpy arrays (N,) unless noted.
+
+        Returns:
+            whichever the model has of ``ctr_prob``, ``cvr_prob``, ``ctcvr_prob``, ``l2r_score``,
+            ``follow_prob``, ``ppp_probs`` (N, 7); plus ``attention`` (N, L) and, if asked,
+            ``representation`` (N, R).
+        """
+        self.model.eval()
+        outputs = self.model(batch)
+        return predictions(outputs, with_representation)
+
+
+def predictions(outputs: Mapping[str, Tensor], with_representation: bool = False) -> dict[str, np.ndarray]:
+    """Model outputs -> probabilities / scores as numpy arrays (see :meth:`TrainTask.predict`)."""
+    out: dict[str, np.ndarray] = {}
+    for logit, prob in (("ctr_logit", "ctr_prob"), ("cvr_logit", "cvr_prob"), ("follow_logit", "follow_prob")):
+        if logit in outputs:
+            out[prob] = torch.sigmoid(outputs[logit]).cpu().numpy()
+    if "ctcvr_prob" in outputs:
+        out["ctcvr_prob"] = outputs["ctcvr_prob"].cpu().numpy()
+    if "l2r_score" in outputs:
+        out["l2r_score"] = outputs["l2r_score"].cpu().numpy()
+    if "ppp_logits" in outputs:
+        out["ppp_probs"] = torch.softmax(outputs["ppp_logits"], dim=-1).cpu().numpy()
+    out["attention"] = outputs["attention"].cpu().numpy()
+    if with_representation:
+        out["representation"] = outputs["representation"].cpu().numpy()
+    return out
+
+
+def label_arrays(batch: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
+    """The label and grouping columns of a batch as numpy arrays (for :func:`training.metrics.evaluate`)."""
+    return {k: batch[k].cpu().numpy() for k in LABEL_KEYS if k in batch}
+
+
+# ---------------------------------------------------------------------- attention analysis
+def attention_by_property(outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor], n_behavior: int,
+                          n_time_buckets: int, relative: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean attention weight per (behaviour type, time bucket) cell over the valid positions of a batch.
+
+    Args:
+        outputs: model outputs with ``attention`` (B, L).
+        batch: with ``seq_behavior``, ``seq_time_bucket`` (B, L) and ``seq_len`` (B,).
+        n_behavior, n_time_buckets: vocabulary sizes (``spec.vocab["behavior"]``, ``["time_bucket"]``).
+        relative: multiply each weight by its sequence length, so 1.0 means "as much as a
+            uniform attention would give" (comparable across sequence lengths).
+
+    Returns:
+        (mean weight (n_behavior, n_time_buckets), NaN where no position falls;
+        counts (n_behavior, n_time_buckets) int64).
+    """
+    acc = AttentionByProperty(n_behavior, n_time_buckets, relative)
+    acc.update(outputs, batch)
+    return acc.result()
+
+
+class AttentionByProperty:
+    """Accumulates :func:`attention_by_property` over many batches (the paper's attention analysis)."""
+
+    def __init__(self, n_behavior: int, n_time_buckets: int, relative: bool = False) -> None:
+        self.shape = (n_behavior, n_time_buckets)
+        self.relative = relative
+        self.sums = np.zeros(self.shape, dtype=np.float64)
+        self.counts = np.zeros(self.shape, dtype=np.int64)
+
+    def update(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
+        weights = outputs["attention"].detach().double().cpu()
+        seq_len = batch["seq_len"].cpu()
+        positions = torch.arange(weights.shape[1])
+        valid = positions.unsqueeze(0) < seq_len.clamp(0, weights.shape[1]).unsqueeze(1)
+        if self.relative:
+            weights = weights * seq_len.clamp(min=1).unsqueeze(1).double()
+        behavior = batch["seq_behavior"].cpu().long()
+        bucket = batch["seq_time_bucket"].cpu().long()
+        if int(behavior.max()) >= self.shape[0] or int(bucket.max()) >= self.shape[1]:
+            raise ValueError(f"behaviour / time-bucket index beyond the grid {self.shape}; "
+                             "pass the spec's vocab sizes")
+        cell = (behavior * self.shape[1] + bucket)[valid].numpy()
+        size = self.shape[0] * self.shape[1]
+        self.sums += np.bincount(cell, weights=weights[valid].numpy(), minlength=size).reshape(self.shape)
+        self.counts += np.bincount(cell, minlength=size).reshape(self.shape)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean weight per cell, NaN where empty; counts per cell)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), math.nan)
+        return mean, self.counts.copy()
