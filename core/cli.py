@@ -78,7 +78,8 @@ def run_job(job: str, parser: argparse.ArgumentParser, run: Callable[[JobContext
         logger.error("job %s failed with an unexpected error", job, exc_info=True)
         print(f"{job} failed: {failure_reason(exc)}", file=sys.stderr)
         return 1
-    print(f"{summary} [{time.time() - started:.0f}s]")
+    print(summary)
+    print(f"{job} finished in {time.time() - started:.0f}s", file=sys.stderr)
     return 0
 
 

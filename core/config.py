@@ -128,10 +128,16 @@ class QualityConfig(_Strict):
 
 
 class StatsConfig(_Strict):
-    drift_threshold: float = Field(0.25, gt=0)
+    drift_threshold: float = Field(0.65, gt=0)
 
 
 class TaskSampling(_Strict):
+    """Sampling of one task's training split (the held-out split is never sampled).
+
+    For ``l2r`` the unit is the impression list: ``negative_rate`` is the share of lists kept
+    and ``cap_per_user_day`` counts lists.
+    """
+
     enabled: bool = True
     negative_rate: float = Field(1.0, gt=0, le=1)
     positive_upsample: int = Field(1, ge=1)
@@ -140,9 +146,9 @@ class TaskSampling(_Strict):
 
 class TrainingSetConfig(_Strict):
     holdout_days: int = Field(1, ge=1)
-    ctr: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.25, cap_per_user_day=40))
-    l2r: TaskSampling = Field(default_factory=lambda: TaskSampling(cap_per_user_day=40))
-    follow: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.5, cap_per_user_day=20))
+    ctr: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.03, cap_per_user_day=20))
+    l2r: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.2, cap_per_user_day=2))
+    follow: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.3, cap_per_user_day=10))
     ppp: TaskSampling = Field(default_factory=lambda: TaskSampling(cap_per_user_day=1))
     seed: int = 11
 

@@ -18,7 +18,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
 from core.errors import PlatformError, SchemaError, TableNotFound
@@ -26,6 +26,7 @@ from core.tables import TableSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import types as T
 
     from core.config import Config
 
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 WriteMode = Literal["append", "overwrite"]
 DtFilter = str | Sequence[str] | None
+# partition column -> the value (or values) whose partitions a write replaces
+Replace = Mapping[str, str | Sequence[str]]
 
 
 @dataclass(frozen=True)
@@ -101,11 +104,15 @@ class DeltaTables(abc.ABC):
         """``file://``/URI paths of the Parquet files of a snapshot (optionally only some ``dt``)."""
 
     @abc.abstractmethod
+    def schema(self, spec: TableSpec, version: int | None = None) -> "T.StructType":
+        """The schema stored in the table's log (not the spec's)."""
+
+    @abc.abstractmethod
     def _read(self, spec: TableSpec, dts: list[str] | None, version: int | None) -> "DataFrame":
         ...
 
     @abc.abstractmethod
-    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace_dt: str | None,
+    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace: dict[str, list[str]] | None,
                metadata: dict[str, Any]) -> WriteResult:
         ...
 
@@ -125,33 +132,39 @@ class DeltaTables(abc.ABC):
         dts = _dt_list(dt)
         if dts is not None and "dt" not in spec.partition_by:
             raise PlatformError(f"table {spec.name} is not partitioned by dt")
+        spec.validate(self.schema(spec, version))
         return self._read(spec, dts, version).select(spec.columns)
 
     def write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode = "append", *,
-              replace_dt: str | None = None, metadata: dict[str, Any] | None = None) -> WriteResult:
+              replace: Replace | None = None, metadata: dict[str, Any] | None = None) -> WriteResult:
         """Write ``df`` (conformed to ``spec``) in one atomic commit.
 
         Args:
-            mode: ``append``; or ``overwrite``: the whole table, or with ``replace_dt`` exactly
-                that ``dt`` partition (replace-where). Rows of another ``dt`` make the write fail.
+            mode: ``append``; or ``overwrite``: the whole table, or with ``replace`` exactly the
+                partitions it names (replace-where), e.g. ``{"dt": "2026-11-14"}`` or
+                ``{"dt": [...days]}``. Rows outside those partitions make the write fail.
             metadata: JSON-able commit metadata (job, run id, input versions, ...).
         """
-        if replace_dt is not None:
-            if "dt" not in spec.partition_by:
-                raise PlatformError(f"table {spec.name} is not partitioned by dt; cannot replace a partition")
+        norm: dict[str, list[str]] | None = None
+        if replace is not None:
+            norm = {k: [v] if isinstance(v, str) else list(v) for k, v in replace.items()}
+            bad = [k for k in norm if k not in spec.partition_by]
+            if bad or not norm:
+                raise PlatformError(f"table {spec.name} is not partitioned by {', '.join(bad) or '?'}; "
+                                    f"cannot replace a partition")
             mode = "overwrite"
         if mode not in ("append", "overwrite"):
             raise PlatformError(f"unknown write mode {mode!r} (append or overwrite)")
         conformed = spec.conform(df)
         meta = {"engine": self.engine, **(metadata or {})}
-        result = self._write(conformed, spec, mode, replace_dt, meta)
+        result = self._write(conformed, spec, mode, norm, meta)
         logger.info("wrote %s", result.describe())
         return result
 
     def replace_partition(self, df: "DataFrame", spec: TableSpec, dt: str,
                           metadata: dict[str, Any] | None = None) -> WriteResult:
         """Atomically replace exactly partition ``dt`` of ``spec`` with ``df``."""
-        return self.write(df, spec, "overwrite", replace_dt=dt, metadata=metadata)
+        return self.write(df, spec, "overwrite", replace={"dt": dt}, metadata=metadata)
 
     def partitions(self, spec: TableSpec, version: int | None = None) -> list[str]:
         """Sorted ``dt`` values present in a snapshot (from the file list, no data scan)."""
@@ -161,6 +174,13 @@ class DeltaTables(abc.ABC):
                 if part.startswith("dt="):
                     out.add(unquote(part[3:]))
         return sorted(out)
+
+    def metadata(self, spec: TableSpec, version: int) -> dict[str, Any]:
+        """User metadata of the commit that made ``version``."""
+        for commit in self.history(spec):
+            if commit.version == version:
+                return commit.metadata
+        raise TableNotFound(f"table {spec.name} has no version {version}")
 
     def last_metadata(self, spec: TableSpec) -> dict[str, Any]:
         """User metadata of the newest commit."""
@@ -205,6 +225,11 @@ class RsDeltaTables(DeltaTables):
     def version(self, spec: TableSpec) -> int:
         return int(self._table(spec).version())
 
+    def schema(self, spec: TableSpec, version: int | None = None) -> "T.StructType":
+        from pyspark.sql import types as T
+
+        return T.StructType.fromJson(json.loads(self._table(spec, version).schema().to_json()))
+
     def history(self, spec: TableSpec, limit: int | None = None) -> list[Commit]:
         if not self.exists(spec):
             raise TableNotFound(f"table {spec.name} does not exist under {self.root}")
@@ -237,19 +262,22 @@ class RsDeltaTables(DeltaTables):
         return Schema.from_arrow(to_arrow_schema(spec.schema))
 
     def _check_existing_schema(self, table: Any, spec: TableSpec) -> None:
-        have = {f.name: f for f in table.schema().fields}
-        want = {f.name: f for f in self._delta_schema(spec).fields}
-        if set(have) != set(want) or any(str(have[n].type) != str(want[n].type) for n in want):
-            raise SchemaError(
-                f"table {spec.name} exists with a different schema ({sorted(have)}); "
-                f"expected {sorted(want)}: migrate or remove the table before writing")
+        have = {f.name: str(f.type) for f in table.schema().fields}
+        want = {f.name: str(f.type) for f in self._delta_schema(spec).fields}
+        diffs = [f"missing {n}" for n in want if n not in have] + [f"unexpected {n}" for n in have if n not in want]
+        diffs += [f"{n} is {have[n]}, not {want[n]}" for n in want if n in have and have[n] != want[n]]
+        if diffs:
+            raise SchemaError(f"table {spec.name} exists with a different schema ({'; '.join(diffs)}): "
+                              f"migrate or remove the table before writing")
 
-    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace_dt: str | None,
+    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace: dict[str, list[str]] | None,
                metadata: dict[str, Any]) -> WriteResult:
         from deltalake import CommitProperties, DeltaTable
         from deltalake.transaction import AddAction, create_table_with_add_actions
 
         table_uri = self.uri(spec)
+        if self.exists(spec):  # fail before any work when the table has another schema
+            self._check_existing_schema(self._table(spec), spec)
         staging = f"{table_uri}/_staging/{uuid.uuid4().hex}"
         fs = _HadoopFs(self.spark, staging)
         try:
@@ -259,9 +287,9 @@ class RsDeltaTables(DeltaTables):
             for st in fs.list_parquet(staging):
                 rel = st.path[len(fs.qualify(staging)) + 1:]
                 pvalues = _partition_values(rel, spec.partition_by)
-                if replace_dt is not None and pvalues.get("dt") != replace_dt:
-                    raise PlatformError(
-                        f"write to {spec.name} replacing dt={replace_dt} contains rows of dt={pvalues.get('dt')}")
+                outside = {k: pvalues.get(k) for k, vs in (replace or {}).items() if pvalues.get(k) not in vs}
+                if outside:
+                    raise PlatformError(f"write to {spec.name} replacing {replace} contains rows of {outside}")
                 dest = f"{fs.qualify(table_uri)}/{rel}"
                 fs.move(st.path, dest)
                 n = _parquet_rows(dest)
@@ -278,7 +306,8 @@ class RsDeltaTables(DeltaTables):
             else:
                 table = self._table(spec)
                 self._check_existing_schema(table, spec)
-                filters = [("dt", "=", replace_dt)] if replace_dt is not None else None
+                filters = None if replace is None else [
+                    (k, "=", vs[0]) if len(vs) == 1 else (k, "in", vs) for k, vs in replace.items()]
                 table.create_write_transaction(
                     adds, mode=mode, schema=schema, partition_by=list(spec.partition_by) or None,
                     partition_filters=filters, commit_properties=props)
@@ -323,6 +352,12 @@ class SparkDeltaTables(DeltaTables):
         return [Commit(int(r.version), r.timestamp.replace(tzinfo=_dt.timezone.utc), r.operation,
                        _parse_user_metadata(r.userMetadata)) for r in rows]
 
+    def schema(self, spec: TableSpec, version: int | None = None) -> "T.StructType":
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(self.uri(spec)).schema
+
     def _read(self, spec: TableSpec, dts: list[str] | None, version: int | None) -> "DataFrame":
         from pyspark.sql import functions as F
 
@@ -335,7 +370,7 @@ class SparkDeltaTables(DeltaTables):
     def files(self, spec: TableSpec, dt: DtFilter = None, version: int | None = None) -> list[str]:
         return sorted(self.read(spec, dt, version).inputFiles())
 
-    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace_dt: str | None,
+    def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace: dict[str, list[str]] | None,
                metadata: dict[str, Any]) -> WriteResult:
         from delta.tables import DeltaTable
 
@@ -345,8 +380,10 @@ class SparkDeltaTables(DeltaTables):
              .partitionedBy(*spec.partition_by).execute())
         writer = (df.write.format("delta").mode(mode)
                   .option("userMetadata", json.dumps(metadata, default=str)))
-        if replace_dt is not None:
-            writer = writer.option("replaceWhere", f"dt = '{replace_dt}'")
+        if replace is not None:
+            where = " AND ".join(
+                f"{k} IN ({', '.join(_sql_str(v) for v in vs)})" for k, vs in replace.items())
+            writer = writer.option("replaceWhere", where)
         if spec.partition_by:
             writer = writer.partitionBy(*spec.partition_by)
         writer.save(uri)
@@ -361,6 +398,10 @@ def get_tables(spark: "SparkSession", cfg: "Config") -> DeltaTables:
     """The Delta engine chosen by ``cfg.delta.engine`` over ``cfg.lake_root``."""
     cls: type[DeltaTables] = RsDeltaTables if cfg.delta.engine == "rs" else SparkDeltaTables
     return cls(spark, cfg.lake_root, cfg.delta.storage_options)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 # ---------------------------------------------------------------------- file system helpers

@@ -58,7 +58,7 @@ class TableSpec:
                 raise SchemaError(
                     f"table {self.name}: missing column '{expected.name}' "
                     f"(expected {expected.dataType.simpleString()}); fix the writer of {self.name} "
-                    f"to produce it as CONTRACT.md specifies")
+                    f"to produce it as its contract specifies")
             got = found[expected.name]
             if not _compatible(expected.dataType, got):
                 raise SchemaError(
@@ -148,13 +148,6 @@ USER_REPRESENTATIONS = TableSpec("outputs/user_representations", T.StructType([
     _f("dt", STR, False)]), ("dt",), "nightly universal user representations")
 
 
-def quarantine_spec(source: TableSpec) -> TableSpec:
-    """``quarantine/<table>``: rejected rows of ``source`` as JSON, with the reason and the job run."""
-    return TableSpec(f"quarantine/{source.name.split('/', 1)[1]}", T.StructType([
-        _f("reason", STR, False), _f("row_json", STR, False), _f("job", STR, False),
-        _f("run_id", STR, False), _f("dt", STR, False)]), ("dt",), f"rejected rows of {source.name}")
-
-
 def by_name(name: str, specs: Iterable[TableSpec] = RAW_TABLES + TRUTH_TABLES + (USER_REPRESENTATIONS,)) \
         -> TableSpec:
     for spec in specs:
@@ -167,7 +160,7 @@ def by_name(name: str, specs: Iterable[TableSpec] = RAW_TABLES + TRUTH_TABLES + 
 # Fixed-length arrays (padded with 0) so Petastorm's batch reader can stack them:
 # seq_* have length sequences.max_len (L); seq_tags L*max_tags; query_tokens max_query_tokens;
 # item_tags max_tags; rank_features inputs.rank_features_dim; user_dense USER_DENSE_DIM.
-USER_DENSE_FEATURES = ("log_seq_len", "deep_share", "log_hours_since_last", "mean_log_price")
+USER_DENSE_FEATURES = ("log_seq_len", "deep_share", "log_distinct_categories", "mean_log_price")
 USER_DENSE_DIM = len(USER_DENSE_FEATURES)
 
 _USER_COLUMNS = [
@@ -186,7 +179,7 @@ TASKS = ("ctr", "l2r", "follow", "ppp")
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 
 TRAINING_EXAMPLES = TableSpec("features/training_examples", T.StructType(
-    [_f("task", STR, False), _f("task_id", INT, False), _f("split", STR, False),
+    [_f("example_id", LONG, False), _f("task", STR, False), _f("task_id", INT, False), _f("split", STR, False),
      _f("event_time", TS, False), _f("group_id", LONG, False)]
     + _USER_COLUMNS
     + [_f("query_tokens", INTS, False),

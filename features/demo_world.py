@@ -319,6 +319,8 @@ def simulate_block(cfg: DemoWorldConfig, rank_dim: int, block: int, cat: Catalog
             pick_ev = first[su] + (rng.random(ns) * np.maximum(cnt[su], 1)).astype(np.int64)
             pick_ev = np.minimum(pick_ev, m - 1)
             ssec = np.where(anchored, esec[pick_ev] + rng.uniform(20, 900, ns), ssec)
+            late = ssec > DAY_S - 1200.0  # keep the session (and its clicks) inside the day
+            ssec[late] = rng.uniform(0, DAY_S - 1200.0, int(late.sum()))
             intent = np.where(anchored, ecat[pick_ev], -1)
         qcat = np.where(intent >= 0, np.where(rng.random(ns) < 0.7, intent, _sample_rows(E[su], rng)),
                         np.where(rng.random(ns) < 0.8, _sample_rows(E[su], rng), _sample_from(cat_cum, ns, rng)))
@@ -362,7 +364,7 @@ def simulate_block(cfg: DemoWorldConfig, rank_dim: int, block: int, cat: Catalog
         while len(feats) < rank_dim:
             feats.append(rng.normal(0, 1, len(iu)))
         rank = np.stack(feats[:rank_dim], axis=1).astype(np.float32) if len(iu) else np.zeros((0, rank_dim))
-        isec = np.clip(ssec[isess], 0, DAY_S - 1200.0)
+        isec = ssec[isess]
         itime = _times(day, isec)
         yield _frame("impressions", user_id=uid[iu], item_id=ITEM_ID0 + iitem,
                      scene=np.where(srch, "search", "recommend"), query=sq[isess], event_time=itime,

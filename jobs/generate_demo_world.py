@@ -9,6 +9,8 @@ replaced as a whole.
 """
 from __future__ import annotations
 
+import argparse
+
 import datetime as _dt
 
 from core.cli import JobContext, base_parser, main_entry
@@ -42,11 +44,15 @@ def run(ctx: JobContext) -> str:
             f"{oracle}\n{JOB}: {len(written)} tables")
 
 
+def parser() -> argparse.ArgumentParser:
+    p = base_parser(JOB, __doc__ or "", date="optional")
+    p.add_argument("--oracle", action="store_true",
+                   help="also print the oracle scores of the held-out day(s) (docs/demo_world.md)")
+    return p
+
+
 def main() -> None:
-    parser = base_parser(JOB, __doc__ or "", date="optional")
-    parser.add_argument("--oracle", action="store_true",
-                        help="also print the oracle scores of the held-out day(s) (docs/demo_world.md)")
-    main_entry(JOB, parser, run)
+    main_entry(JOB, parser(), run)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,34 @@ import sys
 import time
 
 from core.config import load_config
+from features.demo_world import USER_ID0
+
+FIRST_USER = USER_ID0 + 42
+
+
+WARM_UP_DAYS = 4  # the first days only build up histories (users start with none)
 
 
 def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
+    """The daily pipeline over the demo world: features of the last day, a training set of the
+    days after the warm-up (the last one held out), full training up to two days before the end,
+    an incremental day, the nightly job, a query, and the transfer comparison."""
     c = ["--config", config]
+    d = lambda n: (last - dt.timedelta(days=n)).isoformat()  # noqa: E731
+    start = (first + dt.timedelta(days=WARM_UP_DAYS)).isoformat()
     return [
         ["jobs.generate_demo_world", *c, "--oracle"],
+        ["jobs.build_sequences", *c, "--date", d(0)],
+        ["jobs.build_training_set", *c, "--start", start, "--end", d(0)],
+        ["jobs.feature_stats", *c, "--date", d(0), "--training-start", start, "--training-end", d(0)],
+        ["jobs.train", *c, "--mode", "full", "--start", start, "--end", d(2)],
+        ["jobs.train", *c, "--mode", "incremental", "--date", d(1)],
+        ["jobs.publish_user_representations", *c, "--date", d(2)],
+        ["jobs.publish_user_representations", *c, "--date", d(0)],
+        ["jobs.query", *c, "tiers"],
+        ["jobs.query", *c, "user", str(FIRST_USER)],
+        ["jobs.query", *c, "similar", str(FIRST_USER), "--k", "5"],
+        ["jobs.transfer", *c, "--date", d(0)],
     ]
 
 
@@ -39,7 +61,9 @@ def main() -> None:
             print(f"demo stopped: step {step[0]} failed (exit {res.returncode})", file=sys.stderr)
             sys.exit(res.returncode)
         print(f"  ({time.time() - t0:.0f}s)", flush=True)
-    print(f"\ndemo finished in {time.time() - started:.0f}s; lake under {cfg.lake_root}")
+    print(f"\ndemo finished in {time.time() - started:.0f}s; lake under {cfg.lake_root}, MLflow in "
+          f"{cfg.mlflow.tracking_uri}\nbrowse the runs: .venv/bin/mlflow ui --backend-store-uri "
+          f"{cfg.mlflow.tracking_uri}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ the designs (:class:`TaskMixer` subclasses) only change what each head reads.
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Mapping, cast
 
 import torch
 from torch import Tensor, nn
@@ -88,13 +88,18 @@ class UserTower(nn.Module):
         if tags.shape[-1] != seq_l * self.max_tags:
             raise ValueError(f"seq_tags has {tags.shape[-1]} columns, expected max_len * max_tags = "
                              f"{seq_l} * {self.max_tags}; the spec does not match the data")
-        x = self.items(seq_item, _need(batch, "seq_shop", who), _need(batch, "seq_brand", who),
-                       _need(batch, "seq_category", who), tags.reshape(b, seq_l, self.max_tags),
-                       _need(batch, "seq_log_price", who), "seq_log_price")
+        seq_len = _need(batch, "seq_len", who)
+        # Right padding: steps after the longest sequence of the batch affect nothing; skip them.
+        n = max(1, min(seq_l, int(seq_len.max()))) if b else seq_l
+
+        def seq(key: str) -> Tensor:
+            return _need(batch, key, who)[:, :n]
+
+        x = self.items(seq("seq_item"), seq("seq_shop"), seq("seq_brand"), seq("seq_category"),
+                       tags.reshape(b, seq_l, self.max_tags)[:, :n], seq("seq_log_price"), "seq_log_price")
         p = None
         if self.properties is not None:
-            p = self.properties(_need(batch, "seq_behavior", who), _need(batch, "seq_scene", who),
-                                _need(batch, "seq_time_bucket", who))
+            p = self.properties(seq("seq_behavior"), seq("seq_scene"), seq("seq_time_bucket"))
         states = self.lstm(x, p if self.property_in_lstm else None)
         u = self.profile(_need(batch, "user_age", who), _need(batch, "user_gender", who),
                          _need(batch, "user_city", who), _need(batch, "user_dense", who))
@@ -102,8 +107,9 @@ class UserTower(nn.Module):
             q = bag_mean(self.query, batch["query_tokens"])
         else:
             q = u.new_zeros(b, self.query.embedding_dim)
-        pooled, weights = self.attention(states, _need(batch, "seq_len", who), q, u,
-                                         p if self.property_in_attention else None)
+        pooled, weights = self.attention(states, seq_len, q, u, p if self.property_in_attention else None)
+        if n < seq_l:
+            weights = torch.nn.functional.pad(weights, (0, seq_l - n))
         pooled = self.pool_projection(pooled)
         representation = torch.relu(self.projection(torch.cat([pooled, u], dim=-1)))
         return {"representation": representation, "attention": weights, "pooled": pooled}
@@ -139,7 +145,7 @@ def _experts(n: int, in_dim: int, out_dim: int) -> nn.ModuleList:
     return nn.ModuleList(nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU()) for _ in range(n))
 
 
-def _gated(gate: nn.Linear, x: Tensor, experts: Tensor) -> Tensor:
+def _gated(gate: nn.Module, x: Tensor, experts: Tensor) -> Tensor:
     """softmax(gate(x)) (B, E) weighted sum of experts (B, E, D) -> (B, D)."""
     return torch.einsum("be,bed->bd", torch.softmax(gate(x), dim=-1), experts)
 
@@ -178,7 +184,7 @@ class ExtractionLayer(nn.Module):
     def forward(self, task_in: Mapping[str, Tensor], shared_in: Tensor) -> tuple[dict[str, Tensor], Tensor | None]:
         """task_in: head -> (B, D_in); shared_in: (B, D_in). Returns head -> (B, D), shared (B, D) or None."""
         shared = [e(shared_in) for e in self.shared]
-        own = {h: [e(task_in[h]) for e in self.task[h]] for h in self.heads}
+        own = {h: [e(task_in[h]) for e in cast(nn.ModuleList, self.task[h])] for h in self.heads}
         out = {h: _gated(self.gates[h], task_in[h], torch.stack(own[h] + shared, dim=1)) for h in self.heads}
         next_shared = None
         if self.shared_gate is not None:
@@ -256,45 +262,61 @@ def build_mixer(spec: ModelSpec, in_dim: int) -> TaskMixer:
 
 # ====================================================================== task heads
 class ItemHead(nn.Module):
-    """CTR (or ESMM's CVR): MLP(task input ‖ target item vector) -> logit (B,)."""
+    """CTR (or ESMM's CVR): MLP(task input ‖ target item vector ‖ (P·task input) ⊙ item) -> logit (B,).
+
+    The element-wise product of the projected task input with the item vector hands the MLP
+    the user-item match directly (an MLP alone approximates products poorly).
+    """
 
     def __init__(self, in_dim: int, item_dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.mlp = mlp(in_dim + item_dim, [hidden], 1, dropout)
+        self.interact = nn.Linear(in_dim, item_dim)
+        self.mlp = mlp(in_dim + 2 * item_dim, [hidden], 1, dropout)
 
     def forward(self, task_in: Tensor, item: Tensor) -> Tensor:
         """task_in (B, D), item (B, Di) -> logit (B,)."""
-        return self.mlp(torch.cat([task_in, item], dim=-1)).squeeze(-1)
+        return self.mlp(torch.cat([task_in, item, self.interact(task_in) * item], dim=-1)).squeeze(-1)
 
 
 class L2RHead(nn.Module):
     """The paper's learning-to-rank head: two layers turn the task input into a weight per rank
-    feature, the score is ``<weights, normalised rank_features>``."""
+    feature (and an offset), the score is ``<weights, normalised rank_features> + offset``.
+
+    The offset is the same for every item of one list (one user at one instant), so it never
+    changes a ranking; the pointwise logistic loss needs it, or the weights of features whose
+    mean differs from zero in the training lists would absorb the base rate.
+    """
 
     def __init__(self, in_dim: int, rank_dim: int, hidden: int, dropout: float, rank_norm: FrozenNorm) -> None:
         super().__init__()
-        self.weights = mlp(in_dim, [hidden], rank_dim, dropout)
+        self.rank_dim = rank_dim
+        self.weights = mlp(in_dim, [hidden], rank_dim + 1, dropout)
         self.rank_norm = rank_norm
 
     def forward(self, task_in: Tensor, rank_features: Tensor) -> Tensor:
         """task_in (B, D), rank_features (B, F) -> score (B,)."""
-        return (self.weights(task_in) * self.rank_norm(rank_features.float())).sum(dim=-1)
+        out = self.weights(task_in)
+        w, offset = out[:, :self.rank_dim], out[:, self.rank_dim]
+        return (w * self.rank_norm(rank_features.float())).sum(dim=-1) + offset
 
 
 class FollowHead(nn.Module):
-    """Talent follow: MLP(task input ‖ talent embedding ‖ talent category embedding) -> logit (B,)."""
+    """Talent follow: MLP(task input ‖ talent ‖ talent category embeddings ‖ their product with the
+    projected task input) -> logit (B,)."""
 
     def __init__(self, in_dim: int, n_talent: int, n_talent_category: int, talent_dim: int, category_dim: int,
                  hidden: int, dropout: float) -> None:
         super().__init__()
         self.talent = embedding(n_talent, talent_dim)
         self.talent_category = embedding(n_talent_category, category_dim)
-        self.mlp = mlp(in_dim + talent_dim + category_dim, [hidden], 1, dropout)
+        self.interact = nn.Linear(in_dim, talent_dim + category_dim)
+        self.mlp = mlp(in_dim + 2 * (talent_dim + category_dim), [hidden], 1, dropout)
 
     def forward(self, task_in: Tensor, talent: Tensor, talent_category: Tensor) -> Tensor:
-        """task_in (B, D), talent (B,), talent_category (B,) -> logit (B,)."""
-        x = torch.cat([task_in, self.talent(talent), self.talent_category(talent_category)], dim=-1)
-        return self.mlp(x).squeeze(-1)
+        """task_in (B, D), talent (B,), talent_category (B,) -> logit (B,); with the same
+        user-talent product term as :class:`ItemHead`."""
+        t = torch.cat([self.talent(talent), self.talent_category(talent_category)], dim=-1)
+        return self.mlp(torch.cat([task_in, t, self.interact(task_in) * t], dim=-1)).squeeze(-1)
 
 
 class PPPHead(nn.Module):
@@ -453,6 +475,6 @@ def unwrap(model: nn.Module) -> DUPNModel:
     return inner
 
 
-def last_shared_layer(model: nn.Module) -> list[nn.Parameter]:
+def last_shared_layer(model: nn.Module) -> list[Tensor]:
     """The parameters GradNorm measures task gradients on: the user tower's final projection weight."""
     return [unwrap(model).tower.projection.weight]

@@ -73,6 +73,9 @@ class FrozenNorm(nn.Module):
         var: per-column variances, length D.
     """
 
+    mean: Tensor
+    inv_std: Tensor
+
     def __init__(self, mean: Sequence[float], var: Sequence[float], eps: float = 1e-5) -> None:
         super().__init__()
         if len(mean) != len(var) or not len(mean):

@@ -146,7 +146,9 @@ class GradNorm(TaskWeighting):
         lr: learning rate of the weights' optimiser.
     """
 
-    def __init__(self, task_names: Iterable[str], shared_params: Sequence[nn.Parameter], alpha: float = 1.5,
+    initial_losses: Tensor
+
+    def __init__(self, task_names: Iterable[str], shared_params: Sequence[Tensor], alpha: float = 1.5,
                  lr: float = 0.025) -> None:
         super().__init__(task_names)
         self.shared_params = list(shared_params)
@@ -180,14 +182,18 @@ class GradNorm(TaskWeighting):
                if a and bool(torch.isfinite(losses[t].detach()))]
         grad = torch.zeros_like(self.task_weights)
         present = torch.zeros_like(self.task_weights)
-        if idx:
+        norms = torch.stack([self._grad_norm(losses[self.task_names[k]]).float() for k in idx]) if idx else None
+        if norms is not None and not bool(torch.isfinite(norms).all()):
+            logger.warning("GradNorm: non-finite task gradient norms %s; weights not updated this step",
+                           dict(zip([self.task_names[k] for k in idx], norms.tolist())))
+            idx, norms = [], None
+        if idx and norms is not None:
             present[idx] = 1.0
             current = torch.stack([losses[self.task_names[k]].detach().float() for k in idx])
             with torch.no_grad():
                 for j, k in enumerate(idx):
                     if torch.isnan(self.initial_losses[k]):
                         self.initial_losses[k] = current[j].clamp_min(1e-8)
-            norms = torch.stack([self._grad_norm(losses[self.task_names[k]]).float() for k in idx])
             g = self.task_weights[idx] * norms
             ratio = current / self.initial_losses[idx]
             rate = ratio / ratio.mean().clamp_min(1e-12)
@@ -214,7 +220,7 @@ class GradNorm(TaskWeighting):
 
 
 def build_weighting(cfg: WeightingConfig, task_names: Iterable[str],
-                    shared_params: Sequence[nn.Parameter] | None = None) -> TaskWeighting:
+                    shared_params: Sequence[Tensor] | None = None) -> TaskWeighting:
     """The configured task weighting.
 
     Args:

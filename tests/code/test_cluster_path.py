@@ -36,4 +36,4 @@ def test_generate_demo_world_on_local_cluster(tmp_path: Path, spark) -> None:
     cfg = load_config(ROOT / "conf/local.yaml", [f"lake_root={tmp_path / 'lake'}"])
     tables = get_tables(spark, cfg)
     assert tables.read(t.EVENTS).count() > 1000
-    assert len(tables.partitions(t.IMPRESSIONS)) == 5
+    assert len(tables.partitions(t.IMPRESSIONS)) == 8

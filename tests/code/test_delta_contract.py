@@ -154,3 +154,15 @@ def test_rs_engine_writes_no_rows_through_the_driver(spark, tmp_path: Path) -> N
     res = tables.write(rows(spark, "2026-11-01", range(50)).repartition(3), SPEC)
     assert res.files == 3 and res.rows == 50
     assert os.path.isdir(str(tmp_path / "lake" / "test" / "things" / "_delta_log"))
+
+
+def test_replace_several_partitions_in_one_commit(spark, tables: DeltaTables) -> None:
+    for day, n in (("2026-11-01", 10), ("2026-11-02", 7), ("2026-11-03", 5)):
+        tables.write(rows(spark, day, range(n)), SPEC)
+    before = tables.version(SPEC)
+    new = rows(spark, "2026-11-01", range(3)).unionByName(rows(spark, "2026-11-02", range(2)))
+    res = tables.write(new, SPEC, replace={"dt": ["2026-11-01", "2026-11-02"]})
+    assert res.version == before + 1
+    assert counts(tables.read(SPEC)) == {"2026-11-01": 3, "2026-11-02": 2, "2026-11-03": 5}
+    with pytest.raises(PlatformError, match="not partitioned by job"):
+        tables.write(new, SPEC, replace={"job": "x"})

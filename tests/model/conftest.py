@@ -73,7 +73,7 @@ def random_batch(n: int = 32, seed: int = 0, task_ids: list[int] | None = None) 
     batch["label_tier"] = torch.where(task_id == 3, batch["user_age"] % 7, torch.full_like(task_id, -1))
     batch["l2r_weight"] = 1.0 + batch["label_cart"] + 2.0 * batch["label_buy"]
     batch["sample_weight"] = torch.ones(n)
-    batch["group_id"] = torch.arange(n) // 4
+    batch["group_id"] = task_id * 1000 + torch.arange(n) // 16  # 4 rows of one task per group
     return batch
 
 

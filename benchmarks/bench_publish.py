@@ -1,0 +1,179 @@
+"""Nightly job throughput: users/s of the Spark scoring (local[2] executors) vs the pure-torch
+forward-pass throughput of the same user part on the same machine (the ceiling), and the
+driver's memory at 100k and 1M users.
+
+    .venv/bin/python -m benchmarks.bench_publish --users 100000 1000000 \\
+        --out benchmarks/results/publish.md
+
+For each size a ``features/user_sequences`` partition of synthetic users (sequence lengths
+spread over 1..max_len) is written once under ``benchmarks/_work``. The Spark run is the
+nightly job's own code path (:func:`training.inference.score_users` + the pre-commit checks
++ the Delta commit) on ``local-cluster[2,1,3072]``, so the driver JVM is separate from the
+executors; its peak RSS (driver JVM + driver Python) is sampled. The ceiling runs the user
+part in one process with 2 torch threads on tensors already in memory.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import psutil
+
+from benchmarks.common import ROOT, WORK, run_worker, write_result
+DAY = dt.date(2026, 11, 14)
+
+
+def overrides(lake: Path, master: str) -> list[str]:
+    return [f"lake_root={lake}", f"spark.master={master}", "spark.conf.spark.ui.enabled=false",
+            "spark.conf.spark.driver.memory=2g", "spark.conf.spark.executor.memory=3g",
+            "spark.conf.spark.sql.shuffle.partitions=8"]
+
+
+def make_sequences(n: int) -> Path:
+    """A lake with ``n`` synthetic users in features/user_sequences dt=DAY (idempotent)."""
+    from pyspark.sql import functions as F
+
+    from core import tables as t
+    from core.config import load_config
+    from core.delta import get_tables
+    from core.spark import get_spark
+
+    lake = WORK / f"publish_{n}"
+    cfg = load_config(ROOT / "conf/local.yaml", overrides(lake, "local[2]"))
+    spark = get_spark(cfg)
+    tables = get_tables(spark, cfg)
+    if tables.exists(t.USER_SEQUENCES):
+        return lake
+    seq, b = cfg.sequences, cfg.sequences.hash_buckets
+    L, K = seq.max_len, seq.max_tags
+    n_len = (F.floor(F.rand(seed=1) * L) + 1).cast("int")
+
+    def ids(buckets: int, length: int, salt: int) -> F.Column:
+        return F.transform(F.sequence(F.lit(1), F.lit(length)),
+                           lambda i: F.when(i <= F.col("seq_len") * (length // L),
+                                            (F.pmod(F.xxhash64(F.col("user_id"), i, F.lit(salt)), F.lit(buckets - 2))
+                                             + 2).cast("int")).otherwise(F.lit(0)))
+
+    df = spark.range(n, numPartitions=max(4, n // 50_000)).select(
+        (F.col("id") + 100_000).alias("user_id")).withColumn("seq_len", n_len).select(
+        "user_id", "seq_len", ids(b.item_id, L, 1).alias("seq_item"), ids(b.shop_id, L, 2).alias("seq_shop"),
+        ids(b.brand_id, L, 3).alias("seq_brand"), ids(b.category_id, L, 4).alias("seq_category"),
+        ids(b.tag, L * K, 5).alias("seq_tags"), ids(6, L, 6).alias("seq_behavior"), ids(5, L, 7).alias("seq_scene"),
+        ids(10, L, 8).alias("seq_time_bucket"),
+        F.transform(F.sequence(F.lit(1), F.lit(L)), lambda i: F.when(i <= F.col("seq_len"), F.rand(seed=9) * 5)
+                    .otherwise(0.0)).cast("array<float>").alias("seq_log_price"),
+        F.lit(4).alias("user_age"), F.lit(2).alias("user_gender"), F.lit(3).alias("user_city"),
+        F.array(*[F.rand(seed=10 + i) for i in range(4)]).cast("array<float>").alias("user_dense"),
+        F.lit(dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time())).alias("snapshot_time"),
+        F.lit(DAY.isoformat()).alias("dt"))
+    tables.write(df, t.USER_SEQUENCES, "overwrite")
+    spark.stop()
+    return lake
+
+
+def model_state() -> bytes:
+    import torch
+
+    from core.config import load_config
+    from training.model import build_model
+    from training.spec import ModelSpec
+    from training.trainer import dump_state
+
+    torch.manual_seed(0)
+    return dump_state(build_model(ModelSpec.from_config(load_config(ROOT / "conf/local.yaml"))))
+
+
+def spark_worker(lake: Path) -> dict[str, float]:
+    """The nightly job's scoring path on local-cluster (runs in its own process)."""
+    from pyspark import StorageLevel
+
+    from core import tables as t
+    from core.config import load_config
+    from core.delta import get_tables
+    from core.spark import get_spark
+    from training import inference
+
+    cfg = load_config(ROOT / "conf/local.yaml", overrides(lake, "local-cluster[2,1,3072]"))
+    spark = get_spark(cfg)
+    tables = get_tables(spark, cfg)
+    seq = tables.read(t.USER_SEQUENCES, dt=DAY.isoformat())
+    population = seq.count()
+    t0 = time.time()
+    out = inference.score_users(seq, model_state(), "bench", "0", DAY, 8).persist(StorageLevel.DISK_ONLY)
+    inference.check_representations(out, population, cfg.training.model.representation_dim)
+    tables.replace_partition(out, t.USER_REPRESENTATIONS, DAY.isoformat(), metadata={"job": "bench"})
+    seconds = time.time() - t0
+    spark.stop()
+    return {"users": population, "seconds": seconds}
+
+
+def ceiling_worker(n: int) -> dict[str, float]:
+    """Pure torch: the same user part over in-memory tensors, 2 threads."""
+    import torch
+
+    from benchmarks.bench_model_split import user_batch
+    from core.config import load_config
+    from training.model import build_model
+    from training.spec import ModelSpec
+
+    torch.set_num_threads(2)
+    spec = ModelSpec.from_config(load_config(ROOT / "conf/local.yaml"))
+    part = build_model(spec).user_part().eval()
+    gen = torch.Generator().manual_seed(0)
+    batches = [user_batch(spec, 4096, gen) for _ in range(max(1, n // 4096))]
+    with torch.no_grad():
+        part(batches[0])
+        t0 = time.time()
+        for b in batches:
+            part(b)
+    return {"users": 4096 * len(batches), "seconds": time.time() - t0}
+
+
+def driver_only(me: psutil.Process) -> list[psutil.Process]:
+    """The driver: the Python process and its JVM (the executors are that JVM's children)."""
+    return [me] + [c for c in me.children() if "java" in c.name()]
+
+
+def measure(args: list[str]) -> dict[str, float]:
+    res = run_worker("benchmarks.bench_publish", args, driver_only)
+    res["driver_peak_mb"] = res.pop("peak_rss_mb")
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--users", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--out", type=Path)
+    p.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        kind, arg = args.worker
+        res = spark_worker(Path(arg)) if kind == "spark" else ceiling_worker(int(arg))
+        print(json.dumps(res))
+        return
+    WORK.mkdir(parents=True, exist_ok=True)
+    ceiling = measure(["ceiling", str(min(args.users[0], 200_000))])
+    ceil_rate = ceiling["users"] / ceiling["seconds"]
+    print(f"ceiling: {ceil_rate:,.0f} users/s (pure torch, 2 threads)", flush=True)
+    rows = []
+    for n in args.users:
+        lake = make_sequences(n)
+        r = measure(["spark", str(lake)])
+        rate = r["users"] / r["seconds"]
+        rows.append((n, r["seconds"], rate, rate / ceil_rate, r["driver_peak_mb"]))
+        print(rows[-1], flush=True)
+    lines = [f"Ceiling (pure torch forward of the user part, 2 threads, in-memory): {ceil_rate:,.0f} users/s", "",
+             "| users | seconds (score + checks + commit) | users/s | share of ceiling | driver peak RSS (MB) |",
+             "|---:|---:|---:|---:|---:|"]
+    for n, s, rate, share, mem in rows:
+        lines.append(f"| {n:,} | {s:.0f} | {rate:,.0f} | {share:.0%} | {mem:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    write_result(args.out, "python -m benchmarks.bench_publish --users " + " ".join(map(str, args.users)), table)
+
+
+if __name__ == "__main__":
+    main()

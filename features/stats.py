@@ -1,0 +1,117 @@
+"""Normalisation statistics of every dense model input, and drift between populations.
+
+The **serving population** of a day is exactly what the nightly job scores
+(``features/user_sequences`` of that day: one row per active user) for the user-side inputs,
+and the day's unsampled impressions for the item-side inputs (target item price, ranking
+features). Training loads these statistics into frozen normalisation layers, so that the
+filtering and re-sampling of training examples cannot shift them (the paper's lesson:
+batch-norm statistics learned on re-sampled training data hurt online).
+
+Drift between two populations is the standardised mean difference per feature:
+``|mean_a - mean_b| / sqrt((var_a + var_b) / 2)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable
+
+from core.tables import USER_DENSE_DIM
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+SERVING, TRAINING = "serving", "training"
+USER_SIDE = ("seq_log_price", "user_dense")
+ITEM_SIDE = ("item_log_price", "rank_features")
+
+
+@dataclass(frozen=True)
+class FeatureStat:
+    feature: str
+    count: int
+    mean: float
+    var: float
+
+
+def _moments(df: "DataFrame", exprs: dict[str, "Column"]) -> list[FeatureStat]:
+    """count / mean / population variance of each expression, in one pass."""
+    from pyspark.sql import functions as F
+
+    aggs = []
+    for name, e in exprs.items():
+        aggs += [F.count(e).alias(f"{name}#n"), F.avg(e).alias(f"{name}#m"), F.var_pop(e).alias(f"{name}#v")]
+    row = df.agg(*aggs).first()
+    values = row.asDict() if row is not None else {}
+    out = []
+    for name in exprs:
+        n = int(values.get(f"{name}#n") or 0)
+        mean = float(values[f"{name}#m"]) if n else 0.0
+        var = float(values[f"{name}#v"]) if n else 1.0
+        out.append(FeatureStat(name, n, mean, var))
+    return out
+
+
+def user_side_stats(seq: "DataFrame") -> list[FeatureStat]:
+    """``seq_log_price`` over the valid positions of every sequence, ``user_dense[i]`` per row."""
+    from pyspark.sql import functions as F
+
+    prices = seq.select(F.explode(F.slice("seq_log_price", 1, F.col("seq_len"))).alias("p"))
+    out = _moments(prices, {"seq_log_price": F.col("p")})
+    out += _moments(seq, {f"user_dense[{i}]": F.col("user_dense")[i] for i in range(USER_DENSE_DIM)})
+    return out
+
+
+def item_side_stats(rows: "DataFrame", rank_dim: int) -> list[FeatureStat]:
+    """``item_log_price`` and ``rank_features[i]`` over impression-like rows."""
+    from pyspark.sql import functions as F
+
+    exprs = {"item_log_price": F.col("item_log_price")}
+    exprs.update({f"rank_features[{i}]": F.col("rank_features")[i] for i in range(rank_dim)})
+    return _moments(rows, exprs)
+
+
+def stats_frame(spark: "SparkSession", stats: Iterable[FeatureStat], population: str, day: str) -> "DataFrame":
+    from core.tables import FEATURE_STATS
+
+    return spark.createDataFrame([(s.feature, population, s.count, s.mean, s.var, day) for s in stats],
+                                 FEATURE_STATS.schema)
+
+
+def smd(a: FeatureStat, b: FeatureStat) -> float:
+    """Standardised mean difference of two populations of one feature."""
+    pooled = math.sqrt(max((a.var + b.var) / 2.0, 0.0))
+    diff = abs(a.mean - b.mean)
+    if pooled == 0.0:
+        return 0.0 if diff == 0.0 else math.inf
+    return diff / pooled
+
+
+def drift(serving: Iterable[FeatureStat], training: Iterable[FeatureStat]) -> dict[str, float]:
+    """SMD per feature present in both populations."""
+    train = {s.feature: s for s in training}
+    return {s.feature: smd(s, train[s.feature]) for s in serving if s.feature in train and train[s.feature].count}
+
+
+def norm_from_stats(stats: Iterable[FeatureStat], rank_dim: int) -> dict[str, tuple[list[float], list[float]]]:
+    """The ``ModelSpec.norm`` mapping: dense input name -> (means, variances)."""
+    by = {s.feature: s for s in stats}
+
+    def vec(name: str, n: int) -> tuple[list[float], list[float]]:
+        parts = [by.get(f"{name}[{i}]") for i in range(n)]
+        return ([p.mean if p else 0.0 for p in parts], [p.var if p else 1.0 for p in parts])
+
+    def one(name: str) -> tuple[list[float], list[float]]:
+        s = by.get(name)
+        return ([s.mean if s else 0.0], [s.var if s else 1.0])
+
+    return {"seq_log_price": one("seq_log_price"), "item_log_price": one("item_log_price"),
+            "user_dense": vec("user_dense", USER_DENSE_DIM), "rank_features": vec("rank_features", rank_dim)}
+
+
+def read_stats(df: "DataFrame", population: str = SERVING) -> list[FeatureStat]:
+    """Rows of ``features/feature_stats`` (one day, one population; a few dozen rows) as objects."""
+    from pyspark.sql import functions as F
+
+    rows = df.where(F.col("population") == population).collect()
+    return [FeatureStat(r["feature"], int(r["count"]), float(r["mean"]), float(r["var"])) for r in rows]

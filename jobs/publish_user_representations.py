@@ -1,0 +1,73 @@
+"""The nightly job: user representations and purchasing-power tiers -> ``outputs/user_representations``.
+
+    spark-submit jobs/publish_user_representations.py --config conf/local.yaml --date 2026-11-14
+    python -m jobs.publish_user_representations --config conf/local.yaml --date 2026-11-14 [--model-version 3]
+
+Loads the registered model carrying the ``champion`` alias (or ``--model-version``), reads
+``features/user_sequences`` of ``--date`` (building it first when the partition is missing),
+runs the model's user part on the executors and replaces partition ``dt = --date`` in one
+atomic commit whose metadata records the model version and the input table versions. Before
+committing, the result is checked (one row per user of the serving population, no nulls,
+finite vectors of the model's length, 7 probabilities summing to 1, tiers 1..7); a bad
+result is refused and the table stays as it was.
+"""
+from __future__ import annotations
+
+import argparse
+
+from pyspark import StorageLevel
+
+from core import tables as t
+from core.cli import JobContext, base_parser, main_entry
+from core.delta import get_tables
+from core.spark import get_spark
+from features import pipeline
+from registry.models import ModelRegistry
+from training import inference
+
+JOB = "publish_user_representations"
+
+
+def run(ctx: JobContext) -> str:
+    cfg, day = ctx.cfg, ctx.args.date
+    spark = get_spark(cfg)
+    tables = get_tables(spark, cfg)
+    registry = ModelRegistry(cfg.mlflow)
+    loaded = registry.load(ctx.args.model_version)
+    lines = []
+    ds = day.isoformat()
+    if not (tables.exists(t.USER_SEQUENCES) and ds in tables.partitions(t.USER_SEQUENCES)):
+        res, lines = pipeline.build_user_sequences(tables, cfg, day, JOB, ctx.run_id)
+        lines.append(f"built {res.describe()} dt={ds}")
+    seq_version = tables.version(t.USER_SEQUENCES)
+    seq = tables.read(t.USER_SEQUENCES, dt=ds, version=seq_version)
+    population = seq.count()
+    state = registry.state_bytes(loaded.version)
+    out = inference.score_users(seq, state, registry.name, loaded.version, day,
+                                cfg.publish.partitions).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        checks = inference.check_representations(out, population, loaded.spec.model.representation_dim)
+        res = tables.replace_partition(out, t.USER_REPRESENTATIONS, ds, metadata={
+            "job": JOB, "run_id": ctx.run_id, "dt": ds, "model_name": registry.name, "model_version": loaded.version,
+            "model_run_id": loaded.run_id, "model_aliases": loaded.aliases,
+            "inputs": {t.USER_SEQUENCES.name: seq_version, **tables.metadata(t.USER_SEQUENCES, seq_version)
+                       .get("inputs", {})},
+            "rows": int(checks["rows"]), "embedding_dim": loaded.spec.model.representation_dim})
+    finally:
+        out.unpersist()
+    return "\n".join([*lines, f"{JOB}: wrote {res.describe()} dt={ds}: {population:,} users scored with "
+                      f"{registry.name} version {loaded.version} under {tables.root}"])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = base_parser(JOB, __doc__ or "")
+    p.add_argument("--model-version", help="registered model version (default: the champion alias)")
+    return p
+
+
+def main() -> None:
+    main_entry(JOB, parser(), run)
+
+
+if __name__ == "__main__":
+    main()

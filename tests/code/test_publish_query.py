@@ -1,0 +1,125 @@
+"""The nightly job's guarantees (idempotent partition, refusal of bad output, clear errors) and jobs/query."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from core import tables as t
+from jobs import publish_user_representations as publish
+from jobs import query
+from tests.conftest import SMALL, TINY_END, TINY_WORLD
+from tests.helpers import run
+
+OV = (*TINY_WORLD, *SMALL)
+
+
+def test_rerun_replaces_the_partition(tiny_published) -> None:
+    cfg, tables, tmp = tiny_published
+    before = tables.version(t.USER_REPRESENTATIONS)
+    n = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).count()
+    other = tables.read(t.USER_REPRESENTATIONS, dt="2026-11-07").count()
+    assert run(publish, tmp, "--date", TINY_END, overrides=OV, lake=cfg.lake_root) == 0
+    assert tables.version(t.USER_REPRESENTATIONS) == before + 1
+    assert tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).count() == n
+    assert tables.read(t.USER_REPRESENTATIONS, dt="2026-11-07").count() == other
+
+
+def test_bad_output_is_refused_and_the_table_is_untouched(tiny_published, monkeypatch, capsys) -> None:
+    from training import inference
+
+    cfg, tables, tmp = tiny_published
+    before = tables.version(t.USER_REPRESENTATIONS)
+    real = inference._score_frames
+
+    def nan_scores(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        for frame in real(*args, **kwargs):
+            frame["embedding"] = [np.full_like(v, np.nan) for v in frame["embedding"]]
+            yield frame
+
+    monkeypatch.setattr(inference, "_score_frames", nan_scores)
+    assert run(publish, tmp, "--date", TINY_END, overrides=OV, lake=cfg.lake_root) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("publish_user_representations failed: refusing to commit outputs/user_representations:")
+    assert "rows with NaN/Inf values" in err
+    assert tables.version(t.USER_REPRESENTATIONS) == before
+
+
+def test_missing_champion_is_a_clear_error(tiny_pipeline, tmp_path: Path, capsys) -> None:
+    cfg, _, _ = tiny_pipeline
+    assert run(publish, tmp_path, "--date", TINY_END, overrides=OV, lake=cfg.lake_root) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("publish_user_representations failed: no version of registered model 'dupn_user_model' carries "
+                   "the alias 'champion': train and promote one (python -m jobs.train --mode full ...) or pass "
+                   "--model-version N")
+
+
+def test_the_model_is_built_once_per_process(tiny_model, spark) -> None:
+    from registry.models import ModelRegistry
+    from training import inference
+
+    cfg, _, _ = tiny_model
+    reg = ModelRegistry(cfg.mlflow)
+    state = spark.sparkContext.broadcast(reg.state_bytes(reg.champion_version()))
+    start = inference.LOADS["count"]
+    a = inference._user_part(state)
+    b = inference._user_part(state)
+    assert a is b and inference.LOADS["count"] == start + 1
+
+
+def q(published, *args: str) -> int:  # noqa: ANN001
+    cfg, _, tmp = published
+    return run(query, tmp, *args, overrides=OV, lake=cfg.lake_root)
+
+
+def test_query_user_text_and_json(tiny_published, capsys) -> None:
+    _, tables, _ = tiny_published
+    uid = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).first().user_id
+    assert q(tiny_published, "user", str(uid)) == 0
+    out = capsys.readouterr().out
+    assert f"user {uid}  dt={TINY_END}" in out and "purchasing-power tier" in out and "16 floats" in out
+    assert q(tiny_published, "--json", "user", str(uid), "--date", "2026-11-07", "--full") == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["dt"] == "2026-11-07" and len(obj["embedding"]) == 16 and abs(sum(obj["ppp_probs"]) - 1) < 1e-4
+
+
+def test_query_errors_are_one_line(tiny_published, capsys) -> None:
+    assert q(tiny_published, "user", "42") == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        "query failed: user 42 is not in outputs/user_representations dt=")
+    assert q(tiny_published, "user", "42", "--date", "2020-01-01") == 1
+    assert "has no date 2020-01-01" in capsys.readouterr().err
+    assert q(tiny_published, "tiers", "--version", "999") == 1
+    assert "has no version 999" in capsys.readouterr().err
+
+
+def test_similar_is_exact(tiny_published, capsys) -> None:
+    _, tables, _ = tiny_published
+    rows = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).collect()
+    ids = np.array([r.user_id for r in rows])
+    emb = np.array([r.embedding for r in rows], dtype=np.float64)
+    target = 3
+    cos = emb @ emb[target] / (np.linalg.norm(emb, axis=1).clip(1e-12) * np.linalg.norm(emb[target]))
+    cos[target] = -np.inf
+    expected = list(ids[np.argsort(-cos, kind="stable")[:5]])
+    assert q(tiny_published, "--json", "similar", str(ids[target]), "--k", "5") == 0
+    got = json.loads(capsys.readouterr().out)["neighbours"]
+    assert [n["user_id"] for n in got] == expected
+    assert [round(n["cosine"], 5) for n in got] == [round(float(c), 5) for c in sorted(cos, reverse=True)[:5]]
+
+
+def test_tiers_sql_and_history(tiny_published, capsys) -> None:
+    _, tables, _ = tiny_published
+    assert q(tiny_published, "--json", "tiers") == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["dt"] == TINY_END and obj["previous_dt"] == "2026-11-07"
+    assert sum(r["users"] for r in obj["tiers"]) == tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).count()
+    assert abs(sum(r["share_change_pp"] for r in obj["tiers"])) < 1e-6
+    statement = "SELECT dt, count(*) AS n FROM user_representations GROUP BY dt ORDER BY dt"
+    assert q(tiny_published, "--json", "sql", statement) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert [r["dt"] for r in res["rows"]] == ["2026-11-07", TINY_END] and "raw_events" in res["views"]
+    assert q(tiny_published, "history") == 0
+    out = capsys.readouterr().out
+    assert "publish_user_representations" in out and TINY_END in out

@@ -1,0 +1,142 @@
+"""Input validation: contract schema errors, every quarantine reason, the bound, no half-written tables."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from core import tables as t
+from core.delta import get_tables
+from core.errors import SchemaError
+from features.quality import quarantine_spec, validated
+from jobs import build_sequences
+from tests.conftest import make_config
+from tests.helpers import event, frame, put, run, ts
+
+OV = ("sequences.max_len=5", "sequences.lookback_days=2", "quality.max_quarantine_share=0.9")
+
+
+@pytest.fixture()
+def lake(spark, tmp_path: Path):
+    tables = get_tables(spark, make_config(tmp_path))
+    put(spark, tables, t.ITEMS, [{"item_id": 1, "price": 2.0}])
+    put(spark, tables, t.USERS, [{"user_id": 1}])
+    return tables
+
+
+def bad_events() -> list[dict]:
+    good = event(1, 1, "2026-11-02T08:00:00")
+    return [
+        good, dict(good),                                                   # duplicate (one copy stays)
+        event(1, 1, "2026-11-02T09:00:00"), event(1, 1, "2026-11-02T10:00:00"),
+        {**event(1, 1, "2026-11-02T08:00:01"), "user_id": None},           # null_id
+        {**event(1, 1, "2026-11-02T08:00:02"), "item_id": None},           # null_id
+        event(1, 1, "2026-11-02T08:00:03", behavior="view"),               # unknown_behavior
+        {**event(1, 1, "2026-11-02T08:00:04"), "event_time": None},        # null_event_time
+        {**event(1, 1, "2026-11-03T00:00:00"), "dt": "2026-11-02"},         # future_event_time
+        {**event(1, 1, "2026-11-01T23:00:00"), "dt": "2026-11-02"},         # dt_mismatch
+    ]
+
+
+def test_each_reason_is_quarantined_and_counted(spark, tmp_path: Path, lake, capsys) -> None:
+    tables = lake
+    put(spark, tables, t.EVENTS, bad_events())
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02", overrides=OV) == 0
+    out = capsys.readouterr().out
+    assert ("raw/events: 10 rows, 7 quarantined (dt_mismatch=1, duplicate=1, future_event_time=1, "
+            "null_event_time=1, null_id=2, unknown_behavior=1)") in out
+    q = tables.read(quarantine_spec(t.EVENTS), dt="2026-11-02")
+    reasons = sorted(r.reason for r in q.collect())
+    assert reasons == ["dt_mismatch", "duplicate", "future_event_time", "null_event_time", "null_id", "null_id",
+                       "unknown_behavior"]
+    assert {r.job for r in q.collect()} == {"build_sequences"}
+    assert q.where(F.col("reason") == "unknown_behavior").first().row_json.count('"behavior":"view"') == 1
+    row = tables.read(t.USER_SEQUENCES).first()
+    assert row.seq_len == 3                                              # 3 distinct valid events
+    # a re-run replaces the quarantine partition instead of adding to it
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02", overrides=OV) == 0
+    assert tables.read(quarantine_spec(t.EVENTS), dt="2026-11-02").count() == 7
+
+
+def test_share_above_the_bound_fails_before_any_output(spark, tmp_path: Path, lake, capsys) -> None:
+    tables = lake
+    put(spark, tables, t.EVENTS, bad_events())
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02",
+               overrides=("sequences.lookback_days=2", "quality.max_quarantine_share=0.5")) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("build_sequences failed: too many rows quarantined: raw/events 70.00% > 50.00%")
+    assert not tables.exists(t.USER_SEQUENCES)
+    assert tables.read(quarantine_spec(t.EVENTS)).count() == 7          # kept for inspection
+
+
+def test_other_tables_reasons(spark) -> None:
+    day = dt.date(2026, 11, 2)
+    good = {"user_id": 1, "item_id": 1, "scene": "search", "query": "q", "event_time": ts("2026-11-02T08:00:00"),
+            "rank_features": [0.5] * 8, "clicked": 1, "carted": 0, "bought": 1, "dt": "2026-11-02"}
+    imp = frame(spark, t.IMPRESSIONS, [
+        good, {**good, "item_id": 2, "clicked": 0},                         # bought without click
+        {**good, "item_id": 3, "carted": 2},                                # not binary
+        {**good, "item_id": 4, "rank_features": [0.5] * 7},                 # wrong length
+        {**good, "item_id": 5, "rank_features": [float("nan")] * 8},        # NaN
+    ])
+    v = validated(imp, t.IMPRESSIONS, day, rank_dim=8)
+    assert v.counts == {"bad_label": 2, "bad_rank_features": 2} and v.total == 5 and v.valid.count() == 1
+    ppp = frame(spark, t.PPP_LABELS, [{"user_id": 1, "tier": 0, "dt": "2026-11-02"},
+                                      {"user_id": 1, "tier": 8, "dt": "2026-11-02"},
+                                      {"user_id": 1, "tier": 3, "dt": "2026-11-03"},
+                                      {"user_id": 2, "tier": 7, "dt": "2026-11-02"}])
+    v = validated(ppp, t.PPP_LABELS, day)
+    assert v.counts == {"bad_label": 2, "future_label": 1}
+    fol = frame(spark, t.FOLLOWS, [{"user_id": 1, "talent_id": None, "event_time": ts("2026-11-02T01:00:00"),
+                                    "followed": 1, "dt": "2026-11-02"},
+                                   {"user_id": 1, "talent_id": 3, "event_time": ts("2026-11-02T01:00:00"),
+                                    "followed": 5, "dt": "2026-11-02"}])
+    assert validated(fol, t.FOLLOWS, day).counts == {"null_id": 1, "bad_label": 1}
+    shop = frame(spark, t.SHOP_PREFS, [{"user_id": 1, "shop_id": 3, "event_time": ts("2026-11-02T01:00:00"),
+                                        "label": -1, "dt": "2026-11-02"}])
+    assert validated(shop, t.SHOP_PREFS, day).counts == {"bad_label": 1}
+
+
+def test_schema_errors_name_table_column_and_types(spark, tmp_path: Path, lake, capsys) -> None:
+    tables = lake
+    df = frame(spark, t.EVENTS, [event(1, 1, "2026-11-02T08:00:00")])
+    df = df.withColumn("item_id", F.col("item_id").cast("string"))
+    with pytest.raises(SchemaError, match="table raw/events: column 'item_id' has type string, expected bigint"):
+        validated(df, t.EVENTS, dt.date(2026, 11, 2))
+    with pytest.raises(SchemaError, match="table raw/events: missing column 'scene'"):
+        validated(frame(spark, t.EVENTS, [event(1, 1, "2026-11-02T08:00:00")]).drop("scene"), t.EVENTS,
+                  dt.date(2026, 11, 2))
+    # through the job: an upstream table written with a wrong type
+    from core.tables import TableSpec
+
+    wrong = TableSpec(t.EVENTS.name, df.schema, ("dt",))
+    tables.write(df, wrong, "overwrite")
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02", overrides=OV) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("build_sequences failed: table raw/events: column 'item_id' has type string, expected bigint; "
+                   "cast it in the writer of raw/events")
+
+
+def test_a_run_failing_midway_changes_no_table(spark, tmp_path: Path, lake, monkeypatch) -> None:
+    tables = lake
+    put(spark, tables, t.EVENTS, bad_events())
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02", overrides=OV) == 0
+    before = (tables.version(t.USER_SEQUENCES), tables.version(quarantine_spec(t.EVENTS)))
+    from features import pipeline
+
+    real = pipeline.serving_sequences
+
+    @F.udf("int")
+    def boom(x: int) -> int:
+        raise RuntimeError("disk full (injected)")
+
+    def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return real(*args, **kwargs).withColumn("seq_len", boom("seq_len"))
+
+    monkeypatch.setattr(pipeline, "serving_sequences", failing)
+    put(spark, tables, t.EVENTS, bad_events()[:3])
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02", overrides=OV) == 1
+    assert (tables.version(t.USER_SEQUENCES), tables.version(quarantine_spec(t.EVENTS))) == before
+    assert tables.read(quarantine_spec(t.EVENTS)).count() == 7

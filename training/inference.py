@@ -1,0 +1,136 @@
+"""Scoring users on Spark executors with the user part of a registered model, and the checks a
+published result must pass before it is committed.
+
+The driver loads the model once and broadcasts its state (spec + weights, tens of MB); each
+executor's Python worker deserialises it **once per process** (a module-level cache keyed by
+the broadcast) and runs the user part over Arrow batches (``mapInPandas``), so nothing
+proportional to the number of users reaches the driver.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import threading
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from core import tables as t
+from core.errors import DataQualityError
+from registry.models import USER_INPUTS
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
+    from pyspark.sql import DataFrame
+
+    from training.model import UserPart
+
+logger = logging.getLogger(__name__)
+
+_CACHE: dict[int, "UserPart"] = {}
+_LOCK = threading.Lock()
+LOADS = {"count": 0}  # how many times this process built a model (tests check "once per process")
+
+
+def _user_part(state: "Broadcast[bytes]") -> "UserPart":
+    """The broadcast model's user part, built once per Python worker process."""
+    key = state.id if hasattr(state, "id") else id(state)
+    with _LOCK:
+        part = _CACHE.get(key)
+        if part is None:
+            import torch
+
+            from training.trainer import load_state
+            from training.model import build_model
+            from training.spec import ModelSpec
+
+            torch.set_num_threads(1)  # one Spark task per core
+            data = load_state(state.value)
+            model = build_model(ModelSpec.from_dict(data["spec"]))
+            model.load_state_dict(data["weights"])
+            part = model.user_part().eval()
+            _CACHE.clear()
+            _CACHE[key] = part
+            LOADS["count"] += 1
+    return part
+
+
+def _score_frames(frames: Iterable[pd.DataFrame], state: "Broadcast[bytes]", model_name: str,
+                  model_version: str, day: str) -> Iterator[pd.DataFrame]:
+    import torch
+
+    from registry.models import frame_to_batch
+
+    part = _user_part(state)
+    for frame in frames:
+        if frame.empty:
+            continue
+        with torch.no_grad():
+            rep, probs = part(frame_to_batch(frame))
+        probs_np = probs.numpy().astype(np.float32)
+        yield pd.DataFrame({
+            "user_id": frame["user_id"].to_numpy(), "embedding": list(rep.numpy().astype(np.float32)),
+            "ppp_tier": probs_np.argmax(axis=1).astype(np.int32) + 1, "ppp_probs": list(probs_np),
+            "model_name": model_name, "model_version": model_version, "dt": day})
+
+
+def score_users(sequences: "DataFrame", state: bytes, model_name: str, model_version: str, day: _dt.date,
+                partitions: int | None = None) -> "DataFrame":
+    """``outputs/user_representations`` rows for every row of ``sequences`` (``features/user_sequences``)."""
+    spark = sequences.sparkSession
+    bstate = spark.sparkContext.broadcast(state)
+    name, version, ds = model_name, model_version, day.isoformat()
+    inputs = sequences.select("user_id", *USER_INPUTS)
+    if partitions:
+        inputs = inputs.repartition(partitions)
+
+    def score(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        return _score_frames(frames, bstate, name, version, ds)
+
+    return inputs.mapInPandas(score, t.USER_REPRESENTATIONS.schema)
+
+
+def check_representations(out: "DataFrame", expected_users: int, dim: int) -> dict[str, float]:
+    """Aggregate checks of a scored partition (one pass, nothing row-sized collected).
+
+    Raises:
+        DataQualityError: naming every failed check, so the job refuses to commit.
+    """
+    from pyspark.sql import functions as F
+
+    finite = lambda x: ~(F.isnan(x) | x.isNull() | (F.abs(x) == F.lit(float("inf"))))  # noqa: E731
+    row = out.agg(
+        F.count(F.lit(1)).alias("rows"), F.countDistinct("user_id").alias("users"),
+        F.sum(F.when(F.col("embedding").isNull() | F.col("ppp_probs").isNull() | F.col("ppp_tier").isNull()
+                     | F.col("user_id").isNull() | F.col("model_version").isNull(), 1).otherwise(0)).alias("nulls"),
+        F.sum(F.when(~F.forall("embedding", finite) | ~F.forall("ppp_probs", finite), 1).otherwise(0))
+        .alias("non_finite"),
+        F.min(F.size("embedding")).alias("min_dim"), F.max(F.size("embedding")).alias("max_dim"),
+        F.sum(F.when(F.size("ppp_probs") != 7, 1).otherwise(0)).alias("bad_prob_len"),
+        F.max(F.abs(F.aggregate("ppp_probs", F.lit(0.0).cast("double"), lambda a, x: a + x) - 1.0))
+        .alias("max_prob_sum_error"),
+        F.sum(F.when((F.col("ppp_tier") < 1) | (F.col("ppp_tier") > 7), 1).otherwise(0)).alias("bad_tier"),
+    ).first()
+    stats = {k: float(v) if v is not None else math.nan for k, v in (row.asDict() if row else {}).items()}
+    problems = []
+    if stats.get("rows") != expected_users:
+        problems.append(f"{stats.get('rows'):.0f} rows for a serving population of {expected_users}")
+    if stats.get("users") != stats.get("rows"):
+        problems.append(f"user_id not unique ({stats.get('users'):.0f} users in {stats.get('rows'):.0f} rows)")
+    if stats.get("nulls"):
+        problems.append(f"{stats['nulls']:.0f} rows with nulls")
+    if stats.get("non_finite"):
+        problems.append(f"{stats['non_finite']:.0f} rows with NaN/Inf values")
+    if expected_users and (stats.get("min_dim") != dim or stats.get("max_dim") != dim):
+        problems.append(f"embedding length {stats.get('min_dim'):.0f}..{stats.get('max_dim'):.0f}, expected {dim}")
+    if stats.get("bad_prob_len"):
+        problems.append(f"{stats['bad_prob_len']:.0f} rows without 7 tier probabilities")
+    if expected_users and not stats.get("max_prob_sum_error", math.nan) <= 1e-4:
+        problems.append(f"tier probabilities sum off by up to {stats.get('max_prob_sum_error')}")
+    if stats.get("bad_tier"):
+        problems.append(f"{stats['bad_tier']:.0f} tiers outside 1..7")
+    if problems:
+        raise DataQualityError("refusing to commit outputs/user_representations: " + "; ".join(problems))
+    return stats
