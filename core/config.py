@@ -229,6 +229,8 @@ class TransferConfig(_Strict):
     batch_size: int = Field(512, ge=1)
     lr: float = Field(0.005, gt=0)
     seed: int = 3
+    days: int = Field(2, ge=1)
+    ra_mix: int = Field(4, ge=1)
 
 
 class Config(_Strict):

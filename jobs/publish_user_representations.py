@@ -34,7 +34,7 @@ def run(ctx: JobContext) -> str:
     tables = get_tables(spark, cfg)
     registry = ModelRegistry(cfg.mlflow)
     loaded = registry.load(ctx.args.model_version)
-    lines = []
+    lines: list[str] = []
     ds = day.isoformat()
     if not (tables.exists(t.USER_SEQUENCES) and ds in tables.partitions(t.USER_SEQUENCES)):
         res, lines = pipeline.build_user_sequences(tables, cfg, day, JOB, ctx.run_id)

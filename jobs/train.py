@@ -58,7 +58,8 @@ def run(ctx: JobContext) -> str:
                                 f"'{registry.name}', and there is none: run --mode full first")
         spec = champion.spec
         init_state = registry.state_bytes(champion.version)
-        epochs, stats_note = tc.incremental_epochs, {"from_champion_version": champion.version}
+        stats_note: dict[str, object] = {"from_champion_version": champion.version}
+        epochs = tc.incremental_epochs
     else:
         # the serving population the model is about to serve: the latest statistics up to the held-out days
         until = max([last.isoformat(), *data.eval_days])

@@ -53,10 +53,10 @@ def main() -> None:
     last = first + dt.timedelta(days=cfg.demo.days - 1)
     started = time.time()
     for step in steps(args.config, first, last):
-        cmd = [sys.executable, "-m", *step]
+        cmd = [sys.executable, "-m", step[0], "--log-level", "WARNING", *step[1:]]
         print(f"\n$ python -m {' '.join(shlex.quote(a) for a in step)}", flush=True)
         t0 = time.time()
-        res = subprocess.run(cmd + ["--log-level", "WARNING"])
+        res = subprocess.run(cmd)
         if res.returncode != 0:
             print(f"demo stopped: step {step[0]} failed (exit {res.returncode})", file=sys.stderr)
             sys.exit(res.returncode)

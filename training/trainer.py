@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from core.config import TrainingConfig
+from core.errors import PlatformError
 from training import metrics
 from training.data import Batch, PetastormSource, TensorBatches
 from training.model import DUPNModel, build_model, last_shared_layer, unwrap
@@ -204,11 +205,15 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
             for k, v in stats.items():
                 if k.startswith(("loss", "weight")):
                     sums[k] = sums.get(k, 0.0) + v
-            if rank == 0 and step % plan.log_every == 0:
+            if rank == 0 and (step % plan.log_every == 0 or step == 1):
                 result.steps.append({"step": float(step), "epoch": float(epoch), **stats})
         close = getattr(it, "close", None)
         if close is not None:  # stops this shard's reader threads when the epoch ended early
             close()
+        if n_steps == 0:  # every rank stops at the same step, so every rank raises here together
+            raise PlatformError(f"epoch {epoch}: rank {rank} of {world} read no training batch from "
+                                f"{len(plan.train_files)} files; with {world} processes each needs at least one "
+                                f"Parquet row group (rebuild the training set, or use fewer processes)")
         seconds = time.time() - started
         total_samples = samples * world if world > 1 else samples
         result.train_samples += total_samples

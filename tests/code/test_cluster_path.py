@@ -37,3 +37,19 @@ def test_generate_demo_world_on_local_cluster(tmp_path: Path, spark) -> None:
     tables = get_tables(spark, cfg)
     assert tables.read(t.EVENTS).count() > 1000
     assert len(tables.partitions(t.IMPRESSIONS)) == 8
+
+
+@pytest.mark.cluster
+def test_nightly_job_on_local_cluster(tiny_model) -> None:  # noqa: ANN001
+    """The executors score with the broadcast model in their own Python workers."""
+    from core import tables as t
+    from tests.conftest import SMALL, TINY_END, TINY_WORLD
+    from tests.helpers import job_argv
+
+    cfg, tables, tmp = tiny_model
+    argv = job_argv(tmp, *TINY_WORLD, *SMALL, f"lake_root={cfg.lake_root}")
+    res = spark_submit("publish_user_representations", *argv, "--date", TINY_END)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "publish_user_representations: wrote outputs/user_representations" in res.stdout
+    out = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END)
+    assert out.count() == tables.read(t.USER_SEQUENCES, dt=TINY_END).count()

@@ -101,8 +101,10 @@ def test_drift_check_fails_on_a_deliberately_upsampled_training_set(tiny_pipelin
     cfg, tables, tmp = tiny_pipeline
     copy = tmp_path / "copy"
     shutil.copytree(tmp / "lake", copy / "lake")
-    ov = (*TINY_WORLD,)
-    # the normal training set passes the default threshold
+    # 300 users give noisier SMDs than the demo world (normal set here: 0.39 worst, up-sampled: 0.56;
+    # demo world: 0.49 and 0.74, hence the default 0.65): a threshold between the two on this world
+    ov = (*TINY_WORLD, "stats.drift_threshold=0.5")
+    # the normal training set passes
     assert run(feature_stats, copy, "--date", TINY_END, "--training-start", TINY_START,
                "--training-end", TINY_END, overrides=ov) == 0
     # positives x40, negatives almost gone, no whole impression lists to dilute them
@@ -116,7 +118,7 @@ def test_drift_check_fails_on_a_deliberately_upsampled_training_set(tiny_pipelin
                "--training-end", TINY_END, overrides=ov) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("feature_stats failed: training set drifts from the serving population of "
-                          f"{TINY_END} above stats.drift_threshold=0.65: rank_features[0]")
+                          f"{TINY_END} above stats.drift_threshold=0.5: rank_features[0]")
     # the serving statistics were still recorded (training keeps using them)
     copy_tables = get_tables(spark, make_config(copy))
-    assert copy_tables.last_metadata(t.FEATURE_STATS)["drift"]["rank_features[0]"] > 0.65
+    assert copy_tables.last_metadata(t.FEATURE_STATS)["drift"]["rank_features[0]"] > 0.5
