@@ -210,7 +210,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
         close = getattr(it, "close", None)
         if close is not None:  # stops this shard's reader threads when the epoch ended early
             close()
-        if n_steps == 0:  # every rank stops at the same step, so every rank raises here together
+        if n_steps == 0 and plan.max_steps_per_epoch != 0:  # all ranks stop at the same step: all raise together
             raise PlatformError(f"epoch {epoch}: rank {rank} of {world} read no training batch from "
                                 f"{len(plan.train_files)} files; with {world} processes each needs at least one "
                                 f"Parquet row group (rebuild the training set, or use fewer processes)")
