@@ -5,7 +5,8 @@
 
 The examples are the shop impressions of days (S, D] with S = D - days; every method sees the
 users as of the end of S: RT (representation transfer) the published vectors of
-``outputs/user_representations`` dt=S, FT (fine-tuning the champion), RS (the same network
+``outputs/user_representations`` dt=S, FT (fine-tuning the model version that published those
+vectors, or ``--model-version``), RS (the same network
 from scratch) and RA (a fresh DUPN retrained on all tasks plus the shop task, within the
 ``ra_mix`` budget) the sequences of ``features/user_sequences`` dt=S. The joined examples are
 written to ``features/transfer_examples`` (partition ``dt = D``, split train/test by a hash of
@@ -42,18 +43,18 @@ def run(ctx: JobContext) -> str:
     tables = get_tables(spark, cfg)
     tr.require_snapshot(tables, snap)
     registry = ModelRegistry(cfg.mlflow)
-    champion = registry.load()
+    base = registry.load(args.model_version or tr.published_version(tables, snap))
     buckets = {"shop": cfg.sequences.hash_buckets.shop_id, "category": cfg.sequences.hash_buckets.category_id}
     for field, n in buckets.items():
-        if champion.spec.vocab[field] != n:
-            raise PlatformError(f"champion version {champion.version} has {champion.spec.vocab[field]} {field} "
-                                f"buckets, the config {n}: use the sequences settings the champion was trained with")
+        if base.spec.vocab[field] != n:
+            raise PlatformError(f"model version {base.version} has {base.spec.vocab[field]} {field} buckets, the "
+                                f"config {n}: use the sequences settings that version was trained with")
     settings = tr.TransferSettings(epochs=tc.epochs, batch_size=tc.batch_size,
                                    eval_batch_size=cfg.training.eval_batch_size, lr=tc.lr, seed=tc.seed,
                                    ra_mix=ra_mix, reader_workers=cfg.training.reader_workers,
                                    weighting=cfg.training.weighting, torch_threads=cfg.training.torch_threads)
     tags = {"job": JOB, "job_run_id": ctx.run_id, "transfer_date": ds, "snapshot_dt": snap,
-            "champion_version": champion.version}
+            "base_model_version": base.version}
     with MlflowTracker(cfg.mlflow, run_name=f"transfer-{ds}", tags=tags) as tracker:
         inputs = Inputs(tables, args.date, cfg.inputs.rank_features_dim)
         labels = inputs.partitions(t.SHOP_PREFS, list(window.example_days))
@@ -76,11 +77,11 @@ def run(ctx: JobContext) -> str:
         dropped = labels.total - labels.quarantined - sum(stats.rows.values())
         files = tr.transfer_files(tables, ds, res.version)
         original = tr.original_training_data(tables, snap) if "ra" in methods else None
-        results = tr.run_methods(methods, files, champion.model, stats.rep_dim, original, settings, stats.rows)
+        results = tr.run_methods(methods, files, base.model, stats.rep_dim, original, settings, stats.rows)
         params = {"date": ds, "days": days, "snapshot_dt": snap, "example_days": ",".join(window.example_days),
                   "methods": ",".join(methods), "test_share": tc.test_share, "seed": tc.seed, "epochs": tc.epochs,
                   "batch_size": tc.batch_size, "lr": tc.lr, "optimizer": "adam", "ra_mix": ra_mix,
-                  "ra_weighting": cfg.training.weighting.kind, "champion_version": champion.version,
+                  "ra_weighting": cfg.training.weighting.kind, "base_model_version": base.version,
                   "rep_model_versions": ",".join(stats.rep_model_versions), "rep_dim": stats.rep_dim,
                   "transfer_examples_version": res.version, "train_rows": stats.rows["train"],
                   "test_rows": stats.rows["test"], "dropped_not_in_snapshot": dropped,
@@ -90,9 +91,9 @@ def run(ctx: JobContext) -> str:
                    "examples": stats.describe(), "inputs": lines}
         table = tr.log_comparison(tracker, results, params, context)
     versions = set(stats.rep_model_versions)
-    note = "" if versions == {champion.version} else (
+    note = "" if versions == {base.version} else (
         f" (note: the published vectors of {snap} come from model version(s) {', '.join(sorted(versions))}, "
-        f"FT starts from champion version {champion.version})")
+        f"FT starts from version {base.version})")
     return "\n".join([
         *lines,
         f"wrote {res.describe()} dt={ds}: {window.describe()}; {stats.describe()}; {dropped:,} examples dropped "
@@ -107,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=None,
                    help=f"days of examples before and including --date (default transfer.days or "
                         f"{tr.DEFAULT_DAYS}); the snapshot day is --date minus this")
+    p.add_argument("--model-version", default=None,
+                   help="registered version FT starts from (and RS/RA take the architecture of); default: the "
+                        "version that published the snapshot day's vectors, which RT reads")
     p.add_argument("--methods", nargs="+", choices=tr.METHODS, default=list(tr.METHODS),
                    help="methods to compare (default all: rt ft rs ra)")
     p.add_argument("--ra-mix", type=int, default=None,

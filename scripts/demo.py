@@ -23,8 +23,10 @@ WARM_UP_DAYS = 4  # the first days only build up histories (users start with non
 
 def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
     """The daily pipeline over the demo world: features of the last day, a training set of the
-    days after the warm-up (the last one held out), full training up to two days before the end,
-    an incremental day, the nightly job, a query, and the transfer comparison."""
+    days after the warm-up (the last one held out), full training up to two days before the end
+    and that day's nightly job, an incremental day, the nightly job of the last day, queries, and
+    the transfer comparison (examples of the last two days, users and vectors of the nightly job
+    two days before)."""
     c = ["--config", config]
     d = lambda n: (last - dt.timedelta(days=n)).isoformat()  # noqa: E731
     start = (first + dt.timedelta(days=WARM_UP_DAYS)).isoformat()
@@ -34,8 +36,8 @@ def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
         ["jobs.build_training_set", *c, "--start", start, "--end", d(0)],
         ["jobs.feature_stats", *c, "--date", d(0), "--training-start", start, "--training-end", d(0)],
         ["jobs.train", *c, "--mode", "full", "--start", start, "--end", d(2)],
-        ["jobs.train", *c, "--mode", "incremental", "--date", d(1)],
         ["jobs.publish_user_representations", *c, "--date", d(2)],
+        ["jobs.train", *c, "--mode", "incremental", "--date", d(1)],
         ["jobs.publish_user_representations", *c, "--date", d(0)],
         ["jobs.query", *c, "tiers"],
         ["jobs.query", *c, "user", str(FIRST_USER)],

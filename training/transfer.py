@@ -9,11 +9,12 @@ label, the user's behaviour sequence and the user's published vector:
   the **published** vector of ``outputs/user_representations`` and the shop features (fresh
   hashed shop-id and shop-category embeddings, the shop's price level and size from
   ``raw/items``); the user network is not touched (what a downstream team can do with the table).
-* ``ft`` fine-tuning: the champion's user tower, loaded from the MLflow registry, with a new
+* ``ft`` fine-tuning: the user tower of the registered model version that published the
+  snapshot's vectors (or a chosen version), loaded from the MLflow registry, with a new
   :class:`ShopHead` whose shop and category embeddings are the tower's own (pre-trained)
   tables; all trained end to end.
 * ``rs`` single task from scratch: the same architecture as ``ft``, freshly initialised.
-* ``ra`` all tasks retrained: a fresh :class:`training.model.DUPNModel` (the champion's spec)
+* ``ra`` all tasks retrained: a fresh :class:`training.model.DUPNModel` (that version's spec)
   plus the shop head, trained jointly on the original tasks' training examples and the shop
   rows mixed into every batch (losses masked per task). Its budget is ``ra_mix`` original rows
   per shop row and step, for the same number of epochs as the others.
@@ -143,6 +144,23 @@ def require_snapshot(tables: "DeltaTables", snapshot_day: str) -> None:
     if not (tables.exists(t.USER_REPRESENTATIONS) and snapshot_day in tables.partitions(t.USER_REPRESENTATIONS)):
         raise PlatformError(f"outputs/user_representations has no partition dt={snapshot_day} (the vectors "
                             f"representation transfer reads): run publish_user_representations --date {snapshot_day}")
+
+
+def published_version(tables: "DeltaTables", snapshot_day: str) -> str:
+    """The model version that wrote ``outputs/user_representations`` dt = ``snapshot_day``: FT then
+    fine-tunes the very network whose vectors RT reads (and which was trained on data up to the
+    snapshot at the latest, since the nightly job of S ran at S).
+
+    Raises:
+        PlatformError: the partition mixes model versions.
+    """
+    rows = (tables.read(t.USER_REPRESENTATIONS, dt=snapshot_day).select("model_version").distinct()
+            .limit(2).collect())  # <= 2 rows
+    if len(rows) != 1:
+        raise PlatformError(f"outputs/user_representations dt={snapshot_day} holds "
+                            f"{'no rows' if not rows else 'several model versions'}: re-run "
+                            f"publish_user_representations --date {snapshot_day}, or pass --model-version N")
+    return str(rows[0]["model_version"])
 
 
 def split_of(user_id: "Column", test_share: float, seed: int) -> "Column":
@@ -727,7 +745,7 @@ def run_rt(files: TransferFiles, rep_dim: int, spec: ModelSpec, s: TransferSetti
 
 
 def run_ft(files: TransferFiles, champion: DUPNModel, s: TransferSettings) -> MethodResult:
-    """FT: the champion's user tower (a copy) + a new shop head, trained end to end."""
+    """FT: the base model's user tower (a copy) + a new shop head, trained end to end."""
     started = time.perf_counter()
     torch.manual_seed(s.seed)
     model = ShopPreferenceNet(copy.deepcopy(champion.tower), champion.spec.model.head_hidden,

@@ -163,6 +163,10 @@ def test_the_comparison_is_logged_to_mlflow(transfer_env) -> None:
     r = transfer_env["run"]
     assert r.data.params["snapshot_dt"] == SNAPSHOT and r.data.params["days"] == DAYS
     assert r.data.params["methods"] == "rt,ft,rs,ra" and r.data.params["ra_mix"] == "2"
+    # FT fine-tunes the version that published the snapshot's vectors (the ones RT reads)
+    published = transfer_env["tables"].read(t.USER_REPRESENTATIONS, dt=SNAPSHOT).select("model_version").distinct()
+    assert [row[0] for row in published.collect()] == [r.data.params["base_model_version"]]
+    assert r.data.params["rep_model_versions"] == r.data.params["base_model_version"]
     client = mlflow.MlflowClient()
     arts = {a.path for a in client.list_artifacts(r.info.run_id, "transfer")}
     assert arts == {"transfer/comparison.json", "transfer/comparison.md", "transfer/learning_curves.png"}
