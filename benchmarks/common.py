@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,8 +27,9 @@ def run_worker(module: str, args: list[str],
                processes: Callable[[psutil.Process], list[psutil.Process]] = whole_tree) -> dict[str, float]:
     """Run ``python -m <module> --worker <args>``; its last stdout line is a JSON result, to which
     ``peak_rss_mb`` (the peak summed RSS of ``processes(worker)``, sampled every 0.2 s) is added."""
+    err = tempfile.TemporaryFile(mode="w+")
     proc = subprocess.Popen([sys.executable, "-m", module, "--worker", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=err, text=True)
     peak = 0
     stop = threading.Event()
 
@@ -46,8 +48,12 @@ def run_worker(module: str, args: list[str],
     out, _ = proc.communicate()
     stop.set()
     th.join()
+    err.seek(0)
+    tail = err.read()[-4000:]
+    err.close()
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {module} {args} failed (exit {proc.returncode})")
+        raise RuntimeError(f"benchmark worker {module} {args} failed (exit {proc.returncode}); its stderr "
+                           f"ends with:\n{tail}")
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
     return result

@@ -24,6 +24,7 @@ from core.spark import get_spark
 from features import pipeline
 from registry.models import ModelRegistry
 from training import inference
+from training.spec import check_encoding
 
 JOB = "publish_user_representations"
 
@@ -34,6 +35,7 @@ def run(ctx: JobContext) -> str:
     tables = get_tables(spark, cfg)
     registry = ModelRegistry(cfg.mlflow)
     loaded = registry.load(ctx.args.model_version)
+    check_encoding(loaded.spec, cfg.sequences, loaded.version)
     lines: list[str] = []
     ds = day.isoformat()
     if not (tables.exists(t.USER_SEQUENCES) and ds in tables.partitions(t.USER_SEQUENCES)):
@@ -44,7 +46,7 @@ def run(ctx: JobContext) -> str:
     population = seq.count()
     state = registry.state_bytes(loaded.version)
     out = inference.score_users(seq, state, registry.name, loaded.version, day,
-                                cfg.publish.partitions).persist(StorageLevel.MEMORY_AND_DISK)
+                                cfg.publish.partitions, cfg.publish.batch_size).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         checks = inference.check_representations(out, population, loaded.spec.model.representation_dim)
         res = tables.replace_partition(out, t.USER_REPRESENTATIONS, ds, metadata={

@@ -20,13 +20,13 @@ import argparse
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry
 from core.delta import get_tables
-from core.errors import PlatformError
 from core.spark import get_spark
 from features.inputs import Inputs
 from features.quality import enforce_bound, release, write_quarantine
 from registry.models import ModelRegistry
 from registry.tracking import MlflowTracker
 from training import transfer as tr
+from training.spec import check_encoding
 
 JOB = "transfer"
 
@@ -44,11 +44,8 @@ def run(ctx: JobContext) -> str:
     tr.require_snapshot(tables, snap)
     registry = ModelRegistry(cfg.mlflow)
     base = registry.load(args.model_version or tr.published_version(tables, snap))
+    check_encoding(base.spec, cfg.sequences, base.version)
     buckets = {"shop": cfg.sequences.hash_buckets.shop_id, "category": cfg.sequences.hash_buckets.category_id}
-    for field, n in buckets.items():
-        if base.spec.vocab[field] != n:
-            raise PlatformError(f"model version {base.version} has {base.spec.vocab[field]} {field} buckets, the "
-                                f"config {n}: use the sequences settings that version was trained with")
     settings = tr.TransferSettings(epochs=tc.epochs, batch_size=tc.batch_size,
                                    eval_batch_size=cfg.training.eval_batch_size, lr=tc.lr, seed=tc.seed,
                                    ra_mix=ra_mix, reader_workers=cfg.training.reader_workers,

@@ -77,13 +77,21 @@ def _score_frames(frames: Iterable[pd.DataFrame], state: "Broadcast[bytes]", mod
 
 
 def score_users(sequences: "DataFrame", state: bytes, model_name: str, model_version: str, day: _dt.date,
-                partitions: int | None = None) -> "DataFrame":
-    """``outputs/user_representations`` rows for every row of ``sequences`` (``features/user_sequences``)."""
+                partitions: int | None = None, batch_size: int | None = None) -> "DataFrame":
+    """``outputs/user_representations`` rows for every row of ``sequences`` (``features/user_sequences``).
+
+    ``partitions``: spread the input over at least this many tasks; ``batch_size``: users per
+    Arrow batch, i.e. per forward pass (``publish.batch_size``).
+    """
     spark = sequences.sparkSession
+    if batch_size:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     bstate = spark.sparkContext.broadcast(state)
     name, version, ds = model_name, model_version, day.isoformat()
     inputs = sequences.select("user_id", *USER_INPUTS)
-    if partitions:
+    if partitions and inputs.rdd.getNumPartitions() < partitions:
+        # spread a table of few files over the executors; a table already split as finely is not
+        # shuffled (every row's sequence arrays would cross the network once more)
         inputs = inputs.repartition(partitions)
 
     def score(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:

@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from core.config import Config, ModelConfig
-from core.errors import ConfigError
+from core.config import Config, ModelConfig, SequencesConfig
+from core.errors import ConfigError, PlatformError
 from core.tables import TASKS, USER_DENSE_DIM
 from features.encoding import vocab_sizes
 
@@ -192,3 +192,21 @@ def canonical_tasks(tasks: Iterable[str]) -> tuple[str, ...]:
     if not given:
         raise ConfigError(f"at least one task must be enabled (choose from {list(TASKS)})")
     return tuple(t for t in TASKS if t in given)
+
+
+def check_encoding(spec: ModelSpec, sequences: SequencesConfig, version: str) -> None:
+    """Fail in one line when the configured sequence encoding differs from the one a registered
+    model version was trained with (its embedding tables would be indexed out of range, or hit
+    the wrong rows).
+
+    Raises:
+        PlatformError: naming every differing setting.
+    """
+    expected = {**vocab_sizes(sequences.hash_buckets, sequences.time_bucket_edges_s),
+                "max_len": sequences.max_len, "max_tags": sequences.max_tags}
+    actual = {**spec.vocab, "max_len": spec.max_len, "max_tags": spec.max_tags}
+    diff = [f"{k} {actual.get(k)} vs {v}" for k, v in expected.items() if actual.get(k) != v]
+    if diff:
+        raise PlatformError(f"model version {version} was trained with another sequence encoding than the config "
+                            f"(model vs config: {', '.join(diff)}): use the sequences settings it was trained "
+                            f"with, or train a new version")

@@ -151,3 +151,20 @@ def test_spec_from_config_uses_the_configured_sizes() -> None:
     assert spec.vocab["item"] == cfg.sequences.hash_buckets.item_id
     assert spec.max_len == cfg.sequences.max_len and spec.rank_dim == cfg.inputs.rank_features_dim
     assert spec.model == cfg.training.model
+
+
+def test_a_model_trained_with_another_encoding_is_refused() -> None:
+    from core.errors import PlatformError
+    from training.spec import check_encoding
+
+    cfg = Config()
+    spec = ModelSpec.from_config(cfg)
+    check_encoding(spec, cfg.sequences, "3")                          # same settings: fine
+    other = cfg.sequences.model_copy(update={
+        "max_len": 50, "hash_buckets": cfg.sequences.hash_buckets.model_copy(update={"shop_id": 1024})})
+    with pytest.raises(PlatformError) as info:
+        check_encoding(spec, other, "3")
+    assert str(info.value) == (
+        f"model version 3 was trained with another sequence encoding than the config (model vs config: shop "
+        f"{spec.vocab['shop']} vs 1024, max_len {spec.max_len} vs 50): use the sequences settings it was trained "
+        f"with, or train a new version")
