@@ -93,7 +93,10 @@ class TrainTask:
         outputs = self.model(batch)
         losses = task_losses(outputs, batch, self.loss_names)
         counts = row_counts(batch, self.loss_names)
+        extra = self.extra_losses(outputs, batch)
         total = self.weighting.combine(losses, counts)
+        for value in extra.values():
+            total = total + value
         if not bool(torch.isfinite(total.detach())):
             values = {t: float(v.detach()) for t, v in losses.items()}
             raise FloatingPointError(f"non-finite loss at step {self.steps}: total {float(total.detach())}, "
@@ -112,7 +115,14 @@ class TrainTask:
             out[f"rows_{t}"] = float(counts[t])
         for t, w in weights_used.items():
             out[f"weight_{t}"] = w
+        for name, value in extra.items():
+            out[f"loss_{name}"] = float(value.detach())
         return out
+
+    def extra_losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Losses added to the weighted total as they are (none here; a subclass adds e.g. a new
+        task's loss next to the original ones). Reported as ``loss_<name>``."""
+        return {}
 
     @torch.no_grad()
     def predict(self, batch: Mapping[str, Tensor], with_representation: bool = False) -> dict[str, np.ndarray]:

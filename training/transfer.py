@@ -44,17 +44,17 @@ from pyspark.sql import types as T
 from torch import Tensor, nn
 
 from core import tables as t
-from core.config import WeightingConfig
+from core.config import TrainingConfig, WeightingConfig
 from core.errors import DataQualityError, PlatformError
 from core.tables import TableSpec
 from features.encoding import UNKNOWN, hashed
 from features.sequences import end_of_day
 from training import metrics
 from training.data import TRAIN_FIELDS, USER_FIELDS, Batch, PetastormSource
-from training.losses import row_counts, task_losses
 from training.model import DUPNModel, UserTower, build_model, last_shared_layer
 from training.modules import embedding, mlp
 from training.spec import ModelSpec
+from training.step import TrainTask
 from training.weighting import TaskWeighting, build_weighting
 
 if TYPE_CHECKING:
@@ -535,38 +535,26 @@ class ShopTask:
         return {"loss": float(loss.detach())}
 
 
-class JointShopTask:
-    """RA: the original tasks' losses (combined by the configured weighting) + ``shop_weight`` × shop loss."""
+class JointShopTask(TrainTask):
+    """RA: the original tasks' losses (combined by the configured weighting) + ``shop_weight`` × shop
+    loss, through the training step of :class:`training.step.TrainTask` (Adam at ``lr``, no weight decay)."""
 
     def __init__(self, model: JointShopDUPN, weighting: TaskWeighting, lr: float, shop_weight: float = 1.0) -> None:
+        cfg = TrainingConfig(optimizer="adam", lr=lr, weight_decay=0.0)
+        super().__init__(model, weighting, cfg, loss_names=model.dupn.spec.loss_names)
         self.method = "ra"
-        self.model = model
-        self.weighting = weighting
         self.shop_weight = shop_weight
-        self.loss_names = model.dupn.spec.loss_names
-        groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
-        if weighting.main_parameters():
-            groups.append({"params": weighting.main_parameters()})
-        self.optimizer = torch.optim.Adam(groups, lr=lr)
-        self.steps = 0
+
+    def extra_losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        shop = _bce(outputs["shop_logit"], batch, shop_rows(batch))
+        self._shop_loss = float(shop.detach())
+        return {"shop": self.shop_weight * shop}
 
     def step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
         """One Adam step on a mixed batch. Returns ``loss`` (shop), ``loss_total`` and ``loss_<task>``."""
-        self.model.train()
-        self.weighting.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(batch)
-        losses = task_losses(out, batch, self.loss_names)
-        counts = row_counts(batch, self.loss_names)
-        shop = _bce(out["shop_logit"], batch, shop_rows(batch))
-        total = self.weighting.combine(losses, counts) + self.shop_weight * shop
-        _check_finite(total, self.method, self.steps)
-        self.weighting.before_backward(losses, counts)
-        total.backward()
-        self.optimizer.step()
-        self.steps += 1
-        return {"loss": float(shop.detach()), "loss_total": float(total.detach()),
-                **{f"loss_{k}": float(v.detach()) for k, v in losses.items()}}
+        out = super().step(batch)
+        return {"loss": self._shop_loss, "loss_total": out["loss"],
+                **{f"loss_{k}": out[f"loss_{k}"] for k in self.loss_names}}
 
 
 class StepTask(Protocol):
