@@ -1,93 +1,211 @@
-"""Training throughput: Petastorm feeding vs the same model fed from in-memory tensors, 1 and 2 processes;
-and the held-out metrics of the demo's champion next to the oracle scores of the demo world.
+"""Training throughput of the same DUPN model on the demo training set, side by side in one run:
 
-    .venv/bin/python -m benchmarks.bench_training --config conf/local.yaml --steps 40 \\
+* **one row per example** (the layout before this work): every CTR, L2R, follow and PPP example is
+  its own row carrying its user's whole sequence, rows are shuffled one by one, batches are padded
+  to their longest sequence;
+* **example groups**: one row per user and instant with all its examples (the impression list's
+  items, their L2R list), the sequence encoded once per row, batches of whole groups;
+* **example groups, bucketed by length**: the same, with the shuffling buffer sorted by sequence
+  length into batches (the trainer's default);
+* the grouped, bucketed batches fed through **Petastorm** instead of from memory (the real reader).
+
+Every setting trains a fresh copy of the same initial weights for the same wall-clock budget and
+counts training examples (an impression in an L2R list counts for CTR and for L2R, as it was two
+rows before). Before timing, the benchmark checks that the grouped and the one-row-per-example
+layouts give identical outputs on a fixed batch (same weights, eval mode).
+
+    .venv/bin/python -m benchmarks.bench_training --config conf/local.yaml --rows 6000 --seconds 90 \\
         --out benchmarks/results/training.md
-
-Reads the training examples of the lake named by the config (run ``make demo`` first). Each
-setting trains the default DUPN for ``--steps`` steps of ``training.batch_size`` per process
-(after one warm-up epoch-start); in-memory runs first read their shard into memory (not timed).
-2-process runs go through Spark's TorchDistributor (local mode, gloo).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
+import json
+import logging
 import time
 from pathlib import Path
+from typing import Iterable, Iterator, Mapping
 
-import mlflow
+import torch
+from torch import Tensor
 
-from benchmarks.common import ROOT, write_result
+from benchmarks.common import machine_line, write_result
 from core import tables as t
-from core.config import load_config
+from core.config import TrainingConfig, load_config
 from core.delta import get_tables
 from core.spark import get_spark
-from registry.models import ModelRegistry
+from training.data import TRAIN_FIELDS, Batch, PetastormSource, TensorBatches
 from training.datasets import serving_statistics, training_data
+from training.losses import row_counts
+from training.model import build_model, last_shared_layer
 from training.spec import ModelSpec
-from training.trainer import TrainPlan, run_training
+from training.step import TrainTask
+from training.weighting import build_weighting
+
+logger = logging.getLogger("bench_training")
+SLOT_KEYS = ("item", "item_shop", "item_brand", "item_category", "item_log_price", "label_click", "label_cart",
+             "label_buy", "ctr_weight", "l2r_gain")
 
 
-def oracle_table() -> dict[str, float]:
-    text = (ROOT / "docs" / "demo_world.md").read_text()
-    block = text.split("<!-- oracle-table:begin -->")[1].split("<!-- oracle-table:end -->")[0]
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| (\w+) \| ([0-9.]+) \|$", block, re.M)}
+def explode(batch: Mapping[str, Tensor], max_tags: int, rank_dim: int) -> dict[str, Tensor]:
+    """Group rows -> one row per example (the old layout): each impression of a row becomes a CTR row and,
+    in an L2R list, an L2R row, each with a copy of the user's sequence; follow and PPP rows stay."""
+    g = batch["label_click"].shape[1]
+    n_items = batch["n_items"]
+    parent, slot, is_l2r = [], [], []
+    for i in range(len(n_items)):
+        k = int(n_items[i])
+        if k == 0:
+            parent.append(i), slot.append(-1), is_l2r.append(0)
+            continue
+        for j in range(k):
+            parent.append(i), slot.append(j), is_l2r.append(0)
+            if int(batch["l2r"][i]) == 1:
+                parent.append(i), slot.append(j), is_l2r.append(1)
+    p = torch.tensor(parent)
+    s = torch.tensor(slot)
+    l2r_row = torch.tensor(is_l2r)
+    has = s >= 0
+    safe = s.clamp(min=0)
+    out: dict[str, Tensor] = {}
+    for key, value in batch.items():
+        if key in SLOT_KEYS:
+            picked = value[p, safe] * has.to(value.dtype)
+            out[key] = picked.unsqueeze(1)
+        elif key in ("item_tags", "rank_features"):
+            width = max_tags if key == "item_tags" else rank_dim
+            v = value[p].reshape(len(p), g, width)[torch.arange(len(p)), safe] * has.unsqueeze(1).to(value.dtype)
+            out[key] = v.reshape(len(p), width)
+        else:
+            out[key] = value[p]
+    out["n_items"] = has.long()
+    # a CTR row trains CTR only, an L2R row L2R only (as separate rows did)
+    out["ctr_weight"] = out["ctr_weight"] * (l2r_row == 0).unsqueeze(1).to(out["ctr_weight"].dtype)
+    out["l2r"] = out["l2r"] * l2r_row
+    return out
+
+
+def examples(batch: Mapping[str, Tensor], loss_names: Iterable[str]) -> int:
+    return sum(row_counts(batch, [n for n in loss_names if n != "ctcvr"]).values())
+
+
+def timed_training(spec: ModelSpec, state: dict[str, Tensor], training: TrainingConfig,
+                   batches: Iterator[Batch], seconds: float, warmup: int = 3) -> dict[str, float]:
+    """Train from ``state`` on ``batches`` for ``seconds`` (after ``warmup`` steps); examples/s and rows/s."""
+    model = build_model(spec)
+    model.load_state_dict(state)
+    task = TrainTask(model, build_weighting(training.weighting, spec.loss_names, last_shared_layer(model)), training)
+    n_ex = n_rows = steps = 0
+    started = None
+    for batch in batches:
+        if steps == warmup:
+            started = time.perf_counter()
+            n_ex = n_rows = 0
+        task.step(batch)
+        steps += 1
+        n_ex += examples(batch, spec.loss_names)
+        n_rows += len(batch["seq_len"])
+        if started is not None and time.perf_counter() - started >= seconds:
+            break
+    wall = time.perf_counter() - started if started is not None else float("nan")
+    return {"examples_per_s": n_ex / wall, "rows_per_s": n_rows / wall, "steps": float(steps - warmup),
+            "seconds": wall}
+
+
+def cycle(source: TensorBatches) -> Iterator[Batch]:
+    epoch = 0
+    while True:
+        yield from source.batches(epoch)
+        epoch += 1
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="conf/local.yaml")
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--rows", type=int, default=6000, help="example groups read into memory")
+    p.add_argument("--seconds", type=float, default=90.0, help="training time per setting")
     p.add_argument("--out", type=Path)
     args = p.parse_args()
-    cfg = load_config(args.config)
-    spark = get_spark(cfg)
-    tables = get_tables(spark, cfg)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    for noisy in ("py4j", "petastorm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    cfg = load_config(args.config, args.overrides)
+    tables = get_tables(get_spark(cfg), cfg)
     meta = tables.last_metadata(t.TRAINING_EXAMPLES)
-    held = meta["holdout_days"]
-    days = [d for d in tables.partitions(t.TRAINING_EXAMPLES) if d not in held]
-    data = training_data(tables, days, held, cfg.training.tasks)
-    stats = serving_statistics(tables, dt.date.fromisoformat(held[-1]), cfg.inputs.rank_features_dim)
-    spec = ModelSpec.from_config(cfg, tasks=data.tasks, norm=stats.norm)
-    rows = []
-    for procs in (1, 2):
-        for preload in (True, False):
-            training = cfg.training.model_copy(update={"max_steps_per_epoch": args.steps})
-            plan = TrainPlan(spec=spec.to_dict(), training=training, train_files=data.train_files,
-                             eval_files=data.eval_files[:1], epochs=1, max_steps_per_epoch=args.steps,
-                             preload=preload)
-            t0 = time.time()
-            res = run_training(plan, procs, use_distributor=procs > 1)
-            rate = res.train_samples / res.train_seconds
-            rows.append((procs, "in-memory tensors" if preload else "Petastorm", rate, res.train_samples,
-                         time.time() - t0))
-            print(rows[-1], flush=True)
-    lines = ["| processes | feeding | samples/s | samples | wall s (incl. start-up) | Petastorm / in-memory |",
-             "|---:|---|---:|---:|---:|---:|"]
-    mem = {r[0]: r[2] for r in rows if r[1] == "in-memory tensors"}
-    for procs, feed, rate, n, wall in rows:
-        lines.append(f"| {procs} | {feed} | {rate:,.0f} | {n:,} | {wall:.0f} | {rate / mem[procs]:.2f} |")
+    data = training_data(tables, meta["splits"]["train"], cfg.training.tasks)
+    stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
+    spec = ModelSpec.from_config(cfg, tasks=data.tasks, norm=stats.norm, logit_offsets=data.logit_offsets,
+                                 category_log_price=stats.category_log_price)
+    tc = cfg.training
+    torch.set_num_threads(tc.torch_threads or torch.get_num_threads())
+    # one sample of the training split, held in memory (the same rows for every in-memory setting)
+    src = PetastormSource(data.train_files, TRAIN_FIELDS, batch_size=args.rows, shuffle=True,
+                          shuffle_capacity=args.rows, bucket_by_length=False, workers=tc.reader_workers, seed=1)
+    sample = next(iter(src.batches()))
+    grouped = TensorBatches(sample, tc.batch_size, shuffle=True, seed=2, bucket_by_length=False)
+    bucketed = TensorBatches(sample, tc.batch_size, shuffle=True, seed=2, bucket_by_length=True)
+    flat = explode(sample, spec.max_tags, spec.rank_dim)
+    per_example = TensorBatches(flat, tc.batch_size, shuffle=True, seed=2, bucket_by_length=False)
+    # identical outputs on a fixed batch
+    torch.manual_seed(tc.seed)
+    model = build_model(spec).eval()
+    fixed = {k: v[:64] for k, v in sample.items()}
+    with torch.no_grad():
+        a, b = model(fixed), model(explode(fixed, spec.max_tags, spec.rank_dim))
+    diffs = {}
+    flat_fixed = explode(fixed, spec.max_tags, spec.rank_dim)
+    for key in ("ctr_logit", "cvr_logit", "l2r_score"):
+        if key in a:
+            g = a[key][torch.arange(64).unsqueeze(1), torch.arange(a[key].shape[1]).unsqueeze(0)]
+            mask = torch.arange(g.shape[1]).unsqueeze(0) < fixed["n_items"].unsqueeze(1)
+            keep = (flat_fixed["n_items"] > 0) & ((flat_fixed["l2r"] == 0) if key != "l2r_score"
+                                                  else (flat_fixed["l2r"] == 1))
+            diffs[key] = float((g[mask] - b[key][keep, 0]).abs().max()) if key != "l2r_score" or keep.any() else 0.0
+    for key in ("follow_logit", "ppp_logits"):
+        if key in a:
+            rows = flat_fixed["n_items"] == 0
+            diffs[key] = float((a[key][fixed["n_items"] == 0] - b[key][rows]).abs().max())
+    identical = all(v < 1e-4 for v in diffs.values())
+    logger.info("grouped vs one row per example on a fixed batch: max |Δ| %s", diffs)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    results = {}
+    for name, batches in (("one row per example", cycle(per_example)), ("example groups", cycle(grouped)),
+                          ("example groups, bucketed", cycle(bucketed))):
+        results[name] = timed_training(spec, state, tc, batches, args.seconds)
+        logger.info("%s: %s", name, results[name])
+
+    def petastorm_batches() -> Iterator[Batch]:
+        epoch = 0
+        source = PetastormSource(data.train_files, TRAIN_FIELDS, batch_size=tc.batch_size, shuffle=True,
+                                 shuffle_capacity=tc.shuffle_buffer, bucket_by_length=True,
+                                 workers=tc.reader_workers, seed=3)
+        while True:
+            yield from source.batches(epoch)
+            epoch += 1
+
+    results["example groups, bucketed, Petastorm"] = timed_training(spec, state, tc, petastorm_batches(), args.seconds)
+    base = results["one row per example"]["examples_per_s"]
+    lines = ["| layout and feeding | examples/s | sequences/s | steps | speed-up (examples/s) |",
+             "|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['examples_per_s']:,.0f} | {r['rows_per_s']:,.0f} | {r['steps']:.0f} | "
+                     f"{r['examples_per_s'] / base:.2f}× |")
     table = "\n".join(lines)
-    metrics_table = ""
-    reg = ModelRegistry(cfg.mlflow)
-    version = reg.champion_version()
-    if version:
-        run = mlflow.get_run(reg.client.get_model_version(reg.name, version).run_id)
-        oracle = oracle_table()
-        mlines = [f"Champion {reg.name} v{version} (MLflow run {run.info.run_id}, mode "
-                  f"{run.data.params.get('mode')}, eval days {run.data.params.get('eval_days')}):", "",
-                  "| metric | model (held out) | oracle | model / oracle |", "|---|---:|---:|---:|"]
-        for name, ov in oracle.items():
-            mv = run.data.metrics.get(f"holdout_{name}")
-            if mv is not None:
-                mlines.append(f"| {name} | {mv:.4f} | {ov:.4f} | {mv / ov:.2f} |")
-        metrics_table = "\n".join(mlines)
-    print(table)
-    print(metrics_table)
-    write_result(args.out, f"python -m benchmarks.bench_training --config {args.config} --steps {args.steps}",
-                 f"## Feeding\n\n{table}\n\n## Held-out metrics vs oracle\n\n{metrics_table}")
+    ident = ", ".join(f"{k} {v:.1e}" for k, v in diffs.items())
+    body = (f"## Training throughput, same model and weights\n\n{machine_line()}\n\n{table}\n\n"
+            f"Identical outputs on a fixed batch of 64 example groups (grouped vs one row per example, eval mode): "
+            f"{'**yes**' if identical else '**NO**'} (max |Δ| per output: {ident}).\n\n"
+            f"Sample: {args.rows:,} example groups of the training split of features/training_examples "
+            f"v{data.version} ({len(flat['seq_len']):,} rows in the one-row-per-example layout); batch "
+            f"{tc.batch_size} rows; {args.seconds:.0f} s of training per setting after 3 warm-up steps; model: "
+            f"`conf/local.yaml` (`training.model`), {sum(p.numel() for p in model.parameters()):,} parameters, "
+            f"torch threads {torch.get_num_threads()}.\n")
+    print(body)
+    print(json.dumps(results))
+    write_result(args.out, f"python -m benchmarks.bench_training --config {args.config} --rows {args.rows} "
+                           f"--seconds {args.seconds:.0f}", body)
 
 
 if __name__ == "__main__":

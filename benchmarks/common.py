@@ -59,6 +59,15 @@ def run_worker(module: str, args: list[str],
     return result
 
 
+def machine_line() -> str:
+    """The machine a result was measured on (cores, memory, platform) and the date."""
+    import platform
+
+    mem = psutil.virtual_memory().total / 2**30
+    return (f"Measured on {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.machine()}, "
+            f"Python {platform.python_version()}, {dt.date.today()}.")
+
+
 def write_result(path: Path | None, command: str, body: str) -> None:
     """Write ``body`` (markdown) under a comment naming the command, date and core count."""
     if path is None:

@@ -55,6 +55,9 @@ def _configure_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("py4j", "urllib3", "petastorm", "alembic", "matplotlib", "mlflow.store"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # progress lines of long work (rate, ETA) are shown even when a scheduler asks for warnings only
+    progress = logging.getLogger("training.progress")
+    progress.setLevel(min(progress.getEffectiveLevel(), logging.INFO))
 
 
 def run_job(job: str, parser: argparse.ArgumentParser, run: Callable[[JobContext], str],

@@ -102,7 +102,9 @@ class HashBuckets(_Strict):
     tag: int = Field(1 << 10, ge=4)
     query_token: int = Field(1 << 13, ge=4)
     talent_id: int = Field(1 << 14, ge=4)
-    talent_category_id: int = Field(1 << 11, ge=4)
+    # talent_category_id is hashed with category_id's salt and buckets: a talent's category and an
+    # item's category share one index space (and one embedding table), so "the user's history is in
+    # the talent's category" is a direct match for the model, not a mapping to learn.
 
 
 class SequencesConfig(_Strict):
@@ -132,30 +134,65 @@ class StatsConfig(_Strict):
 
 
 class TaskSampling(_Strict):
-    """Sampling of one task's training split (the held-out split is never sampled).
+    """Sampling of one task's training split (validation and test are never sampled).
 
-    For ``l2r`` the unit is the impression list: ``negative_rate`` is the share of lists kept
-    and ``cap_per_user_day`` counts lists.
+    For ``ctr`` the unit is the impression: negatives are kept with ``negative_rate`` and
+    positives weighted ``positive_upsample`` times; the model's CTR logit is corrected by
+    ``log(negative_rate / positive_upsample)`` at prediction time, so ``ctr_prob`` stays a
+    probability. For ``l2r`` the unit is the impression list (``negative_rate`` = share of lists
+    kept). ``cap_per_user_day`` counts example groups (lists, follow impressions, labels).
     """
 
     enabled: bool = True
     negative_rate: float = Field(1.0, gt=0, le=1)
     positive_upsample: int = Field(1, ge=1)
-    cap_per_user_day: int = Field(200, ge=1)
+    cap_per_user_day: int = Field(10_000, ge=1)
 
 
 class TrainingSetConfig(_Strict):
-    holdout_days: int = Field(1, ge=1)
-    ctr: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.03, cap_per_user_day=20))
-    l2r: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.2, cap_per_user_day=2))
-    follow: TaskSampling = Field(default_factory=lambda: TaskSampling(negative_rate=0.3, cap_per_user_day=10))
+    """How ``build_training_set`` splits and samples examples (the evaluation protocol, ``core/protocol.py``).
+
+    Days of a range: the last ``test_days`` are the test split, the ``validation_days`` before
+    them the validation split, the rest the training split. Purchasing-power labels are
+    per-user constants, so they are also split by user: the labels of a hash share
+    ``ppp_validation_user_share`` / ``ppp_test_user_share`` of users never reach training and
+    score the validation / test splits ("unseen users"). ``group_size``: impressions of one
+    list (one user at one instant) per row; longer lists take several rows.
+    """
+
+    validation_days: int = Field(1, ge=1)
+    test_days: int = Field(1, ge=1)
+    ppp_validation_user_share: float = Field(0.1, ge=0, lt=1)
+    ppp_test_user_share: float = Field(0.2, gt=0, lt=1)
+    group_size: int = Field(10, ge=1, le=512)
+    ctr: TaskSampling = Field(default_factory=TaskSampling)
+    l2r: TaskSampling = Field(default_factory=TaskSampling)
+    follow: TaskSampling = Field(default_factory=TaskSampling)
     ppp: TaskSampling = Field(default_factory=lambda: TaskSampling(cap_per_user_day=1))
     seed: int = 11
 
+    @model_validator(mode="after")
+    def _shares(self) -> "TrainingSetConfig":
+        if self.ppp_validation_user_share + self.ppp_test_user_share >= 0.9:
+            raise ValueError("ppp_validation_user_share + ppp_test_user_share must leave at least 10% of users "
+                             "for training")
+        return self
+
+
+ModelFamily = Literal["dupn", "wide", "wide_deep", "dssm", "cnn_max"]
+
 
 class ModelConfig(_Strict):
-    """DUPN sizes (paper defaults) and the multi-task design on top of the representation."""
+    """Model family, sizes (DUPN: the paper's) and the multi-task design on top of the representation.
 
+    ``family``: ``dupn`` (the platform's model) or one of the baselines of the comparison
+    benchmark (``training/baselines.py``): ``wide`` (logistic regression on one-hot and crossed
+    features), ``wide_deep``, ``dssm`` (user tower over profile and a bag of past items, item and
+    talent towers, cosine scores), ``cnn_max`` (convolutions over the behaviour sequence, max
+    pooling, DUPN's heads).
+    """
+
+    family: ModelFamily = "dupn"
     item_dim: int = 32
     shop_dim: int = 24
     brand_dim: int = 24
@@ -175,23 +212,61 @@ class ModelConfig(_Strict):
     property_in: Literal["all", "lstm", "attention", "none"] = "all"
     architecture: Literal["shared_bottom", "mmoe", "cgc", "ple", "cross_stitch"] = "shared_bottom"
     esmm: bool = True
+    rank_features_in_ctr: bool = Field(True, description="CTR/CVR heads also read the impression's ranking features")
+    query_in_heads: bool = Field(True, description="CTR/CVR/L2R heads also read the query vector (search)")
+    attention_heads: int = Field(4, ge=1, description="attention distributions over the behaviours; each also "
+                                 "pools the behaviours' interest keys into the representation")
+    match_features: bool = Field(True, description="heads read the user-target match of the pooled interests")
+    ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "
+                                                  "(0 = the paper's linear softmax only)")
+    l2r_item_score: bool = Field(True, description="the L2R score adds an MLP score of the user-item match to "
+                                                   "the paper's user-weighted linear ranking score")
     num_experts: int = Field(4, ge=1)
     num_task_experts: int = Field(1, ge=1)
     expert_dim: int = 128
     ple_levels: int = Field(2, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
+    cnn_channels: int = Field(128, ge=1, description="cnn_max: filters per kernel width")
+    cnn_kernel_sizes: list[int] = Field(default_factory=lambda: [2, 3, 5])
+    wide_buckets: int = Field(1 << 20, ge=16, description="wide / wide_deep: hashed one-hot and cross features")
 
 
 class WeightingConfig(_Strict):
+    """How the task losses are combined (``training/weighting.py``).
+
+    ``uncertainty_max_log_var``: Kendall et al.'s learned log-variances are kept within
+    ± this bound, so a task whose training loss shrinks (memorised) cannot take an unbounded
+    weight (exp(-s) <= e^bound).
+    """
+
     kind: Literal["fixed", "uncertainty", "gradnorm"] = "uncertainty"
     fixed: dict[str, float] = Field(default_factory=dict)
     gradnorm_alpha: float = Field(1.5, ge=0)
     gradnorm_lr: float = Field(0.025, gt=0)
+    uncertainty_max_log_var: float = Field(2.0, gt=0)
 
 
 class PromotionConfig(_Strict):
-    tolerance: float = Field(0.005, ge=0)
+    """The promotion gate (``registry/models.py``): candidate and champion are scored on the same
+    test examples; a paired bootstrap over users (``resamples`` draws) gives a ``confidence``
+    interval of each metric's difference, and the candidate is blocked only when a metric is
+    worse beyond its interval (the upper bound of candidate - champion is below zero)."""
+
+    resamples: int = Field(400, ge=20)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
     auto_promote: bool = True
+
+
+class EarlyStoppingConfig(_Strict):
+    """Model selection on the validation split (``training/evaluation.py``'s selection score):
+    the validation split is scored ``evals_per_epoch`` times per epoch; training stops after
+    ``patience`` scorings without an improvement above ``min_delta``, and the best-scoring
+    weights are kept."""
+
+    evals_per_epoch: int = Field(2, ge=1)
+    patience: int = Field(3, ge=1)
+    min_delta: float = Field(0.0005, ge=0)
 
 
 TaskName = Literal["ctr", "l2r", "follow", "ppp"]
@@ -199,6 +274,9 @@ ALL_TASKS: tuple[TaskName, ...] = ("ctr", "l2r", "follow", "ppp")
 
 
 class TrainingConfig(_Strict):
+    """Training (``training/trainer.py``). ``epochs`` is the cap of a full training run, which stops
+    earlier when the validation score stops improving (``early_stopping``)."""
+
     tasks: list[TaskName] = Field(default_factory=lambda: list(ALL_TASKS))
     model: ModelConfig = Field(default_factory=ModelConfig)
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
@@ -208,11 +286,16 @@ class TrainingConfig(_Strict):
     batch_size: int = Field(1024, ge=1)
     epochs: int = Field(2, ge=1)
     incremental_epochs: int = Field(1, ge=1)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     max_steps_per_epoch: int | None = None
     num_processes: int = Field(1, ge=1)
     use_distributor: bool = True
     reader_workers: int = Field(2, ge=1)
-    eval_batch_size: int = Field(2048, ge=1)
+    shuffle_buffer: int = Field(8192, ge=1, description="rows (example groups) in the shuffling buffer")
+    bucket_by_length: bool = Field(True, description="batch rows of similar sequence length (less padding)")
+    deterministic: bool = Field(False, description="one reader thread: the same read order on every run")
+    eval_batch_size: int = Field(1024, ge=1)
+    progress_every_s: float = Field(10.0, gt=0)
     seed: int = 5
     torch_threads: int | None = None
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
@@ -224,6 +307,10 @@ class PublishConfig(_Strict):
 
 
 class TransferConfig(_Strict):
+    """``jobs/transfer.py``: users split by hash into train / validation / test; each method's
+    epoch is chosen on validation and the test split is scored once with it."""
+
+    validation_share: float = Field(0.15, gt=0, lt=1)
     test_share: float = Field(0.3, gt=0, lt=1)
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(512, ge=1)

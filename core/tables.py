@@ -177,19 +177,33 @@ USER_SEQUENCES = TableSpec("features/user_sequences", T.StructType(
 
 TASKS = ("ctr", "l2r", "follow", "ppp")
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
+# What one row of features/training_examples holds: an impression list (ctr and, for search lists
+# with a click, l2r examples), one talent follow impression, or one purchasing-power label.
+KINDS = ("impressions", "follow", "ppp")
+KIND_IDS = {name: i for i, name in enumerate(KINDS)}
+KIND_OF_TASK = {"ctr": "impressions", "l2r": "impressions", "follow": "follow", "ppp": "ppp"}
+
+# Columns of one impression slot (arrays of length G = training_set.group_size; item_tags G*max_tags,
+# rank_features G*rank_dim, row-major). Slots past n_items are padding (index 0, value 0, weight 0).
+SLOT_COLUMNS = ("example_id", "item", "item_shop", "item_brand", "item_category", "item_tags", "item_log_price",
+                "rank_features", "label_click", "label_cart", "label_buy", "ctr_weight", "l2r_gain")
 
 TRAINING_EXAMPLES = TableSpec("features/training_examples", T.StructType(
-    [_f("example_id", LONG, False), _f("task", STR, False), _f("task_id", INT, False), _f("split", STR, False),
-     _f("event_time", TS, False), _f("group_id", LONG, False)]
+    [_f("group_id", LONG, False), _f("list_id", LONG, False), _f("kind", STR, False), _f("kind_id", INT, False),
+     _f("split", STR, False), _f("event_time", TS, False)]
     + _USER_COLUMNS
-    + [_f("query_tokens", INTS, False),
-       _f("item", INT, False), _f("item_shop", INT, False), _f("item_brand", INT, False),
-       _f("item_category", INT, False), _f("item_tags", INTS, False), _f("item_log_price", FLT, False),
-       _f("talent", INT, False), _f("talent_category", INT, False), _f("rank_features", FLOATS, False),
-       _f("label_click", FLT, False), _f("label_cart", FLT, False), _f("label_buy", FLT, False),
-       _f("label_follow", FLT, False), _f("label_tier", INT, False), _f("l2r_weight", FLT, False),
-       _f("sample_weight", FLT, False), _f("dt", STR, False)]), ("dt",),
-    "point-in-time multi-task training examples (one row per example, one task per row)")
+    + [_f("query_tokens", INTS, False), _f("n_items", INT, False),
+       _f("example_id", T.ArrayType(LONG), False),
+       _f("item", INTS, False), _f("item_shop", INTS, False), _f("item_brand", INTS, False),
+       _f("item_category", INTS, False), _f("item_tags", INTS, False), _f("item_log_price", FLOATS, False),
+       _f("rank_features", FLOATS, False), _f("label_click", FLOATS, False), _f("label_cart", FLOATS, False),
+       _f("label_buy", FLOATS, False), _f("ctr_weight", FLOATS, False), _f("l2r", INT, False),
+       _f("l2r_gain", FLOATS, False),
+       _f("talent", INT, False), _f("talent_category", INT, False), _f("label_follow", FLT, False),
+       _f("follow_weight", FLT, False), _f("label_tier", INT, False), _f("ppp_user", INT, False),
+       _f("dt", STR, False)]), ("dt",),
+    "point-in-time multi-task training examples, one row per example group: one user at one instant with "
+    "its behaviour sequence encoded once (an impression list, a follow impression or a tier label)")
 
 FEATURE_STATS = TableSpec("features/feature_stats", T.StructType([
     _f("feature", STR, False), _f("population", STR, False), _f("count", LONG, False),

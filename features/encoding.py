@@ -85,7 +85,7 @@ def vocab_sizes(buckets: HashBuckets, time_edges: list[int]) -> dict[str, int]:
     return {
         "item": buckets.item_id, "shop": buckets.shop_id, "brand": buckets.brand_id,
         "category": buckets.category_id, "tag": buckets.tag, "query_token": buckets.query_token,
-        "talent": buckets.talent_id, "talent_category": buckets.talent_category_id,
+        "talent": buckets.talent_id, "talent_category": buckets.category_id,
         "behavior": N_BEHAVIOR, "scene": N_SCENE, "time_bucket": n_time_buckets(time_edges),
         "age": N_LEVEL, "gender": N_GENDER, "city": N_LEVEL,
     }

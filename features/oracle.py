@@ -15,6 +15,7 @@ from features.encoding import L2R_WEIGHTS
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
+    from core.config import TrainingSetConfig
     from core.delta import DeltaTables
 
 
@@ -64,8 +65,14 @@ def l2r_gain(clicked: str = "clicked", carted: str = "carted", bought: str = "bo
             .otherwise(L2R_WEIGHTS["click"]))
 
 
-def oracle_scores(tables: "DeltaTables", days: Sequence[str]) -> dict[str, float]:
-    """Oracle metrics of each task over ``days`` (dt strings)."""
+def oracle_scores(tables: "DeltaTables", days: Sequence[str],
+                  split: "TrainingSetConfig | None" = None) -> dict[str, float]:
+    """Oracle metrics of each task over ``days`` (dt strings).
+
+    With ``split`` (``training_set``), PPP accuracy is also given on the evaluation protocol's held-out
+    test users (``ppp_accuracy``, the number models are compared on) and on the training users
+    (``ppp_accuracy_seen``); without it, ``ppp_accuracy`` covers every labelled user.
+    """
     from pyspark.sql import functions as F
 
     truth = tables.read(t.TRUTH_IMPRESSIONS, dt=list(days))
@@ -75,6 +82,7 @@ def oracle_scores(tables: "DeltaTables", days: Sequence[str]) -> dict[str, float
     out: dict[str, float] = {}
     out["ctr_auc"] = rank_auc(truth, "p_click", "clicked")
     out["ctcvr_auc"] = rank_auc(truth.withColumn("p", F.col("p_click") * F.col("p_buy_given_click")), "p", "bought")
+    out["cvr_auc"] = rank_auc(truth.where(F.col("clicked") == 1), "p_buy_given_click", "bought")
     search = joined.where(F.col("scene") == "search")
     expected_gain = F.col("p_click") * (
         F.col("p_buy_given_click") * L2R_WEIGHTS["buy"]
@@ -90,7 +98,15 @@ def oracle_scores(tables: "DeltaTables", days: Sequence[str]) -> dict[str, float
     labels = tables.read(t.PPP_LABELS, dt=list(days))
     tiers = tables.read(t.TRUTH_USERS).select("user_id", F.col("tier").alias("true_tier"))
     ppp = labels.join(tiers, "user_id")
-    out.update(_accuracy_macro_f1(ppp, "true_tier", "tier"))
+    if split is None:
+        out.update(_accuracy_macro_f1(ppp, "true_tier", "tier"))
+        return out
+    from core.protocol import PPP_TEST_USER, PPP_TRAIN_USER, ppp_user_column
+
+    ppp = ppp.withColumn("_group", ppp_user_column(F.col("user_id"), split))
+    out.update(_accuracy_macro_f1(ppp.where(F.col("_group") == PPP_TEST_USER), "true_tier", "tier"))
+    out["ppp_accuracy_seen"] = _accuracy_macro_f1(ppp.where(F.col("_group") == PPP_TRAIN_USER), "true_tier",
+                                                  "tier")["ppp_accuracy"]
     return out
 
 

@@ -34,13 +34,21 @@ class FeatureStat:
     var: float
 
 
-def _moments(df: "DataFrame", exprs: dict[str, "Column"]) -> list[FeatureStat]:
-    """count / mean / population variance of each expression, in one pass."""
+def _moments(df: "DataFrame", exprs: dict[str, "Column"], weight: "Column | None" = None) -> list[FeatureStat]:
+    """count / mean / population variance of each expression, in one pass; with ``weight``, the
+    weighted mean and variance (rows of weight k count k times, as a sampling weight means)."""
     from pyspark.sql import functions as F
 
     aggs = []
     for name, e in exprs.items():
-        aggs += [F.count(e).alias(f"{name}#n"), F.avg(e).alias(f"{name}#m"), F.var_pop(e).alias(f"{name}#v")]
+        if weight is None:
+            mean, var = F.avg(e), F.var_pop(e)
+        else:
+            w = F.when(e.isNotNull(), weight)
+            total = F.sum(w)
+            mean = F.sum(w * e) / total
+            var = F.sum(w * e * e) / total - mean * mean
+        aggs += [F.count(e).alias(f"{name}#n"), mean.alias(f"{name}#m"), var.alias(f"{name}#v")]
     row = df.agg(*aggs).first()
     values = row.asDict() if row is not None else {}
     out = []
@@ -62,13 +70,39 @@ def user_side_stats(seq: "DataFrame") -> list[FeatureStat]:
     return out
 
 
-def item_side_stats(rows: "DataFrame", rank_dim: int) -> list[FeatureStat]:
-    """``item_log_price`` and ``rank_features[i]`` over impression-like rows."""
+def item_side_stats(rows: "DataFrame", rank_dim: int, weight: str | None = None) -> list[FeatureStat]:
+    """``item_log_price`` and ``rank_features[i]`` over impression-like rows (weighted by the column
+    ``weight``, e.g. the training split's sampling weight ``ctr_weight``)."""
     from pyspark.sql import functions as F
 
     exprs = {"item_log_price": F.col("item_log_price")}
     exprs.update({f"rank_features[{i}]": F.col("rank_features")[i] for i in range(rank_dim)})
-    return _moments(rows, exprs)
+    return _moments(rows, exprs, F.col(weight).cast("double") if weight else None)
+
+
+CATEGORY_PRICE = "category_log_price"
+REL_PRICE = "rel_log_price"
+
+
+def category_price_stats(items: "DataFrame") -> list[FeatureStat]:
+    """The mean log price of each (hashed) category over the item snapshot (``category_log_price[<index>]``),
+    and the moments of an item's log price relative to its category's mean (``rel_log_price``).
+
+    The model subtracts the category's mean from every price (``ModelSpec.category_log_price``): a
+    price is informative about purchasing power only relative to its category. Takes
+    :func:`features.sequences.encode_items` rows; one small aggregate per category reaches the driver
+    (bounded by the category vocabulary).
+    """
+    from pyspark.sql import functions as F
+
+    priced = items.where(F.col("log_price") > 0)
+    per_cat = priced.groupBy("category").agg(F.count(F.lit(1)).alias("n"), F.avg("log_price").alias("m"),
+                                             F.var_pop("log_price").alias("v")).collect()
+    out = [FeatureStat(f"{CATEGORY_PRICE}[{int(r['category'])}]", int(r["n"]), float(r["m"]), float(r["v"] or 0.0))
+           for r in per_cat]
+    means = priced.groupBy("category").agg(F.avg("log_price").alias("_m"))
+    rel = priced.join(F.broadcast(means), "category").select((F.col("log_price") - F.col("_m")).alias("r"))
+    return out + _moments(rel, {REL_PRICE: F.col("r")})
 
 
 def stats_frame(spark: "SparkSession", stats: Iterable[FeatureStat], population: str, day: str) -> "DataFrame":
@@ -106,7 +140,14 @@ def norm_from_stats(stats: Iterable[FeatureStat], rank_dim: int) -> dict[str, tu
         return ([s.mean if s else 0.0], [s.var if s else 1.0])
 
     return {"seq_log_price": one("seq_log_price"), "item_log_price": one("item_log_price"),
-            "user_dense": vec("user_dense", USER_DENSE_DIM), "rank_features": vec("rank_features", rank_dim)}
+            "user_dense": vec("user_dense", USER_DENSE_DIM), "rank_features": vec("rank_features", rank_dim),
+            REL_PRICE: one(REL_PRICE)}
+
+
+def category_prices(stats: Iterable[FeatureStat]) -> dict[int, float]:
+    """Hashed category index -> its mean log price (the ``category_log_price[<index>]`` statistics)."""
+    prefix = f"{CATEGORY_PRICE}["
+    return {int(s.feature[len(prefix):-1]): s.mean for s in stats if s.feature.startswith(prefix)}
 
 
 def read_stats(df: "DataFrame", population: str = SERVING) -> list[FeatureStat]:

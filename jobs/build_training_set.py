@@ -4,11 +4,14 @@
     python -m jobs.build_training_set --config conf/local.yaml --start 2026-11-01 --end 2026-11-14
 
 Tasks: ``ctr`` and ``l2r`` from ``raw/impressions``, ``follow`` from ``raw/follows``, ``ppp``
-from ``raw/ppp_labels``; a task whose label table is absent is skipped with a warning. Each
-example carries its user's sequence as of its own ``event_time`` (strictly earlier behaviour
-only). The last ``training_set.holdout_days`` days form the held-out split (unsampled);
-sampling of the training split follows ``training_set.<task>`` and is recorded in the commit
-metadata. The partitions ``dt`` in [start, end] are replaced in one atomic commit.
+from ``raw/ppp_labels``; a task whose label table is absent is skipped with a warning. One row
+per example group (an impression list, a follow impression, a tier label) with its user's
+sequence as of its own ``event_time`` (strictly earlier behaviour only). Splits follow the
+evaluation protocol (``core/protocol.py``): the last ``training_set.test_days`` days are the
+test split, the ``validation_days`` before them the validation split; purchasing-power labels
+of held-out users never enter the training split. Sampling of the training split follows
+``training_set.<task>`` and is recorded in the commit metadata with the splits. The
+partitions ``dt`` in [start, end] are replaced in one atomic commit.
 """
 from __future__ import annotations
 
@@ -16,7 +19,9 @@ import argparse
 
 import logging
 from functools import reduce
+from typing import TYPE_CHECKING
 
+from core import protocol as pr
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry, parse_date
 from core.delta import get_tables
@@ -26,6 +31,9 @@ from features import training_set as ts
 from features.inputs import Inputs
 from features.quality import enforce_bound, release, write_quarantine
 from features.sequences import encode_behaviour, encode_items, encode_users
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
 
 JOB = "build_training_set"
 logger = logging.getLogger(__name__)
@@ -37,7 +45,7 @@ def run(ctx: JobContext) -> str:
     if end < start:
         raise PlatformError(f"--end {end} is before --start {start}")
     days = ts.range_days(start, end)
-    holdout = ts.holdout_days(days, cfg.training_set)
+    split = pr.split_days(days, cfg.training_set.validation_days, cfg.training_set.test_days)
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
     inputs = Inputs(tables, end, cfg.inputs.rank_features_dim)
@@ -53,40 +61,51 @@ def run(ctx: JobContext) -> str:
 
     validations = []
     parts = []
+    items = encode_items(inputs.snapshot(t.ITEMS), seq)
+    users = encode_users(inputs.snapshot(t.USERS))
     if {"ctr", "l2r"} & set(tasks):
         imp = inputs.partitions(t.IMPRESSIONS, days)
         validations.append(imp)
-        parts += ts.impression_examples(imp.valid, tsc, seq, rank_dim, holdout, tasks)
+        parts.append(ts.impression_groups(imp.valid, items, tsc, seq, rank_dim, split, tasks))
     if "follow" in tasks:
         fol = inputs.partitions(t.FOLLOWS, days)
         validations.append(fol)
-        parts.append(ts.follow_examples(fol.valid, tsc, seq, rank_dim, holdout))
+        parts.append(ts.follow_rows(fol.valid, tsc, seq, rank_dim, split))
     if "ppp" in tasks:
         lab = inputs.partitions(t.PPP_LABELS, days)
         validations.append(lab)
-        parts.append(ts.ppp_examples(lab.valid, tsc, seq, rank_dim, holdout))
+        parts.append(ts.ppp_rows(lab.valid, tsc, seq, rank_dim, split))
     events = inputs.partitions(t.EVENTS, ts.behaviour_days(start, end, seq.lookback_days))
     validations.append(events)
-    items = encode_items(inputs.snapshot(t.ITEMS), seq)
-    users = encode_users(inputs.snapshot(t.USERS))
     try:
         lines = enforce_bound(tables, validations, end, JOB, ctx.run_id, cfg.quality.max_quarantine_share)
-        examples = reduce(lambda a, b: a.unionByName(b), parts)
-        full = ts.with_sequences(examples, encode_behaviour(events.valid), items, users, seq)
+        rows = reduce(lambda a, b: a.unionByName(b), parts)
+        full = ts.with_sequences(rows, encode_behaviour(events.valid), items, users, seq)
         sampling = {task: getattr(tsc, task).model_dump() for task in tasks}
         res = tables.write(full, t.TRAINING_EXAMPLES, "overwrite", replace={"dt": days}, metadata={
             "job": JOB, "run_id": ctx.run_id, "start": start.isoformat(), "end": end.isoformat(),
-            "holdout_days": holdout, "tasks": tasks, "skipped_tasks": skipped, "sampling": sampling,
+            "splits": split.as_dict(), "tasks": tasks, "skipped_tasks": skipped, "sampling": sampling,
+            "logit_offsets": ts.sampling_offsets(tsc), "group_size": tsc.group_size,
+            "ppp_user_shares": {"valid": tsc.ppp_validation_user_share, "test": tsc.ppp_test_user_share},
             "seed": tsc.seed, "inputs": inputs.versions, "max_len": seq.max_len})
         write_quarantine(tables, validations, end, JOB, ctx.run_id)
     finally:
         release(*validations)
-    written = tables.read(t.TRAINING_EXAMPLES, dt=days, version=res.version)
-    counts = sorted((r["split"], r["task"], r["count"]) for r in written.groupBy("split", "task").count().collect())
-    count_line = ", ".join(f"{split}/{task}={n:,}" for split, task, n in counts)
+    counts = example_counts(tables.read(t.TRAINING_EXAMPLES, dt=days, version=res.version))
+    count_line = ", ".join(f"{split_}/{kind}={rows_:,} rows ({n:,} examples)"
+                           for (split_, kind), (rows_, n) in sorted(counts.items()))
     skipped_line = [f"skipped tasks (label table absent): {', '.join(skipped)}"] if skipped else []
     return "\n".join([*lines, *skipped_line, f"examples: {count_line}",
-                      f"{JOB}: wrote {res.describe()} dt={start}..{end} (holdout {', '.join(holdout)})"])
+                      f"{JOB}: wrote {res.describe()} dt={start}..{end} ({split.describe()})"])
+
+
+def example_counts(df: "DataFrame") -> dict[tuple[str, str], tuple[int, int]]:
+    """(split, kind) -> (rows, examples); impression rows count their items (a handful of rows)."""
+    from pyspark.sql import functions as F
+
+    agg = df.groupBy("split", "kind").agg(F.count(F.lit(1)).alias("rows"),
+                                          F.sum(F.greatest(F.col("n_items"), F.lit(1))).alias("examples"))
+    return {(r["split"], r["kind"]): (int(r["rows"]), int(r["examples"])) for r in agg.collect()}
 
 
 def parser() -> argparse.ArgumentParser:

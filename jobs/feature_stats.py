@@ -27,7 +27,7 @@ from features import stats as st
 from features.inputs import Inputs
 from features.quality import enforce_bound, release, write_quarantine
 from features.sequences import encode_items
-from features.training_set import range_days
+from features.training_set import impression_slots, range_days
 
 JOB = "feature_stats"
 
@@ -44,6 +44,7 @@ def run(ctx: JobContext) -> str:
     serving_seq = tables.read(t.USER_SEQUENCES, dt=day.isoformat(), version=seq_version)
     inputs.versions[t.USER_SEQUENCES.name] = seq_version
     serving = st.user_side_stats(serving_seq)
+    serving += st.category_price_stats(encode_items(inputs.snapshot(t.ITEMS), cfg.sequences))
     lines: list[str] = []
     quarantine = []
     if inputs.available(t.IMPRESSIONS):
@@ -66,7 +67,8 @@ def run(ctx: JobContext) -> str:
         days = range_days(ctx.args.training_start, ctx.args.training_end)
         ex = tables.read(t.TRAINING_EXAMPLES, dt=days).where(F.col("split") == "train")
         training = st.user_side_stats(ex)
-        training += st.item_side_stats(ex.where(F.col("task").isin("ctr", "l2r")), rank_dim)
+        slots = impression_slots(ex, rank_dim, cfg.sequences.max_tags).where(F.col("ctr_weight") > 0)
+        training += st.item_side_stats(slots, rank_dim, weight="ctr_weight")  # as trained: positives up-weighted
         frames.append(st.stats_frame(spark, training, st.TRAINING, day.isoformat()))
         drift = st.drift(serving, training)
         worst = sorted(drift.items(), key=lambda kv: -kv[1])[:5]
@@ -84,9 +86,10 @@ def run(ctx: JobContext) -> str:
             f"{cfg.stats.drift_threshold}: {names}; check the training set's sampling (positive_upsample, "
             f"negative_rate, caps)")
     n_users = next((s.count for s in serving if s.feature == "user_dense[0]"), 0)
+    n_cats = sum(1 for s in serving if s.feature.startswith(st.CATEGORY_PRICE))
     return "\n".join([*lines, *([report] if report else []),
-                      f"{JOB}: wrote {res.describe()} dt={day}: {len(serving)} features over "
-                      f"{n_users:,} serving users"])
+                      f"{JOB}: wrote {res.describe()} dt={day}: {len(serving) - n_cats} features over "
+                      f"{n_users:,} serving users, the mean price of {n_cats} categories"])
 
 
 def parser() -> argparse.ArgumentParser:

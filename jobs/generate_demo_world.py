@@ -36,9 +36,9 @@ def run(ctx: JobContext) -> str:
     lines = "\n".join(f"  {w.describe()}" for w in written)
     oracle = ""
     if ctx.args.oracle:
-        holdout = [(last - _dt.timedelta(days=i)).isoformat() for i in range(ctx.cfg.training_set.holdout_days)]
-        scores = oracle_scores(tables, holdout)
-        oracle = f"\noracle scores on {','.join(sorted(holdout))}: " + \
+        test = [(last - _dt.timedelta(days=i)).isoformat() for i in range(ctx.cfg.training_set.test_days)]
+        scores = oracle_scores(tables, test, ctx.cfg.training_set)
+        oracle = f"\noracle scores on the test day(s) {','.join(sorted(test))} (PPP: the held-out test users): " + \
             ", ".join(f"{k}={v:.4f}" for k, v in sorted(scores.items()))
     return (f"wrote demo world seed={demo.seed} {demo.start_date}..{last} under {tables.root}:\n{lines}"
             f"{oracle}\n{JOB}: {len(written)} tables")
@@ -47,7 +47,7 @@ def run(ctx: JobContext) -> str:
 def parser() -> argparse.ArgumentParser:
     p = base_parser(JOB, __doc__ or "", date="optional")
     p.add_argument("--oracle", action="store_true",
-                   help="also print the oracle scores of the held-out day(s) (docs/demo_world.md)")
+                   help="also print the oracle scores of the test day(s) (docs/demo_world.md)")
     return p
 
 

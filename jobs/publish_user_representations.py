@@ -48,13 +48,13 @@ def run(ctx: JobContext) -> str:
     out = inference.score_users(seq, state, registry.name, loaded.version, day,
                                 cfg.publish.partitions, cfg.publish.batch_size).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        checks = inference.check_representations(out, population, loaded.spec.model.representation_dim)
+        checks = inference.check_representations(out, population, loaded.model.embedding_dim)
         res = tables.replace_partition(out, t.USER_REPRESENTATIONS, ds, metadata={
             "job": JOB, "run_id": ctx.run_id, "dt": ds, "model_name": registry.name, "model_version": loaded.version,
             "model_run_id": loaded.run_id, "model_aliases": loaded.aliases,
             "inputs": {t.USER_SEQUENCES.name: seq_version, **tables.metadata(t.USER_SEQUENCES, seq_version)
                        .get("inputs", {})},
-            "rows": int(checks["rows"]), "embedding_dim": loaded.spec.model.representation_dim})
+            "rows": int(checks["rows"]), "embedding_dim": loaded.model.embedding_dim})
     finally:
         out.unpersist()
     return "\n".join([*lines, f"{JOB}: wrote {res.describe()} dt={ds}: {population:,} users scored with "

@@ -1,22 +1,26 @@
-"""Petastorm -> PyTorch multi-task training of the DUPN model; MLflow logging, registration, promotion.
+"""Petastorm -> PyTorch multi-task training; MLflow logging, registration, promotion.
 
     python -m jobs.train --config conf/local.yaml --mode full --start 2026-11-05 --end 2026-11-12
     python -m jobs.train --config conf/local.yaml --mode incremental --date 2026-11-13
     spark-submit jobs/train.py --config conf/local.yaml --mode full --start ... --end ...
 
-``full`` trains a new model on the training split of [start, end]; ``incremental`` warm-starts
-from the ``champion`` version and trains on day ``--date`` only (the paper's daily increments;
-new ids need nothing: the encoding is hashed). Both evaluate on the held-out days of the latest
-training set (or ``--eval-days``) after every epoch, log everything to MLflow, register a new
-version, evaluate the current champion on the same held-out examples, and move the champion
-alias only if no task metric is worse by more than ``training.promotion.tolerance``.
+``full`` trains a new model on the training split of [start, end], scoring the validation split
+of the latest training set during training: the weights of the best validation score are kept
+and training stops when it stops improving (``training.epochs`` is the cap). ``incremental``
+warm-starts from the ``champion`` version and trains ``training.incremental_epochs`` on day
+``--date`` only (the paper's daily increments; new ids need nothing: the encoding is hashed).
+
+Then the test split is scored once, the run is logged to MLflow and registered as a new version,
+the champion is scored on the same test examples, and the champion alias moves only if no metric
+is worse beyond the confidence interval of a paired bootstrap (``training.promotion``).
 Training runs in ``training.num_processes`` processes through Spark's TorchDistributor
-(``training.use_distributor=false`` with one process trains in this process, for debugging).
+(``training.use_distributor=false`` with one process trains in this process).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import math
 
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry, parse_date
@@ -24,15 +28,21 @@ from core.delta import get_tables
 from core.errors import PlatformError
 from core.spark import get_spark
 from features.training_set import range_days
-from registry.models import ModelRegistry, log_model
-from registry.runs import holdout_metrics, log_training, promote
+from registry.models import ModelRegistry, decide_promotion, log_model
+from registry.runs import log_test, log_training, promote
 from registry.tracking import MlflowTracker
-from training.data import PetastormSource
+from training import evaluation as ev
 from training.datasets import serving_statistics, training_data
 from training.spec import ModelSpec
-from training.trainer import TrainPlan, evaluate, run_training
+from training.trainer import TrainPlan, eval_source, run_training
 
 JOB = "train"
+SHOWN = ("ctr_auc", "cvr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10", "follow_auc", "ppp_accuracy",
+         "ppp_accuracy_seen", "ctr_ece")
+
+
+def shown(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={values[k]:.4f}" for k in SHOWN if k in values and not math.isnan(values[k]))
 
 
 def run(ctx: JobContext) -> str:
@@ -41,6 +51,8 @@ def run(ctx: JobContext) -> str:
     if args.mode == "full":
         if not (args.start and args.end):
             raise PlatformError("--mode full needs --start and --end")
+        if args.end < args.start:
+            raise PlatformError(f"--end {args.end} is before --start {args.start}")
         days, last = range_days(args.start, args.end), args.end
     else:
         if not args.date:
@@ -48,7 +60,8 @@ def run(ctx: JobContext) -> str:
         days, last = [args.date.isoformat()], args.date
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
-    data = training_data(tables, days, args.eval_days, tc.tasks)
+    data = training_data(tables, days, tc.tasks, valid_days=args.valid_days, test_days=args.test_days,
+                         allow_valid_overlap=args.mode == "incremental")
     registry = ModelRegistry(cfg.mlflow)
     champion_version = registry.champion_version()
     champion = registry.load(champion_version) if champion_version else None
@@ -59,29 +72,37 @@ def run(ctx: JobContext) -> str:
         spec = champion.spec
         init_state = registry.state_bytes(champion.version)
         stats_note: dict[str, object] = {"from_champion_version": champion.version}
-        epochs = tc.incremental_epochs
+        epochs, select = tc.incremental_epochs, False
+        valid_files = tuple(f for f in data.valid_files if f not in set(data.train_files))
     else:
-        # the serving population the model is about to serve: the latest statistics up to the held-out days
-        until = max([last.isoformat(), *data.eval_days])
+        # the serving population the model is about to serve: the latest statistics up to the test days
+        until = max([last.isoformat(), *data.test_days])
         stats = serving_statistics(tables, _dt.date.fromisoformat(until), cfg.inputs.rank_features_dim)
-        spec = ModelSpec.from_config(cfg, tasks=data.tasks, norm=stats.norm)
-        init_state, epochs = None, tc.epochs
+        spec = ModelSpec.from_config(cfg, tasks=data.tasks, norm=stats.norm, logit_offsets=data.logit_offsets,
+                                     category_log_price=stats.category_log_price)
+        init_state, epochs, select = None, tc.epochs, True
         stats_note = {"feature_stats_day": stats.day, "feature_stats_version": stats.version}
-    plan = TrainPlan(spec=spec.to_dict(), training=tc, train_files=data.train_files, eval_files=data.eval_files,
-                     epochs=epochs, init_state=init_state, max_steps_per_epoch=tc.max_steps_per_epoch)
-    tags = {"mode": args.mode, "train_days": f"{days[0]}..{days[-1]}", "eval_days": ",".join(data.eval_days),
-            "job_run_id": ctx.run_id}
+        valid_files = data.valid_files
+        if not valid_files:
+            raise PlatformError("full training selects epochs on the validation split, and the training set has "
+                                "none: set training_set.validation_days >= 1 and rebuild it")
+    plan = TrainPlan(spec=spec.to_dict(), training=tc, train_files=data.train_files, valid_files=valid_files,
+                     epochs=epochs, select=select, init_state=init_state, max_steps_per_epoch=tc.max_steps_per_epoch)
+    tags = {"mode": args.mode, "train_days": f"{days[0]}..{days[-1]}", "valid_days": ",".join(data.valid_days),
+            "test_days": ",".join(data.test_days), "job_run_id": ctx.run_id, "family": spec.model.family}
     with MlflowTracker(cfg.mlflow, run_name=f"{args.mode}-{days[-1]}", tags=tags) as tracker:
         result = run_training(plan, tc.num_processes, tc.use_distributor)
-        params = {"mode": args.mode, "tasks": ",".join(spec.tasks), "architecture": spec.model.architecture,
-                  "property_in": spec.model.property_in, "esmm": spec.esmm, "weighting": tc.weighting.kind,
-                  "optimizer": tc.optimizer, "lr": tc.lr, "weight_decay": tc.weight_decay,
-                  "dropout": spec.model.dropout, "batch_size": tc.batch_size, "epochs": epochs,
-                  "num_processes": result.world_size, "representation_dim": spec.model.representation_dim,
-                  "max_len": spec.max_len, "training_examples_version": data.version,
-                  "train_days": f"{days[0]}..{days[-1]}", "eval_days": ",".join(data.eval_days), **stats_note}
+        params = {"mode": args.mode, "family": spec.model.family, "tasks": ",".join(spec.tasks),
+                  "architecture": spec.model.architecture, "property_in": spec.model.property_in, "esmm": spec.esmm,
+                  "weighting": tc.weighting.kind, "optimizer": tc.optimizer, "lr": tc.lr,
+                  "weight_decay": tc.weight_decay, "dropout": spec.model.dropout, "batch_size": tc.batch_size,
+                  "epochs_cap": epochs, "select_on_validation": select, "num_processes": result.world_size,
+                  "representation_dim": spec.model.representation_dim, "max_len": spec.max_len,
+                  "training_examples_version": data.version, "train_days": f"{days[0]}..{days[-1]}",
+                  "valid_days": ",".join(data.valid_days), "test_days": ",".join(data.test_days),
+                  "logit_offsets": spec.logit_offsets, **stats_note}
         lineage = {"training_examples": {"version": data.version, "train_days": list(days),
-                                         "eval_days": list(data.eval_days),
+                                         "valid_days": list(data.valid_days), "test_days": list(data.test_days),
                                          "build": tables.metadata(t.TRAINING_EXAMPLES, data.version)},
                    "normalisation": spec.norm, "vocab_sizes": spec.vocab,
                    "encoding": {"hash_buckets": cfg.sequences.hash_buckets.model_dump(),
@@ -89,21 +110,26 @@ def run(ctx: JobContext) -> str:
                                 "method": "xxhash64(field, value) mod (buckets - 2) + 2; 0 pad, 1 unknown"},
                    **stats_note}
         log_training(tracker, result, params, cfg.to_dict(), lineage, cfg.sequences.time_bucket_edges_s)
+        # the test split, scored once: the candidate, then the champion on the same examples for the gate
+        candidate_pred = ev.predict(result.model(), eval_source(tc, data.test_files).batches())
+        test = ev.metrics(candidate_pred)
+        log_test(tracker, test)
         version = registry.register(log_model(result.state), tags={"mode": args.mode, "run_id": tracker.run_id})
-        candidate = holdout_metrics(result.final_metrics)
-        champion_metrics = None
-        if champion is not None:
-            eval_source = PetastormSource(files=data.eval_files, batch_size=tc.eval_batch_size, shuffle=False,
-                                          workers=tc.reader_workers)
-            champion_metrics, _ = evaluate(champion.model, eval_source.batches())
-        decision = promote(tracker, registry, version, candidate, champion_metrics, champion_version,
-                           tc.promotion.tolerance, tc.promotion.auto_promote)
-    shown = ", ".join(f"{k}={v:.4f}" for k, v in candidate.items() if not k.endswith(("rows", "groups")))
+        champion_pred = ev.predict(champion.model, eval_source(tc, data.test_files).batches()) \
+            if champion is not None else None
+        decision = decide_promotion(candidate_pred, champion_pred, tc.promotion)
+        promote(tracker, registry, version, decision, champion_version, tc.promotion.auto_promote)
     rate = result.train_samples / max(result.train_seconds, 1e-9)
+    chosen = result.selected
+    selection = (f"selected step {chosen.get('step', 0):.0f} (epoch {chosen.get('epoch_fraction', 0):.2f}) of "
+                 f"{len(result.evals)} validation scorings{', stopped early' if result.stopped_early else ''}; "
+                 if select and chosen else "")
     return "\n".join([
         data.describe(),
-        f"trained {result.train_samples:,} samples in {result.train_seconds:.0f}s ({rate:,.0f}/s, "
-        f"{result.world_size} process(es)); held-out: {shown}",
+        f"trained {result.train_samples:,} examples ({result.train_rows:,} sequences) in {result.train_seconds:.0f}s "
+        f"({rate:,.0f} examples/s, {result.world_size} process(es)); {selection}"
+        f"validation: {shown(result.validation_metrics)}",
+        f"test: {shown(test)}",
         f"promotion of version {version}: {decision.describe()}",
         f"{JOB}: registered {registry.name} version {version} (MLflow run {tracker.run_id}); champion is version "
         f"{registry.champion_version()}"])
@@ -114,7 +140,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("full", "incremental"), required=True)
     p.add_argument("--start", type=parse_date, help="first training day (full)")
     p.add_argument("--end", type=parse_date, help="last training day (full)")
-    p.add_argument("--eval-days", nargs="+", metavar="DAY", help="held-out days (default: the training set's)")
+    p.add_argument("--valid-days", nargs="+", metavar="DAY", help="validation days (default: the training set's)")
+    p.add_argument("--test-days", nargs="+", metavar="DAY", help="test days (default: the training set's)")
     return p
 
 

@@ -6,12 +6,14 @@
 The examples are the shop impressions of days (S, D] with S = D - days; every method sees the
 users as of the end of S: RT (representation transfer) the published vectors of
 ``outputs/user_representations`` dt=S, FT (fine-tuning the model version that published those
-vectors, or ``--model-version``), RS (the same network
-from scratch) and RA (a fresh DUPN retrained on all tasks plus the shop task, within the
-``ra_mix`` budget) the sequences of ``features/user_sequences`` dt=S. The joined examples are
-written to ``features/transfer_examples`` (partition ``dt = D``, split train/test by a hash of
-user_id) and read through Petastorm. One MLflow run ``transfer-<D>`` holds the comparison
-(``<m>_test_auc``, ``<m>_seconds``, the table and the learning curves). See docs/transfer.md.
+vectors, or ``--model-version``), RS (the same network from scratch) and RA (a fresh DUPN
+retrained on all tasks plus the shop task, within the ``ra_mix`` budget) the sequences of
+``features/user_sequences`` dt=S. The joined examples are written to
+``features/transfer_examples`` (partition ``dt = D``, split train/valid/test by a hash of
+user_id) and read through Petastorm. Each method chooses its epoch on the validation split and
+is scored on the test split once, with that epoch's weights. One MLflow run ``transfer-<D>``
+holds the comparison (validation curves, ``<m>_chosen_epoch``, ``<m>_test_auc``, ``<m>_seconds``,
+the table and the learning curves). See docs/transfer.md.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from core import tables as t
 from core.cli import JobContext, base_parser, main_entry
 from core.delta import get_tables
 from core.spark import get_spark
+from features import transfer as td
 from features.inputs import Inputs
 from features.quality import enforce_bound, release, write_quarantine
 from registry.models import ModelRegistry
@@ -37,13 +40,14 @@ def run(ctx: JobContext) -> str:
     days = args.days if args.days is not None else tc.days
     ra_mix = args.ra_mix if args.ra_mix is not None else tc.ra_mix
     methods = list(dict.fromkeys(args.methods))
-    window = tr.TransferWindow.of(args.date, days)
+    window = td.TransferWindow.of(args.date, days)
+    td.check_shares(tc.validation_share, tc.test_share)
     ds, snap = args.date.isoformat(), window.snapshot
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
-    tr.require_snapshot(tables, snap)
+    td.require_snapshot(tables, snap)
     registry = ModelRegistry(cfg.mlflow)
-    base = registry.load(args.model_version or tr.published_version(tables, snap))
+    base = registry.load(args.model_version or td.published_version(tables, snap))
     check_encoding(base.spec, cfg.sequences, base.version)
     buckets = {"shop": cfg.sequences.hash_buckets.shop_id, "category": cfg.sequences.hash_buckets.category_id}
     settings = tr.TransferSettings(epochs=tc.epochs, batch_size=tc.batch_size,
@@ -58,30 +62,33 @@ def run(ctx: JobContext) -> str:
         try:
             lines = enforce_bound(tables, [labels], args.date, JOB, ctx.run_id, cfg.quality.max_quarantine_share)
             seq_v, rep_v = tables.version(t.USER_SEQUENCES), tables.version(t.USER_REPRESENTATIONS)
-            examples = tr.transfer_examples(
+            examples = td.transfer_examples(
                 labels.valid, tables.read(t.USER_SEQUENCES, dt=snap, version=seq_v),
                 tables.read(t.USER_REPRESENTATIONS, dt=snap, version=rep_v), inputs.snapshot(t.ITEMS), window,
-                buckets["shop"], buckets["category"], tc.test_share, tc.seed)
-            res = tables.replace_partition(examples, tr.TRANSFER_EXAMPLES, ds, metadata={
+                buckets["shop"], buckets["category"], tc.validation_share, tc.test_share, tc.seed)
+            res = tables.replace_partition(examples, td.TRANSFER_EXAMPLES, ds, metadata={
                 "job": JOB, "run_id": ctx.run_id, "mlflow_run_id": tracker.run_id, "dt": ds, "snapshot_dt": snap,
-                "example_days": list(window.example_days), "test_share": tc.test_share, "seed": tc.seed,
+                "example_days": list(window.example_days), "validation_share": tc.validation_share,
+                "test_share": tc.test_share, "seed": tc.seed,
                 "inputs": {**inputs.versions, t.USER_SEQUENCES.name: seq_v, t.USER_REPRESENTATIONS.name: rep_v},
                 "quarantine": labels.counts})
             write_quarantine(tables, [labels], args.date, JOB, ctx.run_id)
         finally:
             release(labels)
-        stats = tr.describe_examples(tables.read(tr.TRANSFER_EXAMPLES, dt=ds, version=res.version))
+        stats = td.describe_examples(tables.read(td.TRANSFER_EXAMPLES, dt=ds, version=res.version))
         dropped = labels.total - labels.quarantined - sum(stats.rows.values())
-        files = tr.transfer_files(tables, ds, res.version)
-        original = tr.original_training_data(tables, snap) if "ra" in methods else None
-        results = tr.run_methods(methods, files, base.model, stats.rep_dim, original, settings, stats.rows)
+        files = td.transfer_files(tables, ds, res.version)
+        original = td.original_training_data(tables, snap) if "ra" in methods else None
+        results = tr.run_methods(methods, files, base.model, stats.rep_dim, original, settings, stats.fingerprints)
         params = {"date": ds, "days": days, "snapshot_dt": snap, "example_days": ",".join(window.example_days),
-                  "methods": ",".join(methods), "test_share": tc.test_share, "seed": tc.seed, "epochs": tc.epochs,
+                  "methods": ",".join(methods), "validation_share": tc.validation_share, "test_share": tc.test_share,
+                  "seed": tc.seed, "epochs": tc.epochs, "selection": "best validation AUC epoch",
                   "batch_size": tc.batch_size, "lr": tc.lr, "optimizer": "adam", "ra_mix": ra_mix,
                   "ra_weighting": cfg.training.weighting.kind, "base_model_version": base.version,
                   "rep_model_versions": ",".join(stats.rep_model_versions), "rep_dim": stats.rep_dim,
                   "transfer_examples_version": res.version, "train_rows": stats.rows["train"],
-                  "test_rows": stats.rows["test"], "dropped_not_in_snapshot": dropped,
+                  "valid_rows": stats.rows["valid"], "test_rows": stats.rows["test"],
+                  "dropped_not_in_snapshot": dropped,
                   "original_training_days": ",".join(original.days) if original else "",
                   "original_training_rows": original.rows if original else 0}
         context = {"title": f"transfer-{ds}: shop preference, {window.describe()}", **params,
@@ -96,8 +103,8 @@ def run(ctx: JobContext) -> str:
         f"wrote {res.describe()} dt={ds}: {window.describe()}; {stats.describe()}; {dropped:,} examples dropped "
         f"(user not in the snapshot){note}",
         table,
-        f"{JOB}: compared {', '.join(m.upper() for m in methods)} in MLflow run {tracker.run_id} (transfer-{ds}) "
-        f"under {tables.root}"])
+        f"{JOB}: compared {', '.join(m.upper() for m in methods)} (epochs chosen on validation, test scored once) "
+        f"in MLflow run {tracker.run_id} (transfer-{ds}) under {tables.root}"])
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Logging, registering, loading and promoting DUPN models in the MLflow registry.
+"""Logging, registering, loading and promoting models in the MLflow registry.
 
 A registered version is an MLflow pyfunc model whose ``predict`` is the **user part** only
 (sequence + profile -> universal representation and purchasing-power probabilities: the
@@ -18,68 +18,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-import numpy as np
 import pandas as pd
 
-from core.config import MlflowConfig
+from core.config import MlflowConfig, PromotionConfig
 from core.errors import PlatformError
 from registry.tracking import configure_mlflow
+from training.evaluation import Interval
+from training.inference import _FLOAT_INPUTS, _SCALAR_INPUTS, USER_INPUTS, load_state_file, user_outputs
 
 if TYPE_CHECKING:
-    from training.model import DUPNModel
+    from training.evaluation import Predictions
+    from training.model import TaskModel
     from training.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
 STATE_ARTIFACT = "model_state"
-USER_INPUTS = ("seq_len", "seq_item", "seq_shop", "seq_brand", "seq_category", "seq_tags", "seq_behavior",
-               "seq_scene", "seq_time_bucket", "seq_log_price", "user_age", "user_gender", "user_city", "user_dense")
-_FLOAT_INPUTS = ("seq_log_price", "user_dense")
-_SCALAR_INPUTS = ("seq_len", "user_age", "user_gender", "user_city")
-# held-out metrics the promotion gate compares (higher is better for all of them)
-GATED_METRICS = ("ctr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10", "follow_auc", "ppp_accuracy", "ppp_macro_f1")
-
-
-def frame_to_batch(frame: pd.DataFrame) -> dict[str, Any]:
-    """User-side columns of a pandas frame (array cells) -> model batch of tensors."""
-    import torch
-
-    batch = {}
-    for name in USER_INPUTS:
-        if name not in frame.columns:
-            raise PlatformError(f"model input lacks column '{name}' (a features/user_sequences column)")
-        col = frame[name].to_numpy()
-        if name in _SCALAR_INPUTS:
-            batch[name] = torch.as_tensor(col.astype(np.int64))
-        else:
-            arr = np.stack([np.asarray(v) for v in col]) if len(col) else np.zeros((0, 1))
-            dtype = np.float32 if name in _FLOAT_INPUTS else np.int64
-            batch[name] = torch.as_tensor(arr.astype(dtype))
-    return batch
-
-
-def user_outputs(model: "DUPNModel", frame: pd.DataFrame) -> pd.DataFrame:
-    """``embedding`` (float32 arrays), ``ppp_probs`` (7 floats) and ``ppp_tier`` (1..7) per row."""
-    import torch
-
-    part = model.user_part().eval()
-    with torch.no_grad():
-        rep, probs = part(frame_to_batch(frame))
-    probs_np = probs.numpy().astype(np.float32)
-    return pd.DataFrame({"embedding": list(rep.numpy().astype(np.float32)), "ppp_probs": list(probs_np),
-                         "ppp_tier": probs_np.argmax(axis=1).astype(np.int32) + 1})
-
-
-def load_state_file(path: str | Path) -> "DUPNModel":
-    import torch
-
-    from training.model import build_model
-    from training.spec import ModelSpec
-
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    model = build_model(ModelSpec.from_dict(state["spec"]))
-    model.load_state_dict(state["weights"])
-    return model.eval()
 
 
 def _python_model() -> Any:
@@ -135,7 +89,7 @@ class LoadedModel:
     name: str
     version: str
     run_id: str
-    model: "DUPNModel"
+    model: "TaskModel"
     aliases: list[str] = field(default_factory=list)
 
     @property
@@ -197,7 +151,8 @@ class ModelRegistry:
         state = next(Path(local).rglob("model_state.pt"), None)
         if state is None:
             raise PlatformError(f"version {mv.version} of '{self.name}' has no model_state.pt artifact")
-        return LoadedModel(self.name, str(mv.version), str(mv.run_id), load_state_file(state),
+        model = load_state_file(state, f"version {mv.version} of registered model '{self.name}'")
+        return LoadedModel(self.name, str(mv.version), str(mv.run_id), model,
                            list(getattr(mv, "aliases", []) or []))
 
     def state_bytes(self, version: str) -> bytes:
@@ -210,42 +165,47 @@ class ModelRegistry:
 
 @dataclass(frozen=True)
 class Decision:
-    """Outcome of the promotion gate."""
+    """Outcome of the promotion gate, with the interval of every compared metric."""
 
     promote: bool
     reason: str
-    comparisons: dict[str, dict[str, float]]
+    intervals: tuple[Interval, ...] = ()
+    confidence_label: str = "95% CI"
+
+    @property
+    def comparisons(self) -> dict[str, dict[str, float]]:
+        return {i.metric: {"candidate": i.candidate, "champion": i.champion, "delta": i.delta, "low": i.low,
+                           "high": i.high} for i in self.intervals}
 
     def describe(self) -> str:
-        rows = ", ".join(f"{k} {v['candidate']:.4f} vs {v['champion']:.4f}" for k, v in self.comparisons.items())
-        return f"{'PROMOTED' if self.promote else 'BLOCKED'}: {self.reason}" + (f" ({rows})" if rows else "")
+        rows = ", ".join(i.describe() for i in self.intervals)
+        return f"{'PROMOTED' if self.promote else 'BLOCKED'}: {self.reason}" + \
+            (f" (candidate - champion [{self.confidence_label}]: {rows})" if rows else "")
 
 
-def decide_promotion(candidate: Mapping[str, float], champion: Mapping[str, float] | None,
-                     tolerance: float) -> Decision:
-    """Promote only if every task metric of ``candidate`` >= champion's - ``tolerance``.
+def decide_promotion(candidate: "Predictions", champion: "Predictions | None", cfg: PromotionConfig) -> Decision:
+    """The gate: candidate and champion scored on the same test examples, compared by a paired
+    bootstrap over users (:func:`training.evaluation.paired_bootstrap`).
 
-    Both are held-out metrics on the same examples (``ctr_auc``, ``l2r_ndcg10``, ...). A
-    metric the champion has but the candidate lacks (a dropped task) blocks the promotion;
-    metrics undefined (NaN) for the champion are not compared.
+    The candidate is blocked only when a metric is worse **beyond its confidence interval** (the
+    interval of candidate - champion lies below zero), or lacks a metric the champion has (a
+    dropped task). A difference inside the interval is noise and does not block.
     """
+    from training.evaluation import GATED_METRICS, metrics, paired_bootstrap
+
+    label = f"{cfg.confidence:.0%} CI, {cfg.resamples} user resamples"
     if champion is None:
-        return Decision(True, "no current champion", {})
-    comparisons: dict[str, dict[str, float]] = {}
-    worse, missing = [], []
-    for name in GATED_METRICS:
-        old = champion.get(name)
-        if old is None or (isinstance(old, float) and math.isnan(old)):
-            continue
-        new = candidate.get(name)
-        if new is None or math.isnan(new):
-            missing.append(name)
-            continue
-        comparisons[name] = {"candidate": float(new), "champion": float(old), "delta": float(new) - float(old)}
-        if new < old - tolerance:
-            worse.append(f"{name} {new:.4f} < {old:.4f} - {tolerance}")
+        return Decision(True, "no current champion", (), label)
+    intervals = tuple(paired_bootstrap(candidate, champion, cfg.resamples, cfg.confidence, cfg.seed))
+    have = metrics(candidate)
+    old = metrics(champion)
+    missing = [m for m in GATED_METRICS if not math.isnan(old.get(m, math.nan)) and math.isnan(have.get(m, math.nan))]
     if missing:
-        return Decision(False, f"candidate lacks {', '.join(missing)} that the champion has", comparisons)
+        return Decision(False, f"candidate lacks {', '.join(missing)} that the champion has", intervals, label)
+    worse = [i for i in intervals if i.worse]
     if worse:
-        return Decision(False, "worse than the champion: " + "; ".join(worse), comparisons)
-    return Decision(True, f"every task metric within {tolerance} of the champion or better", comparisons)
+        return Decision(False, "worse than the champion beyond noise: " + "; ".join(i.describe() for i in worse),
+                        intervals, label)
+    better = sum(1 for i in intervals if i.low > 0)
+    return Decision(True, f"no metric worse beyond its interval ({better} of {len(intervals)} better beyond it)",
+                    intervals, label)

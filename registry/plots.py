@@ -16,8 +16,10 @@ def _pyplot() -> Any:
     return plt
 
 
-def learning_curves(steps: Sequence[dict[str, float]], epochs: Sequence[dict[str, float]]) -> Any:
-    """Per-task training loss by step (left) and held-out metrics by epoch (right)."""
+def learning_curves(steps: Sequence[dict[str, float]], evals: Sequence[dict[str, float]],
+                    selected_step: float | None = None) -> Any:
+    """Per-task training loss by step (left) and validation metrics by step (right), with the step
+    model selection chose."""
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     xs = [s["step"] for s in steps]
@@ -27,12 +29,15 @@ def learning_curves(steps: Sequence[dict[str, float]], epochs: Sequence[dict[str
     ax1.set_ylabel("training loss (per task)")
     ax1.set_yscale("log")
     ax1.legend(fontsize=8)
-    ex = [e["epoch"] + 1 for e in epochs]
-    for key in sorted({k for e in epochs for k in e if k.startswith("holdout_") and not k.endswith(("rows",
-                                                                                                    "groups"))}):
-        ax2.plot(ex, [e.get(key, math.nan) for e in epochs], marker="o", label=key[len("holdout_"):])
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("held-out metric")
+    ex = [e["step"] for e in evals]
+    shown = ("valid_ctr_auc", "valid_cvr_auc", "valid_ctcvr_auc", "valid_l2r_auc", "valid_follow_auc",
+             "valid_ppp_accuracy", "selection_score")
+    for key in [k for k in shown if any(k in e for e in evals)]:
+        ax2.plot(ex, [e.get(key, math.nan) for e in evals], marker="o", label=key.replace("valid_", ""))
+    if selected_step is not None:
+        ax2.axvline(selected_step, color="grey", linestyle="--", linewidth=1, label="selected")
+    ax2.set_xlabel("step")
+    ax2.set_ylabel("validation metric")
     ax2.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -2,6 +2,7 @@
 
 Each step runs as its own process, exactly as a scheduler would run it
 (``python -m jobs.<job> --config ... --date ...``), and stops the demo at the first failure.
+The demo ends with the champion's test metrics next to the demo world's oracle scores.
 """
 from __future__ import annotations
 
@@ -16,17 +17,16 @@ from core.config import load_config
 from features.demo_world import USER_ID0
 
 FIRST_USER = USER_ID0 + 42
-
-
 WARM_UP_DAYS = 4  # the first days only build up histories (users start with none)
+REPORTED = ("ctr_auc", "cvr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10", "follow_auc", "ppp_accuracy")
 
 
 def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
     """The daily pipeline over the demo world: features of the last day, a training set of the
-    days after the warm-up (the last one held out), full training up to two days before the end
-    and that day's nightly job, an incremental day, the nightly job of the last day, queries, and
-    the transfer comparison (examples of the last two days, users and vectors of the nightly job
-    two days before)."""
+    days after the warm-up (training days, then the validation and the test day), full training on
+    the training days with selection on the validation day and that day's nightly job, an
+    incremental day (the validation day), the nightly job of the last day, queries, the transfer
+    comparison, and the report of the champion's test metrics against the oracle."""
     c = ["--config", config]
     d = lambda n: (last - dt.timedelta(days=n)).isoformat()  # noqa: E731
     start = (first + dt.timedelta(days=WARM_UP_DAYS)).isoformat()
@@ -43,19 +43,51 @@ def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
         ["jobs.query", *c, "user", str(FIRST_USER)],
         ["jobs.query", *c, "similar", str(FIRST_USER), "--k", "5"],
         ["jobs.transfer", *c, "--date", d(0)],
+        ["scripts.demo", *c, "--report"],
     ]
+
+
+def report(config: str) -> None:
+    """Print the champion's test metrics (logged by its training run) next to the oracle's on the same
+    test day."""
+    import mlflow
+
+    from core import tables as t
+    from core.delta import get_tables
+    from core.spark import get_spark
+    from features.oracle import oracle_scores
+    from registry.models import ModelRegistry
+
+    cfg = load_config(config)
+    registry = ModelRegistry(cfg.mlflow)
+    version = registry.champion_version()
+    if version is None:
+        raise SystemExit("demo report: no champion version")
+    run = mlflow.get_run(registry.client.get_model_version(registry.name, version).run_id)
+    tables = get_tables(get_spark(cfg), cfg)
+    test_days = tables.last_metadata(t.TRAINING_EXAMPLES)["splits"]["test"]
+    oracle = oracle_scores(tables, test_days, cfg.training_set)
+    model = {k: run.data.metrics.get(f"test_{k}") for k in REPORTED}
+    print(f"champion {registry.name} v{version} ({run.data.tags.get('mode')} run), test day {', '.join(test_days)}:")
+    print("test:   " + " ".join(f"{k}={v:.4f}" for k, v in model.items() if v is not None))
+    print("oracle: " + " ".join(f"{k}={oracle[k]:.4f}" for k in REPORTED if k in oracle))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default="conf/local.yaml")
+    p.add_argument("--report", action="store_true", help="only print the champion's test metrics vs the oracle")
     args = p.parse_args()
+    if args.report:
+        report(args.config)
+        return
     cfg = load_config(args.config)
     first = cfg.demo.start_date
     last = first + dt.timedelta(days=cfg.demo.days - 1)
     started = time.time()
     for step in steps(args.config, first, last):
-        cmd = [sys.executable, "-m", step[0], "--log-level", "WARNING", *step[1:]]
+        cmd = [sys.executable, "-m", step[0], *(["--log-level", "WARNING"] if step[0].startswith("jobs.") else []),
+               *step[1:]]
         print(f"\n$ python -m {' '.join(shlex.quote(a) for a in step)}", flush=True)
         t0 = time.time()
         res = subprocess.run(cmd)

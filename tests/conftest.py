@@ -75,12 +75,14 @@ def tiny_world(spark, tmp_path_factory):
 
 
 TINY_START, TINY_END = "2026-11-04", "2026-11-08"
+VALID_DAY = "2026-11-07"
 
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_world):  # noqa: ANN001, ANN201
-    """The feature jobs run on the tiny world: sequences and stats of the last day, training set
-    of all days (the last one held out). Returns (config, DeltaTables, lake folder)."""
+    """The feature jobs run on the tiny world: sequences and stats of the last day, the training set
+    of 2026-11-04..08 (training split 11-04..06, validation 11-07, test 11-08: ``TRAIN_DAYS``,
+    ``VALID_DAY``, ``TINY_END``). Returns (config, DeltaTables, lake folder)."""
     from jobs import build_sequences, build_training_set, feature_stats
     from tests.helpers import run
 

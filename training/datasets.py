@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from core import tables as t
 from core.errors import PlatformError
-from features.stats import norm_from_stats, read_stats
+from features.stats import category_prices, norm_from_stats, read_stats
 
 if TYPE_CHECKING:
     from core.delta import DeltaTables
@@ -18,50 +18,70 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingData:
-    """One snapshot of ``features/training_examples`` split into training and held-out files."""
+    """One snapshot of ``features/training_examples``: the files of the training days and of the
+    validation and test splits (the evaluation protocol, :mod:`core.protocol`)."""
 
     version: int
     train_days: tuple[str, ...]
-    eval_days: tuple[str, ...]
+    valid_days: tuple[str, ...]
+    test_days: tuple[str, ...]
     train_files: tuple[str, ...]
-    eval_files: tuple[str, ...]
+    valid_files: tuple[str, ...]
+    test_files: tuple[str, ...]
     tasks: tuple[str, ...]
+    logit_offsets: dict[str, float]
 
     def describe(self) -> str:
-        return (f"features/training_examples v{self.version}: train {self.train_days[0]}..{self.train_days[-1]} "
-                f"({len(self.train_files)} files), held out {', '.join(self.eval_days)} ({len(self.eval_files)} files)")
+        def span(days: tuple[str, ...]) -> str:
+            return "-" if not days else days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
+        return (f"features/training_examples v{self.version}: train {span(self.train_days)} "
+                f"({len(self.train_files)} files), validation {span(self.valid_days)}, test {span(self.test_days)}")
 
 
-def training_data(tables: "DeltaTables", train_days: Sequence[str], eval_days: Sequence[str] | None,
-                  wanted_tasks: Sequence[str]) -> TrainingData:
-    """Resolve the files of ``train_days`` and of the held-out days (default: the held-out days of
-    the latest ``build_training_set`` run), all from one table version.
+def training_data(tables: "DeltaTables", train_days: Sequence[str], wanted_tasks: Sequence[str],
+                  valid_days: Sequence[str] | None = None, test_days: Sequence[str] | None = None,
+                  allow_valid_overlap: bool = False) -> TrainingData:
+    """Resolve the files of ``train_days`` and of the validation and test days (default: the splits
+    recorded by the latest ``build_training_set`` run), all from one table version.
+
+    Args:
+        allow_valid_overlap: training days may be validation days (incremental training, which
+            selects nothing); training on a test day is never allowed.
 
     Raises:
-        PlatformError: a day is missing, or a training day is a held-out day.
+        PlatformError: a day is missing, or a training day is a test (or validation) day.
     """
     if not tables.exists(t.TRAINING_EXAMPLES):
         raise PlatformError("features/training_examples does not exist; run jobs/build_training_set.py first")
     version = tables.version(t.TRAINING_EXAMPLES)
     meta = tables.metadata(t.TRAINING_EXAMPLES, version)
-    held = list(eval_days) if eval_days else list(meta.get("holdout_days") or [])
-    if not held:
-        raise PlatformError("no held-out days: pass --eval-days or rebuild the training set")
+    splits = meta.get("splits") or {}
+    valid = list(valid_days) if valid_days is not None else list(splits.get("valid") or [])
+    test = list(test_days) if test_days is not None else list(splits.get("test") or [])
+    if not test:
+        raise PlatformError("features/training_examples records no test days: rebuild it with build_training_set "
+                            "(this code version), or pass the test days")
     present = set(tables.partitions(t.TRAINING_EXAMPLES, version))
-    missing = [d for d in [*train_days, *held] if d not in present]
+    missing = [d for d in [*train_days, *valid, *test] if d not in present]
     if missing:
         raise PlatformError(f"features/training_examples has no partition {', '.join(missing)}; "
                             f"run build_training_set for those days")
-    overlap = sorted(set(train_days) & set(held))
-    if overlap:
-        raise PlatformError(f"training days {', '.join(overlap)} are held out for evaluation; train on earlier "
-                            f"days or rebuild the training set with a later --end")
+    on_test = sorted(set(train_days) & set(test))
+    if on_test:
+        raise PlatformError(f"training days {', '.join(on_test)} are test days; train on earlier days or rebuild "
+                            f"the training set with a later --end")
+    on_valid = sorted(set(train_days) & set(valid))
+    if on_valid and not allow_valid_overlap:
+        raise PlatformError(f"training days {', '.join(on_valid)} are validation days; model selection would read "
+                            f"its own training data: train on earlier days")
     tasks = [x for x in wanted_tasks if x in (meta.get("tasks") or t.TASKS)]
     if not tasks:
         raise PlatformError(f"none of the tasks {list(wanted_tasks)} is in the training set ({meta.get('tasks')})")
-    return TrainingData(version, tuple(train_days), tuple(held),
+    offsets = {str(k): float(v) for k, v in (meta.get("logit_offsets") or {}).items()}
+    return TrainingData(version, tuple(train_days), tuple(valid), tuple(test),
                         tuple(tables.files(t.TRAINING_EXAMPLES, list(train_days), version)),
-                        tuple(tables.files(t.TRAINING_EXAMPLES, held, version)), tuple(tasks))
+                        tuple(tables.files(t.TRAINING_EXAMPLES, valid, version)) if valid else (),
+                        tuple(tables.files(t.TRAINING_EXAMPLES, test, version)), tuple(tasks), offsets)
 
 
 @dataclass(frozen=True)
@@ -69,6 +89,7 @@ class Statistics:
     day: str
     version: int
     norm: dict[str, tuple[list[float], list[float]]]
+    category_log_price: dict[int, float]
 
 
 def serving_statistics(tables: "DeltaTables", until: _dt.date, rank_dim: int) -> Statistics:
@@ -80,4 +101,4 @@ def serving_statistics(tables: "DeltaTables", until: _dt.date, rank_dim: int) ->
     if not days:
         raise PlatformError(f"features/feature_stats has no day on or before {until}; run feature_stats")
     stats = read_stats(tables.read(t.FEATURE_STATS, dt=days[-1], version=version))
-    return Statistics(days[-1], version, norm_from_stats(stats, rank_dim))
+    return Statistics(days[-1], version, norm_from_stats(stats, rank_dim), category_prices(stats))

@@ -12,22 +12,87 @@ import datetime as _dt
 import logging
 import math
 import threading
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
 
 from core import tables as t
-from core.errors import DataQualityError
-from registry.models import USER_INPUTS
+from core.errors import DataQualityError, PlatformError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pyspark import Broadcast
     from pyspark.sql import DataFrame
 
-    from training.model import UserPart
+    from training.model import TaskModel, UserPart
 
 logger = logging.getLogger(__name__)
+
+# the user-side columns of features/user_sequences that the nightly half of a model reads
+USER_INPUTS = ("seq_len", "seq_item", "seq_shop", "seq_brand", "seq_category", "seq_tags", "seq_behavior",
+               "seq_scene", "seq_time_bucket", "seq_log_price", "user_age", "user_gender", "user_city", "user_dense")
+_FLOAT_INPUTS = ("seq_log_price", "user_dense")
+_SCALAR_INPUTS = ("seq_len", "user_age", "user_gender", "user_city")
+
+
+def frame_to_batch(frame: pd.DataFrame) -> dict[str, Any]:
+    """User-side columns of a pandas frame (array cells) -> model batch of tensors."""
+    import torch
+
+    batch = {}
+    for name in USER_INPUTS:
+        if name not in frame.columns:
+            raise PlatformError(f"model input lacks column '{name}' (a features/user_sequences column)")
+        col = frame[name].to_numpy()
+        if name in _SCALAR_INPUTS:
+            batch[name] = torch.as_tensor(col.astype(np.int64))
+        else:
+            arr = np.stack([np.asarray(v) for v in col]) if len(col) else np.zeros((0, 1))
+            dtype = np.float32 if name in _FLOAT_INPUTS else np.int64
+            batch[name] = torch.as_tensor(arr.astype(dtype))
+    return batch
+
+
+def user_outputs(model: "TaskModel", frame: pd.DataFrame) -> pd.DataFrame:
+    """``embedding`` (float32 arrays), ``ppp_probs`` (7 floats) and ``ppp_tier`` (1..7) per row."""
+    import torch
+
+    part = model.user_part().eval()
+    with torch.no_grad():
+        rep, probs = part(frame_to_batch(frame))
+    probs_np = probs.numpy().astype(np.float32)
+    return pd.DataFrame({"embedding": list(rep.numpy().astype(np.float32)), "ppp_probs": list(probs_np),
+                         "ppp_tier": probs_np.argmax(axis=1).astype(np.int32) + 1})
+
+
+def load_state_file(path: "str | Path", what: str = "model") -> "TaskModel":
+    """The model saved in ``path`` (a ``model_state.pt`` artifact), eval mode.
+
+    Raises:
+        PlatformError: the file is missing, truncated or not a model state, naming ``what`` and the path.
+    """
+    import torch
+
+    from training.model import build_model
+    from training.spec import ModelSpec
+
+    import pickle
+
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        spec = ModelSpec.from_dict(state["spec"])
+    except PlatformError:
+        raise
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+        first = (str(exc).splitlines() or ["no detail"])[0][:200]
+        raise PlatformError(f"{what}: cannot read {path} ({type(exc).__name__}: {first}); the artifact is missing "
+                            f"or corrupt: re-register the model or pick another version") from None
+    model = build_model(spec)
+    model.load_state_dict(state["weights"])
+    return model.eval()
+
 
 _CACHE: dict[int, "UserPart"] = {}
 _LOCK = threading.Lock()
@@ -60,8 +125,6 @@ def _user_part(state: "Broadcast[bytes]") -> "UserPart":
 def _score_frames(frames: Iterable[pd.DataFrame], state: "Broadcast[bytes]", model_name: str,
                   model_version: str, day: str) -> Iterator[pd.DataFrame]:
     import torch
-
-    from registry.models import frame_to_batch
 
     part = _user_part(state)
     for frame in frames:

@@ -1,8 +1,20 @@
-"""Per-task losses of a mixed-task batch, masked by ``task_id``.
+"""Per-task losses of a batch of example groups (``features/training_examples`` rows).
 
-Every row belongs to one task (``core.tables.TASK_IDS``). Each loss is the
-``sample_weight``-weighted mean over its own rows; it is exactly 0 (still attached to the
-graph, so distributed training sees every parameter used) when the batch has none.
+A batch mixes row kinds (impression lists, follow impressions, tier labels); every loss is
+computed on its own examples only:
+
+* ``ctr`` — binary cross-entropy of every impression slot against ``label_click``, weighted by
+  the slot's ``ctr_weight`` (its sampling weight; 0 for padding);
+* ``ctcvr`` — ESMM: cross-entropy of p(click) · p(buy | click) against ``label_buy`` on the same
+  slots and weights;
+* ``l2r`` — the logistic loss of the score with y = ±1 from ``label_click``, weighted by the
+  slot's graded gain ``l2r_gain``, over the slots of L2R lists (``l2r = 1``);
+* ``follow`` — binary cross-entropy on follow rows, weighted by ``follow_weight``;
+* ``ppp`` — cross-entropy on the tier labels of **training users** (``ppp_user = 0``): labels of
+  the held-out users never train a model, whatever split their rows are in.
+
+Each loss is a weighted mean over its examples in the batch; it is exactly 0 (still attached to
+the graph, so distributed training sees every parameter used) when the batch has none.
 """
 from __future__ import annotations
 
@@ -13,22 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.tables import TASK_IDS
+from core.protocol import PPP_TRAIN_USER
+from core.tables import KIND_IDS
 
 logger = logging.getLogger(__name__)
 
 LOSS_NAMES = ("ctr", "ctcvr", "l2r", "follow", "ppp")
-# Loss name -> the task whose rows it is computed on.
+# Loss name -> the task whose examples it is computed on.
 LOSS_TASK = {"ctr": "ctr", "ctcvr": "ctr", "l2r": "l2r", "follow": "follow", "ppp": "ppp"}
 _EPS = 1e-12
 
 
-def _masked_mean(values: Tensor, rows: Tensor, sample_weight: Tensor) -> Tensor:
-    """Σ w·v over rows / Σ w over rows; 0 with a graph when no row has weight."""
-    w = sample_weight.to(values.dtype) * rows.to(values.dtype)
-    # torch.where rather than a product so a non-finite value on a masked row cannot reach the loss.
-    total = torch.where(rows, values * w, torch.zeros_like(values)).sum()
-    return total / w.sum().clamp_min(_EPS)
+def slot_mask(batch: Mapping[str, Tensor]) -> Tensor:
+    """(B, G) bool: the real impression slots of each row (``slot < n_items``)."""
+    g = batch["label_click"].shape[1]
+    return torch.arange(g, device=batch["n_items"].device).unsqueeze(0) < batch["n_items"].unsqueeze(1)
 
 
 def _log1mexp(x: Tensor) -> Tensor:
@@ -38,7 +49,7 @@ def _log1mexp(x: Tensor) -> Tensor:
 
 
 def ctcvr_nll(ctr_logit: Tensor, cvr_logit: Tensor, label_buy: Tensor) -> Tensor:
-    """Per-row binary cross-entropy of p_ctcvr = sigmoid(ctr) * sigmoid(cvr) against label_buy, (B,).
+    """Element-wise binary cross-entropy of p_ctcvr = sigmoid(ctr) * sigmoid(cvr) against label_buy.
 
     Computed in log space (log p = logsigmoid(ctr) + logsigmoid(cvr)) so it stays finite
     when p approaches 0 or 1.
@@ -47,58 +58,69 @@ def ctcvr_nll(ctr_logit: Tensor, cvr_logit: Tensor, label_buy: Tensor) -> Tensor
     return -(label_buy * log_p + (1.0 - label_buy) * _log1mexp(log_p))
 
 
-def loss_rows(batch: Mapping[str, Tensor], loss_name: str) -> Tensor:
-    """(B,) bool: the rows a loss is computed on (its task's rows; PPP rows need a tier label)."""
+def example_weights(batch: Mapping[str, Tensor], loss_name: str) -> Tensor:
+    """The training weight of each example of a loss: (B, G) for the slot losses, (B,) otherwise;
+    0 where an example does not belong to the loss."""
     if loss_name not in LOSS_TASK:
         raise KeyError(f"unknown loss '{loss_name}'; known: {list(LOSS_NAMES)}")
-    rows = batch["task_id"] == TASK_IDS[LOSS_TASK[loss_name]]
-    if loss_name == "ppp":
-        rows = rows & (batch["label_tier"] >= 0)
-    return rows
+    if loss_name in ("ctr", "ctcvr"):
+        return batch["ctr_weight"].float() * slot_mask(batch)
+    if loss_name == "l2r":
+        return (slot_mask(batch) & (batch["l2r"] == 1).unsqueeze(1)).float()
+    kind = batch["kind_id"]
+    if loss_name == "follow":
+        return batch["follow_weight"].float() * (kind == KIND_IDS["follow"])
+    rows = (kind == KIND_IDS["ppp"]) & (batch["label_tier"] >= 0) & (batch["ppp_user"] == PPP_TRAIN_USER)
+    return rows.float()
 
 
 def row_counts(batch: Mapping[str, Tensor], loss_names: Iterable[str]) -> dict[str, int]:
-    """Number of rows each loss is computed on in this batch."""
-    return {name: int(loss_rows(batch, name).sum()) for name in loss_names}
+    """Number of examples each loss is computed on in this batch."""
+    return {name: int((example_weights(batch, name) > 0).sum()) for name in loss_names}
+
+
+def _weighted_mean(values: Tensor, weights: Tensor, norm: Tensor | None = None) -> Tensor:
+    """Σ w·v / Σ norm (norm defaults to w); masked entries (w = 0) cannot bring a NaN in."""
+    total = torch.where(weights > 0, values * weights, torch.zeros_like(values)).sum()
+    return total / (weights if norm is None else norm).sum().clamp_min(_EPS)
 
 
 def task_losses(outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor],
                 tasks: Iterable[str]) -> dict[str, Tensor]:
-    """Scalar loss per loss name.
+    """Scalar loss per loss name (see the module docstring).
 
     Args:
-        outputs: :meth:`training.model.DUPNModel.forward` outputs.
-        batch: the batch (``task_id``, labels, ``l2r_weight``, ``sample_weight``; all (B,)).
-        tasks: loss names to compute (``ModelSpec.loss_names``): ``ctr`` (BCE on
-            label_click), ``ctcvr`` (ESMM: BCE of p_ctcvr on label_buy over CTR rows),
-            ``l2r`` (logistic loss of the score with y = ±1 from label_click, weighted by
-            l2r_weight), ``follow`` (BCE on label_follow), ``ppp`` (cross-entropy on
-            label_tier, rows with tier -1 ignored).
+        outputs: a :class:`training.model.TaskModel`'s outputs.
+        batch: the batch (``features/training_examples`` columns).
+        tasks: loss names to compute (``ModelSpec.loss_names``).
 
     Returns:
-        loss name -> scalar tensor (0 with a graph when the batch has no row of it).
+        loss name -> scalar tensor (0 with a graph when the batch has no example of it).
     """
-    sw = batch["sample_weight"].float()
     out: dict[str, Tensor] = {}
     for name in tasks:
-        rows = loss_rows(batch, name)
+        w = example_weights(batch, name)
         if name == "ctr":
-            per_row = F.binary_cross_entropy_with_logits(outputs["ctr_logit"], batch["label_click"].float(),
-                                                         reduction="none")
+            values = F.binary_cross_entropy_with_logits(outputs["ctr_logit"], batch["label_click"].float(),
+                                                        reduction="none")
+            out[name] = _weighted_mean(values, w)
         elif name == "ctcvr":
             if "cvr_logit" not in outputs:
                 raise KeyError("the ctcvr loss needs the ESMM head; build the model with model.esmm = true")
-            per_row = ctcvr_nll(outputs["ctr_logit"], outputs["cvr_logit"], batch["label_buy"].float())
+            out[name] = _weighted_mean(ctcvr_nll(outputs["ctr_logit"], outputs["cvr_logit"],
+                                                 batch["label_buy"].float()), w)
         elif name == "l2r":
             y = 2.0 * batch["label_click"].float() - 1.0
-            per_row = batch["l2r_weight"].float() * F.softplus(-y * outputs["l2r_score"])
+            values = F.softplus(-y * outputs["l2r_score"])
+            out[name] = _weighted_mean(values, w * batch["l2r_gain"].float(), norm=w)
         elif name == "follow":
-            per_row = F.binary_cross_entropy_with_logits(outputs["follow_logit"], batch["label_follow"].float(),
-                                                         reduction="none")
+            values = F.binary_cross_entropy_with_logits(outputs["follow_logit"], batch["label_follow"].float(),
+                                                        reduction="none")
+            out[name] = _weighted_mean(values, w)
         elif name == "ppp":
-            tier = torch.where(rows, batch["label_tier"].long(), torch.full_like(batch["label_tier"].long(), -1))
-            per_row = F.cross_entropy(outputs["ppp_logits"], tier, ignore_index=-1, reduction="none")
+            tier = torch.where(w > 0, batch["label_tier"].long(), torch.full_like(batch["label_tier"].long(), -1))
+            values = F.cross_entropy(outputs["ppp_logits"], tier, ignore_index=-1, reduction="none")
+            out[name] = _weighted_mean(values, w)
         else:
             raise KeyError(f"unknown loss '{name}'; known: {list(LOSS_NAMES)}")
-        out[name] = _masked_mean(per_row, rows, sw)
     return out

@@ -1,10 +1,12 @@
 """The DUPN model: user tower -> universal representation -> multi-task design -> task heads.
 
 Shapes: B = batch size, L = max_len, K = max_tags, F = rank_dim, R = representation_dim.
-A batch is a ``dict[str, Tensor]`` with the columns of ``features/training_examples``
-(user side ``seq_*``, ``user_*``; example side ``query_tokens``, ``item*``, ``talent*``,
-``rank_features``). The tower reads only user-side keys (and ``query_tokens`` if present);
-each head reads only its own example-side keys.
+G = training_set.group_size (impression slots per row).
+A batch is a ``dict[str, Tensor]`` with the columns of ``features/training_examples``: one row
+per example group, i.e. one user at one instant (user side ``seq_*``, ``user_*``, encoded once;
+example side ``query_tokens``, the slot arrays ``item*`` / ``rank_features`` / labels (B, G) of
+impression rows, ``talent*`` of follow rows). The tower reads only user-side keys (and
+``query_tokens`` if present); each head reads only its own rows and example-side keys.
 
 The universal representation is the user tower's output for every multi-task design;
 the designs (:class:`TaskMixer` subclasses) only change what each head reads.
@@ -17,9 +19,11 @@ from typing import Mapping, cast
 import torch
 from torch import Tensor, nn
 
+from core.tables import KIND_IDS
+from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
     AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, UserProfile, bag_mean,
-    embedding, embedding_bag, mlp)
+    embedding, embedding_bag, match_scores, mlp, valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -30,25 +34,59 @@ USER_KEYS = ("seq_item", "seq_shop", "seq_brand", "seq_category", "seq_tags", "s
 ITEM_KEYS = ("item", "item_shop", "item_brand", "item_category", "item_tags", "item_log_price")
 
 
-def _need(batch: Batch, key: str, user: str) -> Tensor:
+def need(batch: Batch, key: str, user: str) -> Tensor:
     if key not in batch:
         raise KeyError(f"batch lacks '{key}', needed by {user}; batches need the columns of "
                        f"features/training_examples (have {sorted(batch)})")
     return batch[key]
 
 
-def _norm(spec: ModelSpec, name: str) -> FrozenNorm:
+def frozen_norm(spec: ModelSpec, name: str) -> FrozenNorm:
     mean, var = spec.norm[name]
     return FrozenNorm(mean, var)
 
 
+def item_embedding(spec: ModelSpec) -> ItemEmbedding:
+    """The spec's :class:`ItemEmbedding` (its frozen price statistics and category mean prices)."""
+    prices = torch.zeros(spec.vocab["category"])
+    for index, price in spec.category_log_price.items():
+        prices[index] = price
+    return ItemEmbedding(spec.vocab, spec.model, {"seq_log_price": frozen_norm(spec, "seq_log_price"),
+                                                  "item_log_price": frozen_norm(spec, "item_log_price")},
+                         prices, frozen_norm(spec, "rel_log_price"))
+
+
 # ====================================================================== user tower
+BEHAVIOUR_PRICES = tuple(BEHAVIOR_INDEX[b] for b in ("click", "fav", "cart", "buy"))
+
+
+def behaviour_prices(rel_price: Tensor, behavior: Tensor, valid: Tensor) -> Tensor:
+    """Per behaviour type (click, fav, cart, buy): the mean normalised relative price of the user's
+    behaviours of that type and log(1 + their count) -> (B, 8). A buy reveals purchasing power far
+    better than a click; how many there are says how much to trust each mean."""
+    out = []
+    for index in BEHAVIOUR_PRICES:
+        w = ((behavior == index) & valid).to(rel_price.dtype)
+        count = w.sum(dim=1)
+        out += [(w * rel_price).sum(dim=1) / count.clamp_min(1.0), torch.log1p(count)]
+    return torch.stack(out, dim=1)
+
+
 class UserTower(nn.Module):
     """Behaviour sequence + profile (+ query) -> the universal user representation.
 
-    item/property embeddings -> property-gated LSTM -> attention pooling (query, user,
-    properties) -> linear projection to ``pooled_dim`` -> concat with the profile vector u ->
-    Linear -> ReLU -> representation (B, R). The final Linear is the last shared layer.
+    item/property embeddings -> property-gated LSTM -> K-head attention pooling (query, user,
+    properties) -> the pooled states, projected to ``pooled_dim`` -> concat with the profile vector u and
+    the mean relative price per behaviour type (:func:`behaviour_prices`; with behaviour properties) ->
+    Linear -> ReLU -> the dense part (B, R). Each attention head also pools the behaviours' interest
+    keys (category ‖ tag embeddings, :meth:`ItemEmbedding.key`) and their normalised price relative to
+    the category: the K **interests** (B, K, Dk + 1) are the second part of the representation, the
+    behaviour-type prices (with properties) the third: (B, R + K·(Dk + 1) + 8) in all. Heads match a
+    target's key against
+    the interests (:func:`training.modules.match_scores`), so "how much of this user's (recent,
+    bought, queried) behaviour is in the target's category / style" is a dot product in one shared
+    space rather than a mapping each head must learn. ``projection`` (the dense part's last layer) is
+    the last shared layer.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -57,19 +95,46 @@ class UserTower(nn.Module):
         self.max_tags = spec.max_tags
         self.property_in_lstm = m.property_in in ("all", "lstm")
         self.property_in_attention = m.property_in in ("all", "attention")
-        self.items = ItemEmbedding(spec.vocab, m, {"seq_log_price": _norm(spec, "seq_log_price"),
-                                                   "item_log_price": _norm(spec, "item_log_price")})
+        self.items = item_embedding(spec)
         uses_property = self.property_in_lstm or self.property_in_attention
         self.properties = PropertyEmbedding(spec.vocab, m) if uses_property else None
         property_dim = self.properties.out_dim if self.properties is not None else 0
         self.lstm = PropertyGatedLSTM(self.items.out_dim, property_dim, m.lstm_hidden, self.property_in_lstm)
         self.query = embedding_bag(spec.vocab["query_token"], m.query_dim)
-        self.profile = UserProfile(spec.vocab, m, _norm(spec, "user_dense"))
+        self.profile = UserProfile(spec.vocab, m, frozen_norm(spec, "user_dense"))
+        self.heads = m.attention_heads
         self.attention = AttentionPooling(m.lstm_hidden, property_dim if self.property_in_attention else 0,
-                                          m.query_dim, self.profile.out_dim, m.attention_hidden)
-        self.pool_projection = nn.Linear(m.lstm_hidden, m.pooled_dim)
-        self.projection = nn.Linear(m.pooled_dim + self.profile.out_dim, m.representation_dim)
-        self.out_dim = m.representation_dim
+                                          m.query_dim, self.profile.out_dim, m.attention_hidden, self.heads)
+        self.pool_projection = nn.Linear(self.heads * m.lstm_hidden, m.pooled_dim)
+        # the mean price per behaviour type uses the behaviour property: not in DUPN-nobp
+        self.behaviour_prices = len(BEHAVIOUR_PRICES) if uses_property else 0
+        self.projection = nn.Linear(m.pooled_dim + self.profile.out_dim + 2 * self.behaviour_prices,
+                                    m.representation_dim)
+        self.dense_dim = m.representation_dim
+        self.key_dim = self.items.key_dim
+        # each interest: the pooled key (category ‖ tags) and the pooled relative price of its behaviours
+        self.interest_dim = self.key_dim + 1
+        self.out_dim = m.representation_dim + self.heads * self.interest_dim + 2 * self.behaviour_prices
+        self.price_dim = 2 * self.behaviour_prices + self.heads if self.behaviour_prices else 0
+
+    def price_features(self, representation: Tensor) -> Tensor:
+        """(B, 8 + K): the behaviour-type prices and counts, and each interest's mean relative price."""
+        return torch.cat([representation[:, self.out_dim - 2 * self.behaviour_prices:],
+                          self.interests(representation)[..., -1]], dim=-1)
+
+    def interests(self, representation: Tensor) -> Tensor:
+        """The K interests (B, K, Dk + 1) inside a representation: pooled key, then the pooled
+        normalised relative price."""
+        start = self.dense_dim
+        flat = representation[:, start:start + self.heads * self.interest_dim]
+        return flat.reshape(representation.shape[0], self.heads, self.interest_dim)
+
+    def match(self, representation: Tensor, category: Tensor, tags: Tensor | None = None) -> Tensor:
+        """User-target match features (N, G, 2K) of representations (N, ·) and targets (N, G) (+ tags
+        (N, G, K_tags)): see :func:`training.modules.match_scores`."""
+        keys = self.items.key(category, tags)
+        interests = self.interests(representation)[..., :self.key_dim]
+        return match_scores(interests, keys, self.items.category.embedding_dim)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Representation of each row's user.
@@ -79,43 +144,77 @@ class UserTower(nn.Module):
                 (absent or all-zero = no query, as at serving).
 
         Returns:
-            ``representation`` (B, R), ``attention`` (B, L) weights, ``pooled`` (B, pooled_dim).
+            ``representation`` (B, R + K·Dk), ``attention`` (B, L) weights (the mean of the heads),
+            ``pooled`` (B, pooled_dim), ``query`` (B, Dq).
         """
         who = "the user tower"
-        seq_item = _need(batch, "seq_item", who)
+        seq_item = need(batch, "seq_item", who)
         b, seq_l = seq_item.shape
-        tags = _need(batch, "seq_tags", who)
+        tags = need(batch, "seq_tags", who)
         if tags.shape[-1] != seq_l * self.max_tags:
             raise ValueError(f"seq_tags has {tags.shape[-1]} columns, expected max_len * max_tags = "
                              f"{seq_l} * {self.max_tags}; the spec does not match the data")
-        seq_len = _need(batch, "seq_len", who)
+        seq_len = need(batch, "seq_len", who)
         # Right padding: steps after the longest sequence of the batch affect nothing; skip them.
         n = max(1, min(seq_l, int(seq_len.max()))) if b else seq_l
 
         def seq(key: str) -> Tensor:
-            return _need(batch, key, who)[:, :n]
+            return need(batch, key, who)[:, :n]
 
-        x = self.items(seq("seq_item"), seq("seq_shop"), seq("seq_brand"), seq("seq_category"),
-                       tags.reshape(b, seq_l, self.max_tags)[:, :n], seq("seq_log_price"), "seq_log_price")
+        seq_tags = tags.reshape(b, seq_l, self.max_tags)[:, :n]
+        x = self.items(seq("seq_item"), seq("seq_shop"), seq("seq_brand"), seq("seq_category"), seq_tags,
+                       seq("seq_log_price"), "seq_log_price")
         p = None
         if self.properties is not None:
             p = self.properties(seq("seq_behavior"), seq("seq_scene"), seq("seq_time_bucket"))
         states = self.lstm(x, p if self.property_in_lstm else None)
-        u = self.profile(_need(batch, "user_age", who), _need(batch, "user_gender", who),
-                         _need(batch, "user_city", who), _need(batch, "user_dense", who))
+        u = self.profile(need(batch, "user_age", who), need(batch, "user_gender", who),
+                         need(batch, "user_city", who), need(batch, "user_dense", who))
         if "query_tokens" in batch:
             q = bag_mean(self.query, batch["query_tokens"])
         else:
             q = u.new_zeros(b, self.query.embedding_dim)
         pooled, weights = self.attention(states, seq_len, q, u, p if self.property_in_attention else None)
+        keys = torch.cat([self.items.key(seq("seq_category"), seq_tags), x[..., -1:]], dim=-1)  # + relative price
+        interests = torch.bmm(weights, keys)  # (B, K, Dk + 1)
+        pooled = self.pool_projection(pooled.reshape(b, -1))
+        parts = [pooled, u]
+        prices = []
+        if self.behaviour_prices:
+            prices = [behaviour_prices(x[..., -1], seq("seq_behavior"), valid_mask(seq_len, n))]
+        dense = torch.relu(self.projection(torch.cat(parts + prices, dim=-1)))
+        attention = weights.mean(dim=1)
         if n < seq_l:
-            weights = torch.nn.functional.pad(weights, (0, seq_l - n))
-        pooled = self.pool_projection(pooled)
-        representation = torch.relu(self.projection(torch.cat([pooled, u], dim=-1)))
-        return {"representation": representation, "attention": weights, "pooled": pooled}
+            attention = torch.nn.functional.pad(attention, (0, seq_l - n))
+        representation = torch.cat([dense, interests.reshape(b, -1), *prices], dim=-1)
+        return {"representation": representation, "attention": attention, "pooled": pooled, "query": q}
 
 
 # ====================================================================== multi-task designs
+class GateStats:
+    """Mean gate weight per expert of every gate of a mixture-of-experts design, over the batches seen
+    while attached (``mixer.gate_stats = GateStats()``): the expert utilisation."""
+
+    COLLAPSE = 0.9  # a gate whose mean weight on one expert exceeds this has collapsed onto it
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, name: str, weights: Tensor) -> None:
+        w = weights.detach().double().sum(0)
+        self.sums[name] = self.sums[name] + w if name in self.sums else w
+        self.counts[name] = self.counts.get(name, 0) + int(weights.shape[0])
+
+    def result(self) -> dict[str, list[float]]:
+        """gate name -> mean weight of each expert."""
+        return {k: (v / max(self.counts[k], 1)).tolist() for k, v in self.sums.items()}
+
+    def collapsed(self) -> list[str]:
+        """Gates whose mean weight on a single expert exceeds :attr:`COLLAPSE`."""
+        return [k for k, v in self.result().items() if max(v) > self.COLLAPSE]
+
+
 class TaskMixer(nn.Module):
     """Turns the representation (B, R) into one input vector (B, out_dim) per head."""
 
@@ -124,10 +223,18 @@ class TaskMixer(nn.Module):
     def __init__(self, heads: tuple[str, ...]) -> None:
         super().__init__()
         self.heads = heads
+        self.gate_stats: GateStats | None = None
 
     def forward(self, representation: Tensor) -> dict[str, Tensor]:
         """representation: (B, R). Returns head name -> (B, out_dim)."""
         raise NotImplementedError
+
+
+def attach_gate_stats(model: nn.Module, stats: "GateStats | None") -> None:
+    """Record (or stop recording, with None) the gate weights of every mixture-of-experts part of ``model``."""
+    for module in model.modules():
+        if hasattr(module, "gate_stats"):
+            module.gate_stats = stats
 
 
 class SharedBottom(TaskMixer):
@@ -145,9 +252,12 @@ def _experts(n: int, in_dim: int, out_dim: int) -> nn.ModuleList:
     return nn.ModuleList(nn.Sequential(nn.Linear(in_dim, out_dim), nn.ReLU()) for _ in range(n))
 
 
-def _gated(gate: nn.Module, x: Tensor, experts: Tensor) -> Tensor:
+def _gated(gate: nn.Module, x: Tensor, experts: Tensor, stats: GateStats | None = None, name: str = "") -> Tensor:
     """softmax(gate(x)) (B, E) weighted sum of experts (B, E, D) -> (B, D)."""
-    return torch.einsum("be,bed->bd", torch.softmax(gate(x), dim=-1), experts)
+    weights = torch.softmax(gate(x), dim=-1)
+    if stats is not None:
+        stats.add(name, weights)
+    return torch.einsum("be,bed->bd", weights, experts)
 
 
 class MMoE(TaskMixer):
@@ -161,7 +271,7 @@ class MMoE(TaskMixer):
 
     def forward(self, representation: Tensor) -> dict[str, Tensor]:
         experts = torch.stack([e(representation) for e in self.experts], dim=1)
-        return {h: _gated(self.gates[h], representation, experts) for h in self.heads}
+        return {h: _gated(self.gates[h], representation, experts, self.gate_stats, f"gate_{h}") for h in self.heads}
 
 
 class ExtractionLayer(nn.Module):
@@ -173,9 +283,11 @@ class ExtractionLayer(nn.Module):
     """
 
     def __init__(self, in_dim: int, heads: tuple[str, ...], num_shared: int, num_task: int, expert_dim: int,
-                 shared_gate: bool) -> None:
+                 shared_gate: bool, name: str = "") -> None:
         super().__init__()
         self.heads = heads
+        self.name = name
+        self.gate_stats: GateStats | None = None
         self.shared = _experts(num_shared, in_dim, expert_dim)
         self.task = nn.ModuleDict({h: _experts(num_task, in_dim, expert_dim) for h in heads})
         self.gates = nn.ModuleDict({h: nn.Linear(in_dim, num_task + num_shared) for h in heads})
@@ -185,11 +297,14 @@ class ExtractionLayer(nn.Module):
         """task_in: head -> (B, D_in); shared_in: (B, D_in). Returns head -> (B, D), shared (B, D) or None."""
         shared = [e(shared_in) for e in self.shared]
         own = {h: [e(task_in[h]) for e in cast(nn.ModuleList, self.task[h])] for h in self.heads}
-        out = {h: _gated(self.gates[h], task_in[h], torch.stack(own[h] + shared, dim=1)) for h in self.heads}
+        stats = self.gate_stats
+        out = {h: _gated(self.gates[h], task_in[h], torch.stack(own[h] + shared, dim=1), stats,
+                         f"{self.name}gate_{h}") for h in self.heads}
         next_shared = None
         if self.shared_gate is not None:
             every = shared + [x for h in self.heads for x in own[h]]
-            next_shared = _gated(self.shared_gate, shared_in, torch.stack(every, dim=1))
+            next_shared = _gated(self.shared_gate, shared_in, torch.stack(every, dim=1), stats,
+                                 f"{self.name}gate_shared")
         return out, next_shared
 
 
@@ -201,7 +316,7 @@ class PLE(TaskMixer):
         super().__init__(heads)
         self.levels = nn.ModuleList(
             ExtractionLayer(in_dim if i == 0 else expert_dim, heads, num_shared, num_task, expert_dim,
-                            shared_gate=i < levels - 1)
+                            shared_gate=i < levels - 1, name=f"level{i + 1}_" if levels > 1 else "")
             for i in range(levels))
         self.out_dim = expert_dim
 
@@ -262,141 +377,306 @@ def build_mixer(spec: ModelSpec, in_dim: int) -> TaskMixer:
 
 # ====================================================================== task heads
 class ItemHead(nn.Module):
-    """CTR (or ESMM's CVR): MLP(task input ‖ target item vector ‖ (P·task input) ⊙ item) -> logit (B,).
+    """CTR (or ESMM's CVR) of every impression slot of a row:
+    MLP(task input ‖ item ‖ (P·task input) ⊙ item ‖ normalised rank features ‖ q ‖ (Q·q) ⊙ item) -> logit.
 
-    The element-wise product of the projected task input with the item vector hands the MLP
-    the user-item match directly (an MLP alone approximates products poorly).
+    The element-wise products hand the MLP the user-item and query-item matches directly (an MLP
+    alone approximates products poorly). The ranking features (position, text relevance,
+    quality, ...) and the query are known when an impression is shown, so the head reads them too
+    (``model.rank_features_in_ctr``, ``model.query_in_heads``; q is zero without a query).
+
+    Shapes: N rows, G slots, D task input, Di item vector, F rank features, Dq query vector.
     """
 
-    def __init__(self, in_dim: int, item_dim: int, hidden: int, dropout: float) -> None:
+    def __init__(self, in_dim: int, item_dim: int, hidden: int, dropout: float,
+                 rank_norm: FrozenNorm | None, query_dim: int = 0, match_dim: int = 0) -> None:
         super().__init__()
         self.interact = nn.Linear(in_dim, item_dim)
-        self.mlp = mlp(in_dim + 2 * item_dim, [hidden], 1, dropout)
+        self.rank_norm = rank_norm
+        self.query_interact = nn.Linear(query_dim, item_dim) if query_dim else None
+        self.match_dim = match_dim
+        rank_dim = rank_norm.dim if rank_norm is not None else 0
+        width = in_dim + 2 * item_dim + rank_dim + (query_dim + item_dim if query_dim else 0) + match_dim
+        self.mlp = mlp(width, [hidden], 1, dropout)
 
-    def forward(self, task_in: Tensor, item: Tensor) -> Tensor:
-        """task_in (B, D), item (B, Di) -> logit (B,)."""
-        return self.mlp(torch.cat([task_in, item, self.interact(task_in) * item], dim=-1)).squeeze(-1)
+    def forward(self, task_in: Tensor, item: Tensor, rank_features: Tensor | None = None,
+                query: Tensor | None = None, match: Tensor | None = None) -> Tensor:
+        """task_in (N, D), item (N, G, Di), rank_features (N, G, F), query (N, Dq), match (N, G, M)
+        -> logits (N, G)."""
+        g = item.shape[1]
+        parts = [task_in.unsqueeze(1).expand(-1, g, -1), item, self.interact(task_in).unsqueeze(1) * item]
+        if self.match_dim:
+            if match is None:
+                raise ValueError("this head reads the user-target match features; pass match (N, G, M)")
+            parts.append(match)
+        if self.rank_norm is not None:
+            if rank_features is None:
+                raise ValueError("this head reads rank_features; pass them (N, G, F)")
+            parts.append(self.rank_norm(rank_features.float()))
+        if self.query_interact is not None:
+            if query is None:
+                query = task_in.new_zeros(task_in.shape[0], self.query_interact.in_features)
+            parts += [query.unsqueeze(1).expand(-1, g, -1), self.query_interact(query).unsqueeze(1) * item]
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
 class L2RHead(nn.Module):
-    """The paper's learning-to-rank head: two layers turn the task input into a weight per rank
-    feature (and an offset), the score is ``<weights, normalised rank_features> + offset``.
+    """The paper's learning-to-rank head: two layers turn the task input (and the query vector, with
+    ``model.query_in_heads``) into a weight per rank feature and an offset; the score is
+    ``<weights, normalised rank_features> + offset``.
 
     The offset is the same for every item of one list (one user at one instant), so it never
     changes a ranking; the pointwise logistic loss needs it, or the weights of features whose
     mean differs from zero in the training lists would absorb the base rate.
     """
 
-    def __init__(self, in_dim: int, rank_dim: int, hidden: int, dropout: float, rank_norm: FrozenNorm) -> None:
+    def __init__(self, in_dim: int, rank_dim: int, hidden: int, dropout: float, rank_norm: FrozenNorm,
+                 query_dim: int = 0, match_dim: int = 0, item_dim: int = 0) -> None:
         super().__init__()
         self.rank_dim = rank_dim
-        self.weights = mlp(in_dim, [hidden], rank_dim + 1, dropout)
+        self.query_dim = query_dim
+        self.match_dim = match_dim
+        self.weights = mlp(in_dim + query_dim, [hidden], rank_dim + match_dim + 1, dropout)
         self.rank_norm = rank_norm
+        # with item_dim: plus an :class:`ItemHead` score of the user-item match (``model.l2r_item_score``)
+        self.item_score = ItemHead(in_dim, item_dim, hidden, dropout, rank_norm, query_dim, match_dim) \
+            if item_dim else None
 
-    def forward(self, task_in: Tensor, rank_features: Tensor) -> Tensor:
-        """task_in (B, D), rank_features (B, F) -> score (B,)."""
+    def forward(self, task_in: Tensor, rank_features: Tensor, query: Tensor | None = None,
+                match: Tensor | None = None, items: Tensor | None = None) -> Tensor:
+        """task_in (N, D), rank_features (N, G, F), query (N, Dq), match (N, G, M), items (N, G, Di)
+        -> scores (N, G).
+
+        The user-target match features (when the head reads them) are ranking features too: each
+        gets a user-dependent weight like the given ones."""
+        extra = None
+        if self.item_score is not None:
+            if items is None:
+                raise ValueError("this L2R head also scores the items; pass items (N, G, Di)")
+            extra = self.item_score(task_in, items, rank_features, query, match)
+        if self.query_dim:
+            if query is None:
+                query = task_in.new_zeros(task_in.shape[0], self.query_dim)
+            task_in = torch.cat([task_in, query], dim=-1)
         out = self.weights(task_in)
-        w, offset = out[:, :self.rank_dim], out[:, self.rank_dim]
-        return (w * self.rank_norm(rank_features.float())).sum(dim=-1) + offset
+        w, offset = out[:, :-1], out[:, -1]
+        features = self.rank_norm(rank_features.float())
+        if self.match_dim:
+            if match is None:
+                raise ValueError("this head reads the user-target match features; pass match (N, G, M)")
+            features = torch.cat([features, match], dim=-1)
+        score = (w.unsqueeze(1) * features).sum(dim=-1) + offset.unsqueeze(1)
+        return score if extra is None else score + extra
 
 
 class FollowHead(nn.Module):
-    """Talent follow: MLP(task input ‖ talent ‖ talent category embeddings ‖ their product with the
-    projected task input) -> logit (B,)."""
+    """Talent follow: MLP(task input ‖ t ‖ (P·task input) ⊙ t) -> logit, with t = talent embedding ‖
+    talent-category embedding. The category table is the item categories' own (a talent's category
+    and an item's share one index space, ``features/encoding.py``), so the user's history in the
+    talent's category is a direct match."""
 
-    def __init__(self, in_dim: int, n_talent: int, n_talent_category: int, talent_dim: int, category_dim: int,
-                 hidden: int, dropout: float) -> None:
+    def __init__(self, in_dim: int, n_talent: int, talent_dim: int, category: nn.Embedding, hidden: int,
+                 dropout: float, match_dim: int = 0) -> None:
         super().__init__()
         self.talent = embedding(n_talent, talent_dim)
-        self.talent_category = embedding(n_talent_category, category_dim)
-        self.interact = nn.Linear(in_dim, talent_dim + category_dim)
-        self.mlp = mlp(in_dim + 2 * (talent_dim + category_dim), [hidden], 1, dropout)
+        self.category = category
+        width = talent_dim + category.embedding_dim
+        self.interact = nn.Linear(in_dim, width)
+        self.match_dim = match_dim
+        self.mlp = mlp(in_dim + 2 * width + match_dim, [hidden], 1, dropout)
 
-    def forward(self, task_in: Tensor, talent: Tensor, talent_category: Tensor) -> Tensor:
-        """task_in (B, D), talent (B,), talent_category (B,) -> logit (B,); with the same
-        user-talent product term as :class:`ItemHead`."""
-        t = torch.cat([self.talent(talent), self.talent_category(talent_category)], dim=-1)
-        return self.mlp(torch.cat([task_in, t, self.interact(task_in) * t], dim=-1)).squeeze(-1)
+    def forward(self, task_in: Tensor, talent: Tensor, talent_category: Tensor, match: Tensor | None = None) \
+            -> Tensor:
+        """task_in (N, D), talent (N,), talent_category (N,), match (N, M) -> logit (N,)."""
+        t = torch.cat([self.talent(talent), self.category(talent_category)], dim=-1)
+        parts = [task_in, t, self.interact(task_in) * t]
+        if self.match_dim:
+            if match is None:
+                raise ValueError("this head reads the user-target match features; pass match (N, M)")
+            parts.append(match)
+        return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
 class PPPHead(nn.Module):
-    """Purchasing-power prediction: Dropout -> Linear -> 7 tier logits (B, 7)."""
+    """Purchasing-power prediction: 7 tier logits (B, 7).
 
-    def __init__(self, in_dim: int, dropout: float) -> None:
+    ``Linear(Dropout(task input))`` (the paper's softmax) plus, when the tower gives them, an MLP over
+    the representation's price features (the mean relative price and count per behaviour type, and
+    each interest's mean relative price; :meth:`UserTower.price_features`). The tier is a non-linear
+    function of the prices a user pays per behaviour type (a few buys say more than many clicks, and a
+    mean over no buy says nothing), which one small hidden layer over those few inputs learns from the
+    ~17k labels of the demo world, where a linear softmax over the whole representation over-fits.
+    """
+
+    def __init__(self, in_dim: int, dropout: float, hidden: int = 0, price_dim: int = 0) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(in_dim, PPP_CLASSES)
+        self.price_dim = price_dim
+        self.prices = mlp(price_dim, [hidden], PPP_CLASSES, 0.0) if price_dim and hidden else None
 
-    def forward(self, task_in: Tensor) -> Tensor:
-        return self.linear(self.dropout(task_in))
+    def forward(self, task_in: Tensor, prices: Tensor | None = None) -> Tensor:
+        """task_in (B, D), prices (B, P) -> logits (B, 7)."""
+        logits = self.linear(self.dropout(task_in))
+        if self.prices is not None:
+            if prices is None:
+                raise ValueError("this tier head reads the price features; pass prices (B, P)")
+            logits = logits + self.prices(prices)
+        return logits
 
 
 # ====================================================================== the model
-class DUPNModel(nn.Module):
-    """DUPN: :class:`UserTower`, a :class:`TaskMixer` and one head per enabled task.
+def rows_of_kind(batch: Batch, kind: str) -> Tensor:
+    """(N,) int64 indices of the batch rows of one kind (``impressions`` rows: those with items)."""
+    if kind == "impressions":
+        return torch.nonzero(need(batch, "n_items", "the item heads") > 0).squeeze(1)
+    return torch.nonzero(need(batch, "kind_id", "the heads") == KIND_IDS[kind]).squeeze(1)
 
-    ``forward(batch)`` returns the tower outputs (``representation``, ``attention``,
-    ``pooled``) and, per enabled task, ``ctr_logit`` (+ ``cvr_logit`` and ``ctcvr_prob``
-    under ESMM), ``l2r_score``, ``follow_logit``, ``ppp_logits`` (B, 7); all (B,) otherwise.
+
+def scatter_rows(values: Tensor, rows: Tensor, n: int) -> Tensor:
+    """values (N, ...) of rows ``rows`` -> (n, ...) with zeros elsewhere (differentiable)."""
+    return values.new_zeros((n, *values.shape[1:])).index_copy(0, rows, values)
+
+
+def slot_view(batch: Batch, key: str, rows: Tensor, width: int | None = None) -> Tensor:
+    """Slot column ``key`` of ``rows``: (N, G), or (N, G, width) for the flattened per-slot arrays."""
+    x = need(batch, key, "the item heads").index_select(0, rows)
+    return x if width is None else x.reshape(x.shape[0], x.shape[1] // width, width)
+
+
+class TaskModel(nn.Module):
+    """What every multi-task model of the platform is: ``forward(batch)`` gives ``representation``
+    (B, R) and, per enabled task, ``ctr_logit`` / ``cvr_logit`` (B, G) on impression rows (zeros on
+    the others), ``l2r_score`` (B, G), ``follow_logit`` (B,), ``ppp_logits`` (B, 7); ``user_part()`` is
+    the nightly half; ``shared_parameters()`` the last shared layer (GradNorm)."""
+
+    spec: ModelSpec
+
+    @property
+    def embedding_dim(self) -> int:
+        """Length of the representation ``user_part()`` publishes."""
+        raise NotImplementedError
+
+    def user_part(self) -> nn.Module:
+        raise NotImplementedError
+
+    def shared_parameters(self) -> list[Tensor]:
+        raise NotImplementedError
+
+
+class DUPNModel(TaskModel):
+    """DUPN: a user tower (:class:`UserTower`, or another sequence encoder with the same outputs),
+    a :class:`TaskMixer` and one head per enabled task.
+
+    ``forward(batch)`` returns the tower outputs (``representation``, ``attention``, ``pooled``) and,
+    per enabled task, ``ctr_logit`` (+ ``cvr_logit`` under ESMM) and ``l2r_score`` (B, G), computed
+    on the rows that hold impressions only; ``follow_logit`` (B,) on follow rows; ``ppp_logits``
+    (B, 7). Values of rows of another kind are zeros.
     """
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, tower: nn.Module | None = None) -> None:
         super().__init__()
         self.spec = spec
         m = spec.model
-        self.tower = UserTower(spec)
+        self.tower = tower if tower is not None else UserTower(spec)
         self.mixer = build_mixer(spec, self.tower.out_dim)
         d, item_dim = self.mixer.out_dim, self.tower.items.out_dim
         heads: dict[str, nn.Module] = {}
+        qd = m.query_dim if m.query_in_heads else 0
+        # the user-target match features need a tower with interests (DUPN's)
+        self.matches = m.match_features and hasattr(self.tower, "match")
+        k2 = 2 * getattr(self.tower, "heads", 0) if self.matches else 0
         for name in spec.head_names:
             if name in ("ctr", "cvr"):
-                heads[name] = ItemHead(d, item_dim, m.head_hidden, m.dropout)
+                heads[name] = ItemHead(d, item_dim, m.head_hidden, m.dropout,
+                                       frozen_norm(spec, "rank_features") if m.rank_features_in_ctr else None, qd, k2)
             elif name == "l2r":
-                heads[name] = L2RHead(d, spec.rank_dim, m.head_hidden, m.dropout, _norm(spec, "rank_features"))
+                heads[name] = L2RHead(d, spec.rank_dim, m.head_hidden, m.dropout, frozen_norm(spec, "rank_features"),
+                                      qd, k2, item_dim if m.l2r_item_score else 0)
             elif name == "follow":
-                heads[name] = FollowHead(d, spec.vocab["talent"], spec.vocab["talent_category"], m.talent_dim,
-                                         m.category_dim, m.head_hidden, m.dropout)
+                heads[name] = FollowHead(d, spec.vocab["talent"], m.talent_dim, self.tower.items.category,
+                                         m.head_hidden, m.dropout, k2 // 2)
             elif name == "ppp":
-                heads[name] = PPPHead(d, m.dropout)
+                price_dim = getattr(self.tower, "price_dim", 0)
+                heads[name] = PPPHead(d, m.dropout, m.ppp_hidden, price_dim)
         self.heads = nn.ModuleDict(heads)
-        logger.debug("built DUPN model (%s, property_in=%s, heads %s): %d parameters", m.architecture,
+        logger.debug("built %s model (%s, property_in=%s, heads %s): %d parameters", m.family, m.architecture,
                      m.property_in, list(heads), sum(p.numel() for p in self.parameters()))
 
-    def target_items(self, batch: Batch) -> Tensor:
-        """Target item vectors (B, Di) from the example-side item keys (the shared ItemEmbedding)."""
-        who = "the ctr head"
-        return self.tower.items(_need(batch, "item", who), _need(batch, "item_shop", who),
-                                _need(batch, "item_brand", who), _need(batch, "item_category", who),
-                                _need(batch, "item_tags", who), _need(batch, "item_log_price", who),
+    def target_items(self, batch: Batch, rows: Tensor) -> Tensor:
+        """Target item vectors (N, G, Di) of impression rows ``rows`` (the shared ItemEmbedding)."""
+        k = self.spec.max_tags
+        return self.tower.items(slot_view(batch, "item", rows), slot_view(batch, "item_shop", rows),
+                                slot_view(batch, "item_brand", rows), slot_view(batch, "item_category", rows),
+                                slot_view(batch, "item_tags", rows, k), slot_view(batch, "item_log_price", rows),
                                 "item_log_price")
 
-    def heads_forward(self, task_in: Mapping[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        """Outputs of every head from the per-head inputs (B, D) and the example-side keys."""
+    def heads_forward(self, task_in: Mapping[str, Tensor], batch: Batch, query: Tensor | None = None,
+                      representation: Tensor | None = None) -> dict[str, Tensor]:
+        """Outputs of every head from the per-head inputs (B, D), the query vector (B, Dq), the
+        representation (B, ·; its interests give the match features) and the example-side keys."""
         out: dict[str, Tensor] = {}
-        if "ctr" in self.heads:
-            items = self.target_items(batch)
-            out["ctr_logit"] = self.heads["ctr"](task_in["ctr"], items)
-            if "cvr" in self.heads:
-                out["cvr_logit"] = self.heads["cvr"](task_in["cvr"], items)
-                out["ctcvr_prob"] = torch.sigmoid(out["ctr_logit"]) * torch.sigmoid(out["cvr_logit"])
-        if "l2r" in self.heads:
-            out["l2r_score"] = self.heads["l2r"](task_in["l2r"], _need(batch, "rank_features", "the l2r head"))
+        n = next(iter(task_in.values())).shape[0]
+        if self.matches and representation is None:
+            raise ValueError("this model's heads read match features: pass the representation")
+        if "ctr" in self.heads or "l2r" in self.heads:
+            rows = rows_of_kind(batch, "impressions")
+            rank = slot_view(batch, "rank_features", rows, self.spec.rank_dim)
+            q = query.index_select(0, rows) if query is not None else None
+            match = None
+            if self.matches:
+                assert representation is not None
+                match = self.tower.match(representation.index_select(0, rows), slot_view(batch, "item_category", rows),
+                                         slot_view(batch, "item_tags", rows, self.spec.max_tags))
+            l2r_items = "l2r" in self.heads and getattr(self.heads["l2r"], "item_score", None) is not None
+            items = self.target_items(batch, rows) if "ctr" in self.heads or l2r_items else None
+            if "ctr" in self.heads:
+                for head, key in (("ctr", "ctr_logit"), ("cvr", "cvr_logit")):
+                    if head in self.heads:
+                        logits = self.heads[head](task_in[head].index_select(0, rows), items, rank, q, match)
+                        out[key] = scatter_rows(logits, rows, n)
+            if "l2r" in self.heads:
+                scores = self.heads["l2r"](task_in["l2r"].index_select(0, rows), rank, q, match,
+                                           items if l2r_items else None)
+                out["l2r_score"] = scatter_rows(scores, rows, n)
         if "follow" in self.heads:
-            out["follow_logit"] = self.heads["follow"](task_in["follow"], _need(batch, "talent", "the follow head"),
-                                                       _need(batch, "talent_category", "the follow head"))
+            rows = rows_of_kind(batch, "follow")
+            category = need(batch, "talent_category", "the follow head").index_select(0, rows)
+            match = None
+            if self.matches:
+                assert representation is not None
+                k = self.tower.heads
+                match = self.tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0, :k]
+            logit = self.heads["follow"](task_in["follow"].index_select(0, rows),
+                                         need(batch, "talent", "the follow head").index_select(0, rows), category,
+                                         match)
+            out["follow_logit"] = scatter_rows(logit, rows, n)
         if "ppp" in self.heads:
-            out["ppp_logits"] = self.heads["ppp"](task_in["ppp"])
+            prices = None
+            if getattr(self.heads["ppp"], "prices", None) is not None:
+                assert representation is not None
+                prices = self.tower.price_features(representation)
+            out["ppp_logits"] = self.heads["ppp"](task_in["ppp"], prices)
         return out
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """batch: a training-examples batch. Returns the tower outputs and every head's output."""
         out = self.tower(batch)
-        out.update(self.heads_forward(self.mixer(out["representation"]), batch))
+        rep = out["representation"]
+        out.update(self.heads_forward(self.mixer(rep), batch, out.get("query"), rep))
         return out
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.tower.out_dim)
 
     def user_part(self) -> "UserPart":
         """The serving half that needs only user-side keys (shares this model's parameters)."""
         return UserPart(self)
+
+    def shared_parameters(self) -> list[Tensor]:
+        """The user tower's final projection weight (the last layer every task shares)."""
+        return [self.tower.projection.weight]
 
     def item_scorer(self) -> "ItemScorer":
         """The scoring half: CTR probabilities from a precomputed representation (shares parameters)."""
@@ -432,49 +712,70 @@ class UserPart(nn.Module):
         if self.ppp is None:
             probs = representation.new_full((representation.shape[0], PPP_CLASSES), 1.0 / PPP_CLASSES)
         else:
-            probs = torch.softmax(self.ppp(self.mixer(representation)["ppp"]), dim=-1)
+            prices = self.tower.price_features(representation) if getattr(self.ppp, "prices", None) is not None \
+                else None
+            probs = torch.softmax(self.ppp(self.mixer(representation)["ppp"], prices), dim=-1)
         return representation, probs
 
 
 class ItemScorer(nn.Module):
     """``forward(representation (B, R), item batch) -> CTR probability (B,)`` without the user tower.
 
-    Reads the ``ITEM_KEYS`` of the batch. The CTR head's input is computed from the
-    representation through the multi-task design, as in training.
+    Reads one candidate per row: ``item``, ``item_shop``, ``item_brand``, ``item_category`` (B,),
+    ``item_tags`` (B, K), ``item_log_price`` (B,) and ``rank_features`` (B, F) when the head reads
+    them. The CTR head's input is computed from the representation through the multi-task design,
+    as in training, and the sampling offset is applied.
     """
 
     def __init__(self, model: DUPNModel) -> None:
         super().__init__()
         if "ctr" not in model.heads:
             raise ValueError(f"scoring items needs the ctr task; this model has heads {list(model.heads)}")
+        self.tower = model.tower
         self.items = model.tower.items
         self.mixer = model.mixer
         self.ctr = model.heads["ctr"]
+        self.matches = model.matches
+        self.max_tags = model.spec.max_tags
+        self.offset = model.spec.offset("ctr")
 
     def forward(self, representation: Tensor, batch: Batch) -> Tensor:
         who = "item scoring"
-        items = self.items(_need(batch, "item", who), _need(batch, "item_shop", who),
-                           _need(batch, "item_brand", who), _need(batch, "item_category", who),
-                           _need(batch, "item_tags", who), _need(batch, "item_log_price", who), "item_log_price")
+        items = self.items(need(batch, "item", who), need(batch, "item_shop", who),
+                           need(batch, "item_brand", who), need(batch, "item_category", who),
+                           need(batch, "item_tags", who), need(batch, "item_log_price", who), "item_log_price")
         if representation.shape[0] != items.shape[0]:
             raise ValueError(f"{representation.shape[0]} representations for {items.shape[0]} items; "
                              "repeat each representation once per candidate")
-        return torch.sigmoid(self.ctr(self.mixer(representation)["ctr"], items))
+        rank = batch.get("rank_features")
+        match = None
+        if self.matches:
+            tags = need(batch, "item_tags", who)
+            match = self.tower.match(representation, batch["item_category"].unsqueeze(1),
+                                     tags.reshape(tags.shape[0], 1, -1))
+        logit = self.ctr(self.mixer(representation)["ctr"], items.unsqueeze(1),
+                         None if rank is None else rank.unsqueeze(1), None, match).squeeze(1)
+        return torch.sigmoid(logit + self.offset)
 
 
-def build_model(spec: ModelSpec) -> DUPNModel:
-    """A freshly initialised DUPN model for ``spec``."""
-    return DUPNModel(spec)
+def build_model(spec: ModelSpec) -> TaskModel:
+    """A freshly initialised model of ``spec`` (its ``model.family``)."""
+    family = spec.model.family
+    if family == "dupn":
+        return DUPNModel(spec)
+    from training import baselines
+
+    return baselines.build(spec)
 
 
-def unwrap(model: nn.Module) -> DUPNModel:
-    """The :class:`DUPNModel` inside a possible DistributedDataParallel wrapper."""
+def unwrap(model: nn.Module) -> TaskModel:
+    """The :class:`TaskModel` inside a possible DistributedDataParallel wrapper."""
     inner = getattr(model, "module", model)
-    if not isinstance(inner, DUPNModel):
-        raise TypeError(f"expected a DUPNModel (possibly DDP-wrapped), got {type(inner).__name__}")
+    if not isinstance(inner, TaskModel):
+        raise TypeError(f"expected a TaskModel (possibly DDP-wrapped), got {type(inner).__name__}")
     return inner
 
 
 def last_shared_layer(model: nn.Module) -> list[Tensor]:
-    """The parameters GradNorm measures task gradients on: the user tower's final projection weight."""
-    return [unwrap(model).tower.projection.weight]
+    """The parameters GradNorm measures task gradients on (the model's last shared layer)."""
+    return unwrap(model).shared_parameters()

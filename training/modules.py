@@ -96,19 +96,27 @@ class FrozenNorm(nn.Module):
 
 
 class ItemEmbedding(nn.Module):
-    """Item id, shop, brand, category, mean-pooled tags and normalised log price, concatenated.
+    """Item id, shop, brand, category, mean-pooled tags, normalised log price and the normalised log price
+    relative to the category's mean price, concatenated.
 
     One instance embeds both the behaviour-sequence items and the target items, so an item
     has one representation wherever it appears. Each price input keeps its own frozen
-    statistics (``seq_log_price`` / ``item_log_price``).
+    statistics (``seq_log_price`` / ``item_log_price``); the relative price uses the frozen mean
+    log price of each category (``category_prices``) and its own statistics (``rel_norm``).
 
     Args:
         vocab: embedding-table sizes (keys item, shop, brand, category, tag).
         cfg: the dims (item_dim, shop_dim, brand_dim, category_dim, tag_dim).
         price_norms: price input name -> its :class:`FrozenNorm` (width 1).
+        category_prices: (vocab["category"],) mean log price of each category index (0 where unknown:
+            the relative price is then the price); None = all zeros.
+        rel_norm: :class:`FrozenNorm` of the relative log price (width 1); None = identity.
     """
 
-    def __init__(self, vocab: Mapping[str, int], cfg: ModelConfig, price_norms: Mapping[str, FrozenNorm]) -> None:
+    category_prices: Tensor
+
+    def __init__(self, vocab: Mapping[str, int], cfg: ModelConfig, price_norms: Mapping[str, FrozenNorm],
+                 category_prices: Tensor | None = None, rel_norm: FrozenNorm | None = None) -> None:
         super().__init__()
         self.item = embedding(vocab["item"], cfg.item_dim)
         self.shop = embedding(vocab["shop"], cfg.shop_dim)
@@ -116,7 +124,13 @@ class ItemEmbedding(nn.Module):
         self.category = embedding(vocab["category"], cfg.category_dim)
         self.tags = embedding_bag(vocab["tag"], cfg.tag_dim)
         self.price_norms = nn.ModuleDict(dict(price_norms))
-        self.out_dim = cfg.item_dim + cfg.shop_dim + cfg.brand_dim + cfg.category_dim + cfg.tag_dim + 1
+        prices = torch.zeros(vocab["category"]) if category_prices is None else category_prices.float()
+        if prices.shape != (vocab["category"],):
+            raise ValueError(f"category_prices must have one entry per category index ({vocab['category']}), "
+                             f"got shape {tuple(prices.shape)}")
+        self.register_buffer("category_prices", prices)
+        self.rel_norm = rel_norm if rel_norm is not None else FrozenNorm([0.0], [1.0], eps=0.0)
+        self.out_dim = cfg.item_dim + cfg.shop_dim + cfg.brand_dim + cfg.category_dim + cfg.tag_dim + 2
 
     def forward(self, item: Tensor, shop: Tensor, brand: Tensor, category: Tensor, tags: Tensor,
                 log_price: Tensor, price_input: str) -> Tensor:
@@ -125,7 +139,7 @@ class ItemEmbedding(nn.Module):
         Args:
             item, shop, brand, category: (...) int64 indices.
             tags: (..., K) int64, 0 = no tag.
-            log_price: (...) float32.
+            log_price: (...) float32 (0 = unknown).
             price_input: which price statistics to use (a key of ``price_norms``).
 
         Returns:
@@ -133,9 +147,46 @@ class ItemEmbedding(nn.Module):
         """
         if price_input not in self.price_norms:
             raise KeyError(f"no price statistics '{price_input}'; known: {sorted(self.price_norms)}")
-        price = self.price_norms[price_input](log_price.float()).unsqueeze(-1)
+        log_price = log_price.float()
+        price = self.price_norms[price_input](log_price).unsqueeze(-1)
+        rel = torch.where(log_price > 0, log_price - self.category_prices[category], torch.zeros_like(log_price))
         return torch.cat([self.item(item), self.shop(shop), self.brand(brand), self.category(category),
-                          bag_mean(self.tags, tags), price], dim=-1)
+                          bag_mean(self.tags, tags), price, self.rel_norm(rel).unsqueeze(-1)], dim=-1)
+
+    @property
+    def key_dim(self) -> int:
+        return self.category.embedding_dim + self.tags.embedding_dim
+
+    def key(self, category: Tensor, tags: Tensor | None = None) -> Tensor:
+        """An item's interest key: category embedding ‖ mean tag embedding (zeros without tags).
+
+        category (...), tags (..., K) -> (..., Dc + Dt). Interests (attention-pooled keys of the
+        behaviours) and targets meet in this space (:func:`match_scores`)."""
+        cat = self.category(category)
+        if tags is None:
+            tag = cat.new_zeros(*cat.shape[:-1], self.tags.embedding_dim)
+        else:
+            tag = bag_mean(self.tags, tags)
+        return torch.cat([cat, tag], dim=-1)
+
+
+def match_scores(interests: Tensor, keys: Tensor, split: int) -> Tensor:
+    """Cosine similarities of each interest with each target key, separately for the category part
+    (the first ``split`` columns) and the tag part (0 where a vector is zero, e.g. padding).
+
+    interests (N, K, Dk), keys (N, G, Dk) -> (N, G, 2K): the category matches of the K interests,
+    then their tag matches (the user-target match features of the heads). An interest is an
+    attention-weighted mean of the behaviours' keys: its similarity with a target is high when the
+    head's attention sits on behaviour in the target's category (or of its style)."""
+    def cos(a: Tensor, b: Tensor) -> Tensor:
+        a = torch.nn.functional.normalize(a, dim=-1, eps=1e-8)
+        b = torch.nn.functional.normalize(b, dim=-1, eps=1e-8)
+        return torch.einsum("nkd,ngd->ngk", a, b)
+
+    cat = cos(interests[..., :split], keys[..., :split])
+    if keys.shape[-1] <= split:
+        return cat
+    return torch.cat([cat, cos(interests[..., split:], keys[..., split:])], dim=-1)
 
 
 class PropertyEmbedding(nn.Module):
@@ -269,9 +320,12 @@ def valid_mask(seq_len: Tensor, max_len: int) -> Tensor:
 
 
 class AttentionPooling(nn.Module):
-    """Attention over the LSTM states, conditioned on the query, the user and the properties.
+    """Multi-head attention over the LSTM states, conditioned on the query, the user and the properties.
 
-    ``score_t = v^T tanh(W_h h_t + W_p p_t + W_q q + W_u u)``, softmax over valid positions.
+    ``score_{t,k} = v_k^T tanh(W_h h_t + W_p p_t + W_q q + W_u u)``, softmax over the valid positions
+    for each of the K heads: each head is one attention distribution over the behaviours (one may
+    learn to follow recent behaviour, another purchases, another the query); DUPN's single
+    attention is K = 1.
 
     Args:
         state_dim: H.
@@ -279,15 +333,18 @@ class AttentionPooling(nn.Module):
         query_dim: Dq.
         user_dim: Du.
         hidden: attention width A.
+        heads: K.
     """
 
-    def __init__(self, state_dim: int, property_dim: int, query_dim: int, user_dim: int, hidden: int) -> None:
+    def __init__(self, state_dim: int, property_dim: int, query_dim: int, user_dim: int, hidden: int,
+                 heads: int = 1) -> None:
         super().__init__()
+        self.heads = heads
         self.state = nn.Linear(state_dim, hidden)
         self.property = nn.Linear(property_dim, hidden, bias=False) if property_dim > 0 else None
         self.query = nn.Linear(query_dim, hidden, bias=False)
         self.user = nn.Linear(user_dim, hidden, bias=False)
-        self.score = nn.Linear(hidden, 1, bias=False)
+        self.score = nn.Linear(hidden, heads, bias=False)
 
     def forward(self, states: Tensor, seq_len: Tensor, query: Tensor, user: Tensor,
                 properties: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -301,22 +358,22 @@ class AttentionPooling(nn.Module):
             properties: (B, L, Dp); required iff the module was built with property_dim > 0.
 
         Returns:
-            pooled (B, H) and weights (B, L): weights are 0 at padding and sum to 1 over the
-            valid positions; a row with seq_len = 0 gets zero weights and a zero pooled vector.
+            pooled (B, K, H) and weights (B, K, L): weights are 0 at padding and sum to 1 over the
+            valid positions; a row with seq_len = 0 gets zero weights and zero pooled vectors.
         """
         hidden = self.state(states) + (self.query(query) + self.user(user)).unsqueeze(1)
         if self.property is not None:
             if properties is None:
                 raise ValueError("this AttentionPooling uses behaviour properties; pass properties=(B, L, Dp)")
             hidden = hidden + self.property(properties)
-        scores = self.score(torch.tanh(hidden)).squeeze(-1)
-        mask = valid_mask(seq_len, states.shape[1])
-        any_valid = mask.any(dim=1, keepdim=True)
+        scores = self.score(torch.tanh(hidden)).transpose(1, 2)  # (B, K, L)
+        mask = valid_mask(seq_len, states.shape[1]).unsqueeze(1)
+        any_valid = mask.any(dim=2, keepdim=True)
         # Rows without any valid position softmax over zeros instead of -inf (no NaN), then
         # the mask zeroes them.
         scores = scores.masked_fill(~mask, float("-inf")).masked_fill(~any_valid, 0.0)
-        weights = torch.softmax(scores, dim=1) * mask.to(scores.dtype)
-        pooled = torch.bmm(weights.unsqueeze(1), states).squeeze(1)
+        weights = torch.softmax(scores, dim=2) * mask.to(scores.dtype)
+        pooled = torch.bmm(weights, states)
         return pooled, weights
 
 

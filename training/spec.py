@@ -1,4 +1,4 @@
-"""Everything needed to build a :class:`training.model.DUPNModel`, as one JSON-able value.
+"""Everything needed to build a model (:func:`training.model.build_model`), as one JSON-able value.
 
 A :class:`ModelSpec` is stored next to every logged model (``spec.to_dict()``) so serving
 and incremental training rebuild exactly the same architecture, embedding-table sizes and
@@ -18,11 +18,12 @@ from features.encoding import vocab_sizes
 
 logger = logging.getLogger(__name__)
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 # Dense model inputs that are normalised with frozen statistics, and the spec field holding
 # each one's width (None = a scalar input, width 1).
 DENSE_INPUTS: dict[str, str | None] = {
-    "seq_log_price": None, "item_log_price": None, "rank_features": "rank_dim", "user_dense": "user_dense_dim"}
+    "seq_log_price": None, "item_log_price": None, "rank_features": "rank_dim", "user_dense": "user_dense_dim",
+    "rel_log_price": None}
 REQUIRED_VOCAB = ("item", "shop", "brand", "category", "tag", "query_token", "talent", "talent_category",
                   "behavior", "scene", "time_bucket", "age", "gender", "city")
 PPP_CLASSES = 7
@@ -46,6 +47,12 @@ class ModelSpec:
         tasks: enabled tasks in canonical order, a subset of ``core.tables.TASKS``.
         norm: dense input name -> (mean per column, variance per column); every entry of
             ``DENSE_INPUTS`` is present after construction (missing ones default to 0 / 1).
+        logit_offsets: task -> offset added to its logit at prediction time to undo the training
+            split's sampling (``log(negative_rate / positive_upsample)``, from the training set's
+            commit metadata), so predicted probabilities are probabilities of the unsampled data.
+        category_log_price: hashed category index -> the mean log price of its items (frozen
+            statistics of ``features/feature_stats``): every item's price is also given relative to
+            its category (``rel_log_price``), since a price reveals purchasing power only that way.
     """
 
     vocab: dict[str, int]
@@ -57,6 +64,8 @@ class ModelSpec:
     model: ModelConfig
     tasks: tuple[str, ...]
     norm: Norm = field(default_factory=dict)
+    logit_offsets: dict[str, float] = field(default_factory=dict)
+    category_log_price: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [k for k in REQUIRED_VOCAB if k not in self.vocab]
@@ -71,6 +80,20 @@ class ModelSpec:
         object.__setattr__(self, "vocab", {k: int(v) for k, v in self.vocab.items()})
         object.__setattr__(self, "tasks", canonical_tasks(self.tasks))
         object.__setattr__(self, "norm", self._complete_norm(self.norm))
+        bad = {k: v for k, v in self.logit_offsets.items() if k not in ("ctr", "follow") or not math.isfinite(v)}
+        if bad:
+            raise ConfigError(f"ModelSpec.logit_offsets must be finite offsets of 'ctr' / 'follow', got {bad}")
+        object.__setattr__(self, "logit_offsets", {k: float(v) for k, v in self.logit_offsets.items()})
+        prices = {int(k): float(v) for k, v in self.category_log_price.items()}
+        bad_prices = {k: v for k, v in prices.items() if not (0 <= k < self.vocab["category"] and math.isfinite(v))}
+        if bad_prices:
+            raise ConfigError(f"ModelSpec.category_log_price needs finite prices of category indices below "
+                              f"{self.vocab['category']}, got {dict(list(bad_prices.items())[:5])}")
+        object.__setattr__(self, "category_log_price", prices)
+
+    def offset(self, task: str) -> float:
+        """The prediction-time logit offset of ``task`` (0 when its training data was not sampled)."""
+        return self.logit_offsets.get(task, 0.0)
 
     # ------------------------------------------------------------------ derived facts
     @property
@@ -101,7 +124,9 @@ class ModelSpec:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg: Config, tasks: Iterable[str] | None = None,
-                    norm: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None) -> "ModelSpec":
+                    norm: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
+                    logit_offsets: Mapping[str, float] | None = None,
+                    category_log_price: Mapping[int, float] | None = None) -> "ModelSpec":
         """The spec of the configured model.
 
         Args:
@@ -109,6 +134,8 @@ class ModelSpec:
             tasks: enabled tasks; ``None`` takes ``cfg.training.tasks``.
             norm: normalisation statistics of the dense inputs (``features/feature_stats``);
                 missing entries default to mean 0 / variance 1.
+            logit_offsets: sampling corrections (see the class docstring).
+            category_log_price: mean log price per hashed category (see the class docstring).
         """
         seq = cfg.sequences
         return cls(
@@ -117,7 +144,8 @@ class ModelSpec:
             rank_dim=cfg.inputs.rank_features_dim, user_dense_dim=USER_DENSE_DIM,
             model=cfg.training.model,
             tasks=tuple(cfg.training.tasks if tasks is None else tasks),
-            norm={k: (list(m), list(v)) for k, (m, v) in (norm or {}).items()})
+            norm={k: (list(m), list(v)) for k, (m, v) in (norm or {}).items()},
+            logit_offsets=dict(logit_offsets or {}), category_log_price=dict(category_log_price or {}))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data that :meth:`from_dict` turns back into an equal spec."""
@@ -129,6 +157,8 @@ class ModelSpec:
             "model": self.model.model_dump(mode="json"),
             "tasks": list(self.tasks),
             "norm": {k: [list(m), list(v)] for k, (m, v) in self.norm.items()},
+            "logit_offsets": dict(self.logit_offsets),
+            "category_log_price": {str(k): v for k, v in sorted(self.category_log_price.items())},
         }
 
     @classmethod
@@ -143,7 +173,7 @@ class ModelSpec:
             raise ConfigError(f"model spec version {version!r} is not supported (expected {SPEC_VERSION}); "
                               "rebuild the spec with this code version")
         expected = {"version", "vocab", "max_len", "max_tags", "max_query_tokens", "rank_dim",
-                    "user_dense_dim", "model", "tasks", "norm"}
+                    "user_dense_dim", "model", "tasks", "norm", "logit_offsets", "category_log_price"}
         unknown, absent = set(data) - expected, expected - set(data)
         if unknown or absent:
             raise ConfigError(f"model spec: unknown keys {sorted(unknown)}, missing keys {sorted(absent)}")
@@ -155,7 +185,9 @@ class ModelSpec:
             model=ModelConfig.model_validate(data["model"]),
             tasks=tuple(data["tasks"]),
             norm={str(k): ([float(x) for x in mv[0]], [float(x) for x in mv[1]])
-                  for k, mv in data["norm"].items()})
+                  for k, mv in data["norm"].items()},
+            logit_offsets={str(k): float(v) for k, v in data["logit_offsets"].items()},
+            category_log_price={int(k): float(v) for k, v in data["category_log_price"].items()})
 
     def _complete_norm(self, norm: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Norm:
         unknown = sorted(set(norm) - set(DENSE_INPUTS))

@@ -1,7 +1,7 @@
 """The optimisation step, apart from the model: losses, task weighting and the optimiser.
 
 :class:`TrainTask` is what a training loop (single process or one DDP rank) drives:
-``step(batch)`` for training, ``predict(batch)`` for evaluation. The model may be wrapped in
+``step(batch)`` for training (evaluation: :func:`training.evaluation.predict`). The model may be wrapped in
 DistributedDataParallel; the weighting's own parameters are then averaged across processes
 by this class (the model's gradients are averaged by DDP).
 """
@@ -22,9 +22,6 @@ from training.model import unwrap
 from training.weighting import TaskWeighting
 
 logger = logging.getLogger(__name__)
-
-LABEL_KEYS = ("task_id", "group_id", "label_click", "label_cart", "label_buy", "label_follow", "label_tier",
-              "l2r_weight", "sample_weight")
 
 
 def build_optimizer(model_params: Iterable[nn.Parameter], cfg: TrainingConfig,
@@ -59,7 +56,7 @@ class TrainTask:
     """Model + task weighting + optimiser: one object per training run.
 
     Args:
-        model: a :class:`training.model.DUPNModel`, possibly DDP-wrapped.
+        model: a :class:`training.model.TaskModel`, possibly DDP-wrapped.
         weighting: how the per-task losses are combined (:mod:`training.weighting`).
         cfg: optimiser, learning rate and weight decay.
         loss_names: losses to train on; default the model spec's ``loss_names``.
@@ -123,42 +120,6 @@ class TrainTask:
         """Losses added to the weighted total as they are (none here; a subclass adds e.g. a new
         task's loss next to the original ones). Reported as ``loss_<name>``."""
         return {}
-
-    @torch.no_grad()
-    def predict(self, batch: Mapping[str, Tensor], with_representation: bool = False) -> dict[str, np.ndarray]:
-        """Eval-mode predictions as numpy arrays (N,) unless noted.
-
-        Returns:
-            whichever the model has of ``ctr_prob``, ``cvr_prob``, ``ctcvr_prob``, ``l2r_score``,
-            ``follow_prob``, ``ppp_probs`` (N, 7); plus ``attention`` (N, L) and, if asked,
-            ``representation`` (N, R).
-        """
-        self.model.eval()
-        outputs = self.model(batch)
-        return predictions(outputs, with_representation)
-
-
-def predictions(outputs: Mapping[str, Tensor], with_representation: bool = False) -> dict[str, np.ndarray]:
-    """Model outputs -> probabilities / scores as numpy arrays (see :meth:`TrainTask.predict`)."""
-    out: dict[str, np.ndarray] = {}
-    for logit, prob in (("ctr_logit", "ctr_prob"), ("cvr_logit", "cvr_prob"), ("follow_logit", "follow_prob")):
-        if logit in outputs:
-            out[prob] = torch.sigmoid(outputs[logit]).cpu().numpy()
-    if "ctcvr_prob" in outputs:
-        out["ctcvr_prob"] = outputs["ctcvr_prob"].cpu().numpy()
-    if "l2r_score" in outputs:
-        out["l2r_score"] = outputs["l2r_score"].cpu().numpy()
-    if "ppp_logits" in outputs:
-        out["ppp_probs"] = torch.softmax(outputs["ppp_logits"], dim=-1).cpu().numpy()
-    out["attention"] = outputs["attention"].cpu().numpy()
-    if with_representation:
-        out["representation"] = outputs["representation"].cpu().numpy()
-    return out
-
-
-def label_arrays(batch: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
-    """The label and grouping columns of a batch as numpy arrays (for :func:`training.metrics.evaluate`)."""
-    return {k: batch[k].cpu().numpy() for k in LABEL_KEYS if k in batch}
 
 
 # ---------------------------------------------------------------------- attention analysis

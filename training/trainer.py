@@ -3,35 +3,41 @@
 :func:`train_process` is what every process executes. With ``WORLD_SIZE > 1`` in its
 environment (TorchDistributor / torchrun set it) it joins a gloo (CPU) or nccl (GPU) process
 group, wraps the model in DistributedDataParallel and reads its own Petastorm shard; all
-ranks stop an epoch together as soon as one shard is exhausted. Rank 0 evaluates the
-held-out examples after every epoch and returns the :class:`TrainResult`; the driver logs it.
+ranks stop an epoch together as soon as one shard is exhausted.
+
+Model selection follows the evaluation protocol (:mod:`training.evaluation`): rank 0 scores
+the **validation** split ``early_stopping.evals_per_epoch`` times per epoch, keeps the weights
+of the best selection score, and all ranks stop after ``early_stopping.patience`` scorings
+without improvement (``epochs`` is the cap). The plan holds no test file: the test split is
+scored once, by the caller, after selection.
 """
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Mapping
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from core.config import TrainingConfig
 from core.errors import PlatformError
-from training import metrics
-from training.data import Batch, PetastormSource, TensorBatches
-from training.model import DUPNModel, build_model, last_shared_layer, unwrap
+from core.tables import KIND_IDS, KIND_OF_TASK
+from training import evaluation as ev
+from training.data import EVAL_FIELDS, TRAIN_FIELDS, Batch, PetastormSource, TensorBatches, rows_of
+from training.losses import row_counts
+from training.model import TaskModel, build_model, last_shared_layer, unwrap
+from training.progress import Progress
 from training.spec import ModelSpec
-from training.step import AttentionByProperty, TrainTask, label_arrays
+from training.step import AttentionByProperty, TrainTask
 from training.weighting import build_weighting
 
 logger = logging.getLogger(__name__)
-
-PREDICTION_KEYS = ("ctr_prob", "ctcvr_prob", "l2r_score", "follow_prob", "ppp_probs")
 
 
 @dataclass(frozen=True)
@@ -40,53 +46,60 @@ class TrainPlan:
 
     Attributes:
         spec: ``ModelSpec.to_dict()`` of the model to build.
-        training: optimiser, weighting, batch size, reader settings.
-        train_files, eval_files: Parquet files of the training and held-out examples.
-        epochs: passes over the training files.
+        training: optimiser, weighting, batch size, reader and early-stopping settings.
+        train_files: Parquet files of the training split.
+        valid_files: Parquet files of the validation split (model selection; may be empty).
+        epochs: the cap on passes over the training files.
+        select: choose the weights by validation score and stop early (full training); without it
+            every epoch runs and the last weights are kept (incremental training on one day).
         init_state: serialized state dict to warm-start from (incremental training), or None.
         max_steps_per_epoch: stop an epoch early (smoke runs), or None.
         log_every: record the losses every this many steps.
         preload: each process first reads its whole shard into memory and trains from there
-            (the feeding benchmark's reference; memory grows with the shard).
+            (benchmarks' reference; memory grows with the shard).
+        progress: report progress (a bar on a terminal, log lines elsewhere).
     """
 
     spec: dict[str, Any]
     training: TrainingConfig
     train_files: tuple[str, ...]
-    eval_files: tuple[str, ...]
+    valid_files: tuple[str, ...]
     epochs: int
+    select: bool = True
     init_state: bytes | None = None
     max_steps_per_epoch: int | None = None
     log_every: int = 20
     preload: bool = False
+    progress: bool = True
 
 
 @dataclass
 class TrainResult:
-    """What rank 0 returns: weights, learning curves, held-out metrics, attention analysis."""
+    """What rank 0 returns: the selected weights, learning curves, validation scores, attention analysis."""
 
     state: bytes
     steps: list[dict[str, float]] = field(default_factory=list)
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    attention_mean: list[list[float]] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    selected: dict[str, float] = field(default_factory=dict)
+    attention_mean: list[list[float | None]] = field(default_factory=list)
     attention_counts: list[list[int]] = field(default_factory=list)
     world_size: int = 1
     train_samples: int = 0
+    train_rows: int = 0
     train_seconds: float = 0.0
+    stopped_early: bool = False
 
     @property
-    def final_metrics(self) -> dict[str, float]:
-        return dict(self.epochs[-1]) if self.epochs else {}
+    def validation_metrics(self) -> dict[str, float]:
+        """Validation metrics of the selected weights (``valid_*`` keys without the prefix)."""
+        return {k[len("valid_"):]: v for k, v in self.selected.items() if k.startswith("valid_")}
 
-    def model(self) -> DUPNModel:
-        """Rebuild the trained model (eval mode) from the returned state."""
-        state = load_state(self.state)
-        model = build_model(ModelSpec.from_dict(state["spec"]))
-        model.load_state_dict(state["weights"])
-        return model.eval()
+    def model(self) -> TaskModel:
+        """Rebuild the selected model (eval mode) from the returned state."""
+        return model_from_state(self.state)
 
 
-def dump_state(model: DUPNModel) -> bytes:
+def dump_state(model: TaskModel) -> bytes:
     """Weights and spec of ``model`` as bytes (torch.save of plain tensors and JSON-able data)."""
     buf = io.BytesIO()
     torch.save({"spec": model.spec.to_dict(), "weights": model.state_dict()}, buf)
@@ -96,6 +109,14 @@ def dump_state(model: DUPNModel) -> bytes:
 def load_state(data: bytes) -> dict[str, Any]:
     state: dict[str, Any] = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     return state
+
+
+def model_from_state(data: bytes) -> TaskModel:
+    """The model (eval mode) of :func:`dump_state` bytes."""
+    state = load_state(data)
+    model = build_model(ModelSpec.from_dict(state["spec"]))
+    model.load_state_dict(state["weights"])
+    return model.eval()
 
 
 def _distributed() -> tuple[int, int]:
@@ -117,41 +138,73 @@ def _all_have_batch(has: bool, world: int) -> bool:
     return bool(flag.item())
 
 
-def _source(plan: TrainPlan, files: tuple[str, ...], rank: int, world: int, train: bool,
-            batch_size: int) -> PetastormSource:
-    cfg = plan.training
-    return PetastormSource(files=files, batch_size=batch_size, shard=rank if train else 0,
-                           shard_count=world if train else 1, shuffle=train,
-                           workers=cfg.reader_workers, seed=cfg.seed)
+def _broadcast_flag(value: bool, world: int) -> bool:
+    """Rank 0's decision, on every rank."""
+    if world == 1:
+        return value
+    flag = torch.tensor([1 if value else 0], dtype=torch.int32)
+    dist.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
-def evaluate(model: DUPNModel, batches: Iterator[Batch]) -> tuple[dict[str, float], AttentionByProperty]:
-    """Held-out metrics of ``model`` and the attention analysis over ``batches``."""
-    model.eval()
-    spec = model.spec
-    att = AttentionByProperty(spec.vocab["behavior"], spec.vocab["time_bucket"], relative=True)
-    outs: list[dict[str, np.ndarray]] = []
-    labels: list[dict[str, np.ndarray]] = []
-    with torch.no_grad():
-        for batch in batches:
-            out = model(batch)
-            att.update(out, batch)
-            pred: dict[str, np.ndarray] = {}
-            if "ctr_logit" in out:
-                pred["ctr_prob"] = torch.sigmoid(out["ctr_logit"]).numpy()
-            if "ctcvr_prob" in out:
-                pred["ctcvr_prob"] = out["ctcvr_prob"].numpy()
-            if "l2r_score" in out:
-                pred["l2r_score"] = out["l2r_score"].numpy()
-            if "follow_logit" in out:
-                pred["follow_prob"] = torch.sigmoid(out["follow_logit"]).numpy()
-            if "ppp_logits" in out:
-                pred["ppp_probs"] = torch.softmax(out["ppp_logits"], dim=-1).numpy()
-            outs.append(pred)
-            labels.append(label_arrays(batch))
-    if not outs:
-        return {}, att
-    return metrics.evaluate(metrics.concat(outs), metrics.concat(labels)), att
+def kinds_of(tasks: Iterable[str]) -> tuple[int, ...] | None:
+    """The row kinds holding examples of ``tasks`` (None: every kind)."""
+    kinds = sorted({KIND_IDS[KIND_OF_TASK[task]] for task in tasks})
+    return None if len(kinds) == len(KIND_IDS) else tuple(kinds)
+
+
+def train_source(cfg: TrainingConfig, files: Iterable[str], rank: int = 0, world: int = 1,
+                 tasks: Iterable[str] | None = None) -> PetastormSource:
+    """The shuffled, length-bucketed training reader of one rank (rows of ``tasks``' kinds only)."""
+    return PetastormSource(files=tuple(files), fields=TRAIN_FIELDS, batch_size=cfg.batch_size, shard=rank,
+                           shard_count=world, shuffle=True, shuffle_capacity=cfg.shuffle_buffer,
+                           bucket_by_length=cfg.bucket_by_length,
+                           workers=1 if cfg.deterministic else cfg.reader_workers, seed=cfg.seed,
+                           kinds=kinds_of(tasks) if tasks is not None else None)
+
+
+def eval_source(cfg: TrainingConfig, files: Iterable[str], tasks: Iterable[str] | None = None) -> PetastormSource:
+    """An in-order reader of a validation or test split (with the keys the metrics group by)."""
+    return PetastormSource(files=tuple(files), fields=EVAL_FIELDS, batch_size=cfg.eval_batch_size, shuffle=False,
+                           bucket_by_length=False, workers=1 if cfg.deterministic else cfg.reader_workers,
+                           kinds=kinds_of(tasks) if tasks is not None else None)
+
+
+def examples_in(batch: Batch, loss_names: Iterable[str]) -> int:
+    """Training examples of a batch: every impression slot, follow impression and tier label a loss uses
+    (an impression of an L2R list counts once per task, as in one-row-per-example layouts)."""
+    return sum(row_counts(batch, [n for n in loss_names if n != "ctcvr"]).values())
+
+
+def evaluate_split(model: TaskModel, batches: Iterable[Batch],
+                   attention: AttentionByProperty | None = None) -> tuple[dict[str, float], ev.Predictions]:
+    """Metrics and predictions of ``model`` over one split's batches (optionally the attention analysis)."""
+    hook = attention.update if attention is not None else None
+    pred = ev.predict(model, batches, on_batch=hook)
+    return ev.metrics(pred), pred
+
+
+class _Selector:
+    """Keeps the best validation score's weights and counts scorings without improvement."""
+
+    def __init__(self, patience: int, min_delta: float) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_row: dict[str, float] = {}
+        self.stale = 0
+
+    def offer(self, score: float, model: torch.nn.Module, row: dict[str, float]) -> None:
+        if not math.isnan(score) and score > self.best + self.min_delta:
+            self.best, self.stale = score, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+            self.best_row = dict(row)
+        else:
+            self.stale += 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.stale >= self.patience
 
 
 def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = None) -> TrainResult | None:
@@ -159,8 +212,8 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
 
     Args:
         plan: what to train.
-        data: in-memory ``{"train": ..., "eval": ...}`` batches instead of Petastorm (single
-            process only: tests and the feeding benchmark).
+        data: in-memory ``{"train": ..., "valid": ...}`` batches instead of Petastorm (single
+            process only: tests and benchmarks).
     """
     rank, world = _distributed()
     cfg = plan.training
@@ -170,8 +223,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     spec = ModelSpec.from_dict(plan.spec)
     model: torch.nn.Module = build_model(spec)
     if plan.init_state is not None:
-        warm = load_state(plan.init_state)
-        model.load_state_dict(warm["weights"])
+        model.load_state_dict(load_state(plan.init_state)["weights"])
         logger.info("warm start from the given weights")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
@@ -179,17 +231,50 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     task = TrainTask(model, weighting, cfg)
     result = TrainResult(state=b"", world_size=world)
     if data is None and plan.preload:
-        data = {"train": TensorBatches.collect(_source(plan, plan.train_files, rank, world, True, cfg.batch_size))}
-        if rank == 0:
-            data["eval"] = TensorBatches.collect(_source(plan, plan.eval_files, 0, 1, False, cfg.eval_batch_size))
+        data = {"train": TensorBatches.collect(train_source(cfg, plan.train_files, rank, world, spec.tasks))}
+        if rank == 0 and plan.valid_files:
+            data["valid"] = TensorBatches.collect(eval_source(cfg, plan.valid_files, spec.tasks))
+    has_valid = bool(plan.valid_files) or (data is not None and "valid" in data)
+    rows_total = data["train"].count_rows() if data is not None \
+        else train_source(cfg, plan.train_files, tasks=spec.tasks).count_rows()
+    steps_per_epoch = max(1, math.ceil(rows_total / world / cfg.batch_size))
+    if plan.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, max(plan.max_steps_per_epoch, 1))
+    evals = max(1, cfg.early_stopping.evals_per_epoch) if plan.select else 1
+    eval_every = max(1, math.ceil(steps_per_epoch / evals))
+    selector = _Selector(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
+    attention = AttentionByProperty(spec.vocab["behavior"], spec.vocab["time_bucket"], relative=True)
+    progress = Progress("train", steps_per_epoch * plan.epochs, unit="examples", every_s=cfg.progress_every_s,
+                        enabled=plan.progress and rank == 0)
+
+    def validate(epoch: int, step: int, last: bool) -> bool:
+        """Score validation on rank 0; True when every rank should stop."""
+        stop = False
+        if rank == 0 and has_valid:
+            t0 = time.perf_counter()
+            batches = data["valid"].batches() if data is not None and "valid" in data \
+                else eval_source(cfg, plan.valid_files, spec.tasks).batches()
+            scores, _ = evaluate_split(unwrap(model), batches, attention if last else None)
+            score = ev.selection_score(scores)
+            row = {"step": float(step), "epoch": float(epoch), "epoch_fraction": step / steps_per_epoch,
+                   "selection_score": score, "eval_seconds": time.perf_counter() - t0,
+                   **{f"valid_{k}": v for k, v in scores.items()}}
+            result.evals.append(row)
+            if plan.select:
+                selector.offer(score, unwrap(model), row)
+                stop = selector.exhausted
+            progress.log.info("validation at step %d (epoch %.2f): score %.4f %s%s", step, step / steps_per_epoch,
+                              score, {k: round(v, 4) for k, v in scores.items() if k in ev.REPORTED_METRICS},
+                              " (best so far)" if plan.select and selector.stale == 0 else "")
+        return _broadcast_flag(stop, world)
+
     step = 0
+    stop = False
+    started = time.perf_counter()
     for epoch in range(plan.epochs):
-        started = time.time()
-        samples = 0
-        sums: dict[str, float] = {}
         n_steps = 0
         batches = (data["train"].batches(epoch) if data is not None
-                   else _source(plan, plan.train_files, rank, world, True, cfg.batch_size).batches(epoch))
+                   else train_source(cfg, plan.train_files, rank, world, spec.tasks).batches(epoch))
         it = iter(batches)
         while True:
             batch = next(it, None)
@@ -199,14 +284,18 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
                 break
             assert batch is not None  # every rank has one (checked collectively above)
             stats = task.step(batch)
-            samples += len(batch["task_id"])
+            examples = examples_in(batch, spec.loss_names)
+            result.train_samples += examples * world
+            result.train_rows += rows_of(batch) * world
             step += 1
             n_steps += 1
-            for k, v in stats.items():
-                if k.startswith(("loss", "weight")):
-                    sums[k] = sums.get(k, 0.0) + v
+            progress.update(examples * world, {k[5:]: v for k, v in stats.items() if k.startswith("loss_")})
             if rank == 0 and (step % plan.log_every == 0 or step == 1):
                 result.steps.append({"step": float(step), "epoch": float(epoch), **stats})
+            if plan.select and n_steps % eval_every == 0 and n_steps < steps_per_epoch:
+                if validate(epoch, step, last=False):
+                    stop = True
+                    break
         close = getattr(it, "close", None)
         if close is not None:  # stops this shard's reader threads when the epoch ended early
             close()
@@ -214,31 +303,39 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
             raise PlatformError(f"epoch {epoch}: rank {rank} of {world} read no training batch from "
                                 f"{len(plan.train_files)} files; with {world} processes each needs at least one "
                                 f"Parquet row group (rebuild the training set, or use fewer processes)")
-        seconds = time.time() - started
-        total_samples = samples * world if world > 1 else samples
-        result.train_samples += total_samples
-        result.train_seconds += seconds
-        if rank == 0:
-            row = {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()}
-            eval_batches = (data["eval"].batches() if data is not None and "eval" in data
-                            else _source(plan, plan.eval_files, 0, 1, False, cfg.eval_batch_size).batches())
-            scores, att = evaluate(unwrap(model), eval_batches)
-            row.update({f"holdout_{k}": v for k, v in scores.items()})
-            row.update({"epoch": float(epoch), "samples_per_second": total_samples / max(seconds, 1e-9),
-                        "epoch_seconds": seconds, "steps": float(n_steps)})
-            result.epochs.append(row)
-            mean, counts = att.result()
-            result.attention_mean = [[None if math.isnan(x) else float(x) for x in r] for r in mean]  # type: ignore
-            result.attention_counts = counts.tolist()
-            logger.info("epoch %d: %d samples in %.0fs (%.0f/s), holdout %s", epoch, total_samples, seconds,
-                        total_samples / max(seconds, 1e-9),
-                        {k: round(v, 4) for k, v in scores.items() if not k.endswith("rows")})
-        if world > 1:
-            dist.barrier()
+        if stop:
+            break
+        if plan.select or epoch == plan.epochs - 1:
+            if validate(epoch, step, last=not plan.select and epoch == plan.epochs - 1):
+                stop = True
+                break
+    result.train_seconds = time.perf_counter() - started
+    progress.close()
+    result.stopped_early = stop
+    if world > 1:
+        dist.barrier()
     if rank != 0:
         dist.destroy_process_group()
         return None
-    result.state = dump_state(unwrap(model))
+    final = unwrap(model)
+    if plan.select and selector.best_state is not None:
+        final.load_state_dict(selector.best_state)
+        result.selected = dict(selector.best_row)
+        # the attention analysis of the selected weights, on validation
+        if has_valid:
+            batches = data["valid"].batches() if data is not None and "valid" in data \
+                else eval_source(cfg, plan.valid_files, spec.tasks).batches()
+            evaluate_split(final, batches, attention)
+    elif result.evals:
+        result.selected = dict(result.evals[-1])
+    mean, counts = attention.result()
+    result.attention_mean = [[None if math.isnan(x) else float(x) for x in r] for r in mean]
+    result.attention_counts = counts.tolist()
+    result.state = dump_state(final)
+    progress.log.info("trained %d examples (%d rows) in %.0fs (%.0f examples/s)%s; selected %s",
+                      result.train_samples, result.train_rows, result.train_seconds,
+                      result.train_samples / max(result.train_seconds, 1e-9), ", stopped early" if stop else "",
+                      {k: round(v, 4) for k, v in result.selected.items() if k in ("step", "selection_score")})
     if world > 1:
         dist.destroy_process_group()
     return result

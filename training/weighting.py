@@ -98,23 +98,35 @@ class UncertaintyWeighting(TaskWeighting):
     For a fixed loss level the optimum is ``exp(-s_k) = 1 / L_k``: noisier tasks (higher
     irreducible loss) get lower weights. Tasks without rows in a batch are left out (their
     s_k gets no gradient in that step). s_k is trained by the model's optimiser.
+
+    s_k is clamped to ``[-max_log_var, max_log_var]``: a task whose *training* loss shrinks because
+    it is memorised would otherwise drive exp(-s_k) = 1 / L_k without bound and take over the
+    shared layers exactly when it stops generalising (measured on the demo: the CTCVR weight went
+    2 -> 21 in four epochs). The bound keeps every weight within e^±max_log_var.
     """
 
-    def __init__(self, task_names: Iterable[str]) -> None:
+    def __init__(self, task_names: Iterable[str], max_log_var: float = 2.0) -> None:
         super().__init__(task_names)
+        if not max_log_var > 0:
+            raise ValueError(f"uncertainty_max_log_var must be > 0, got {max_log_var}")
+        self.max_log_var = float(max_log_var)
         self.log_vars = nn.Parameter(torch.zeros(len(self.task_names)))
+
+    def _s(self) -> Tensor:
+        return self.log_vars.clamp(-self.max_log_var, self.max_log_var)
 
     def combine(self, losses: Mapping[str, Tensor], counts: Mapping[str, int] | None = None) -> Tensor:
         self._check(losses)
         terms = []
+        log_vars = self._s()
         for k, (task, active) in enumerate(zip(self.task_names, self._active(counts))):
-            s = self.log_vars[k]
+            s = log_vars[k]
             # An absent task still touches s (times 0) so distributed training sees it used.
             terms.append(torch.exp(-s) * losses[task] + s if active else losses[task] + 0.0 * s)
         return torch.stack(terms).sum()
 
     def weights(self) -> dict[str, float]:
-        w = torch.exp(-self.log_vars.detach()).tolist()
+        w = torch.exp(-self._s().detach()).tolist()
         return dict(zip(self.task_names, w))
 
     def main_parameters(self) -> list[nn.Parameter]:
@@ -232,7 +244,7 @@ def build_weighting(cfg: WeightingConfig, task_names: Iterable[str],
     if cfg.kind == "fixed":
         return FixedWeighting(names, cfg.fixed)
     if cfg.kind == "uncertainty":
-        return UncertaintyWeighting(names)
+        return UncertaintyWeighting(names, cfg.uncertainty_max_log_var)
     if cfg.kind == "gradnorm":
         if not shared_params:
             raise ValueError("weighting.kind=gradnorm needs shared_params=training.model.last_shared_layer(model)")

@@ -76,3 +76,18 @@ def test_config_is_frozen() -> None:
 def test_time_bucket_edges_validated() -> None:
     with pytest.raises(ConfigError, match="time_bucket_edges_s"):
         load_config(None, ["sequences.time_bucket_edges_s=[60, 30]"])
+
+
+def test_protocol_and_promotion_settings_are_validated() -> None:
+    cfg = load_config(ROOT / "conf" / "local.yaml")
+    assert (cfg.training_set.validation_days, cfg.training_set.test_days) == (1, 1)
+    assert cfg.training.promotion.resamples >= 20 and 0.5 < cfg.training.promotion.confidence < 1
+    with pytest.raises(ConfigError, match=r"ppp_validation_user_share \+ ppp_test_user_share must leave"):
+        load_config(None, ["training_set.ppp_validation_user_share=0.5", "training_set.ppp_test_user_share=0.4"])
+    with pytest.raises(ConfigError, match="'training_set.validation_days'"):
+        load_config(None, ["training_set.validation_days=0"])
+    with pytest.raises(ConfigError, match="'training.promotion.confidence'"):
+        load_config(None, ["training.promotion.confidence=1.5"])
+    # the gate is a bootstrap interval now, not a fixed tolerance
+    with pytest.raises(ConfigError, match="unknown key 'training.promotion.tolerance'"):
+        load_config(None, ["training.promotion.tolerance=0.01"])

@@ -74,14 +74,17 @@ def q(published, *args: str) -> int:  # noqa: ANN001
 
 
 def test_query_user_text_and_json(tiny_published, capsys) -> None:
-    _, tables, _ = tiny_published
+    from registry.models import ModelRegistry
+
+    cfg, tables, _ = tiny_published
+    dim = ModelRegistry(cfg.mlflow).load().model.embedding_dim
     uid = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).first().user_id
     assert q(tiny_published, "user", str(uid)) == 0
     out = capsys.readouterr().out
-    assert f"user {uid}  dt={TINY_END}" in out and "purchasing-power tier" in out and "16 floats" in out
+    assert f"user {uid}  dt={TINY_END}" in out and "purchasing-power tier" in out and f"{dim} floats" in out
     assert q(tiny_published, "--json", "user", str(uid), "--date", "2026-11-07", "--full") == 0
     obj = json.loads(capsys.readouterr().out)
-    assert obj["dt"] == "2026-11-07" and len(obj["embedding"]) == 16 and abs(sum(obj["ppp_probs"]) - 1) < 1e-4
+    assert obj["dt"] == "2026-11-07" and len(obj["embedding"]) == dim and abs(sum(obj["ppp_probs"]) - 1) < 1e-4
 
 
 def test_query_errors_are_one_line(tiny_published, capsys) -> None:

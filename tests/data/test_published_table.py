@@ -22,7 +22,11 @@ def test_schema_matches_the_contract(tiny_published) -> None:
 
 
 def test_one_row_per_served_user_with_finite_vectors(tiny_published) -> None:
+    from registry.models import ModelRegistry
+
     cfg, tables, _ = tiny_published
+    # the published length is the model's (the representation and the pooled interest keys)
+    dim = ModelRegistry(cfg.mlflow).load().model.embedding_dim
     for day in ("2026-11-07", TINY_END):
         out = tables.read(t.USER_REPRESENTATIONS, dt=day)
         served = tables.read(t.USER_SEQUENCES, dt=day)
@@ -30,7 +34,7 @@ def test_one_row_per_served_user_with_finite_vectors(tiny_published) -> None:
         assert out.join(served, "user_id", "left_anti").count() == 0
         rows = out.collect()  # tiny
         emb = np.array([r.embedding for r in rows], dtype=np.float64)
-        assert emb.shape[1] == cfg.training.model.representation_dim and np.isfinite(emb).all()
+        assert emb.shape[1] == dim and np.isfinite(emb).all()
         probs = np.array([r.ppp_probs for r in rows], dtype=np.float64)
         assert probs.shape[1] == 7 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5) and (probs >= 0).all()
         tiers = np.array([r.ppp_tier for r in rows])
@@ -45,4 +49,5 @@ def test_commit_records_model_and_inputs(tiny_published) -> None:
     meta = tables.last_metadata(t.USER_REPRESENTATIONS)
     assert meta["job"] == "publish_user_representations" and meta["dt"] == TINY_END
     assert meta["model_version"] and meta["model_run_id"]
+    assert meta["embedding_dim"] == len(tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).first().embedding)
     assert "features/user_sequences" in meta["inputs"] and "raw/events" in meta["inputs"]

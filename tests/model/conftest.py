@@ -1,7 +1,7 @@
 """Tiny model specs and random mixed-task batches for the model tests (no Spark)."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 import torch
@@ -18,7 +18,7 @@ SMALL_DIMS: dict[str, Any] = dict(
     item_dim=8, shop_dim=4, brand_dim=4, category_dim=4, tag_dim=4, behavior_dim=4, scene_dim=4, time_dim=4,
     query_dim=6, profile_dim=3, talent_dim=6, lstm_hidden=16, attention_hidden=8, pooled_dim=12,
     representation_dim=16, head_hidden=16, expert_dim=12, num_experts=3, dropout=0.0)
-L, K, Q, F, U = 7, 3, 3, 4, 4
+L, K, Q, F, U, G = 7, 3, 3, 4, 4, 4
 
 Batch = dict[str, Tensor]
 
@@ -26,14 +26,15 @@ Batch = dict[str, Tensor]
 def tiny_spec(tasks: tuple[str, ...] = ("ctr", "l2r", "follow", "ppp"), **model: Any) -> ModelSpec:
     """A spec with 50-ish vocabularies, L=7 and small widths; ``model`` overrides ModelConfig fields."""
     return ModelSpec(vocab=dict(VOCAB), max_len=L, max_tags=K, max_query_tokens=Q, rank_dim=F, user_dense_dim=U,
-                     model=ModelConfig(**{**SMALL_DIMS, **model}), tasks=tasks)
+                     model=ModelConfig(**{**SMALL_DIMS, "wide_buckets": 4096, **model}), tasks=tasks)
 
 
-def random_batch(n: int = 32, seed: int = 0, task_ids: list[int] | None = None) -> Batch:
-    """A mixed-task batch whose labels are functions of the inputs (so a model can learn them).
+def random_batch(n: int = 32, seed: int = 0, kinds: list[int] | None = None) -> Batch:
+    """A batch of example groups (rows) whose labels are functions of the inputs (so a model can learn them).
 
-    Rows cycle through the tasks (0=ctr, 1=l2r, 2=follow, 3=ppp) unless ``task_ids`` is given;
-    sequence lengths include 0 and the full length L.
+    Rows cycle through the kinds (0 = impressions with up to G items, 1 = follow, 2 = ppp) unless
+    ``kinds`` is given; sequence lengths include 0 and the full length L; impression rows have
+    1..G items (the rest padding); every other impression row is an L2R list.
     """
     g = torch.Generator().manual_seed(seed)
 
@@ -53,28 +54,48 @@ def random_batch(n: int = 32, seed: int = 0, task_ids: list[int] | None = None) 
     batch["seq_log_price"] = torch.randn(n, L, generator=g) * valid
     batch["user_age"], batch["user_gender"], batch["user_city"] = ids("age", n), ids("gender", n), ids("city", n)
     batch["user_dense"] = torch.randn(n, U, generator=g)
-    query = ids("query_token", n, Q) * (torch.rand(n, Q, generator=g) < 0.6)
+    kind = torch.tensor(kinds) if kinds is not None else torch.arange(n) % 3
+    batch["kind_id"] = kind
+    imp = kind == 0
+    n_items = torch.where(imp, torch.randint(1, G + 1, (n,), generator=g), torch.zeros(n, dtype=torch.long))
+    batch["n_items"] = n_items
+    slots = torch.arange(G).unsqueeze(0) < n_items.unsqueeze(1)
+    query = ids("query_token", n, Q) * (torch.rand(n, Q, generator=g) < 0.6) * imp.unsqueeze(1)
     query[::2] = 0
     batch["query_tokens"] = query
     for key, vocab in (("item", "item"), ("item_shop", "shop"), ("item_brand", "brand"),
-                       ("item_category", "category"), ("talent", "talent"), ("talent_category", "talent_category")):
-        batch[key] = ids(vocab, n)
-    batch["item_tags"] = ids("tag", n, K)
-    batch["item_log_price"] = torch.randn(n, generator=g)
-    batch["rank_features"] = torch.randn(n, F, generator=g)
-    task_id = torch.tensor(task_ids) if task_ids is not None else torch.arange(n) % 4
-    batch["task_id"] = task_id
+                       ("item_category", "category")):
+        batch[key] = ids(vocab, n, G) * slots
+    batch["item_tags"] = (ids("tag", n, G, K) * slots.unsqueeze(-1)).reshape(n, G * K)
+    batch["item_log_price"] = torch.randn(n, G, generator=g) * slots
+    batch["rank_features"] = (torch.randn(n, G, F, generator=g) * slots.unsqueeze(-1)).reshape(n, G * F)
     # Learnable labels: parity of the target's ids and of the user's age.
-    click = (batch["item"] % 2 == 0).float()
+    click = (batch["item"] % 2 == 0).float() * slots
     batch["label_click"] = click
     batch["label_cart"] = click * (batch["item_shop"] % 2 == 0).float()
     batch["label_buy"] = click * (batch["item_brand"] % 2 == 0).float()
-    batch["label_follow"] = (batch["talent"] % 2 == 0).float()
-    batch["label_tier"] = torch.where(task_id == 3, batch["user_age"] % 7, torch.full_like(task_id, -1))
-    batch["l2r_weight"] = 1.0 + batch["label_cart"] + 2.0 * batch["label_buy"]
-    batch["sample_weight"] = torch.ones(n)
-    batch["group_id"] = task_id * 1000 + torch.arange(n) // 16  # 4 rows of one task per group
+    batch["ctr_weight"] = slots.float()
+    batch["l2r"] = (imp & (torch.arange(n) % 2 == 0)).long()
+    batch["l2r_gain"] = (1.0 + batch["label_cart"] + 2.0 * batch["label_buy"]) * slots
+    follow = kind == 1
+    batch["talent"] = torch.where(follow, ids("talent", n), torch.zeros(n, dtype=torch.long))
+    batch["talent_category"] = torch.where(follow, ids("category", n), torch.zeros(n, dtype=torch.long))
+    batch["label_follow"] = ((batch["talent"] % 2 == 0) & follow).float()
+    batch["follow_weight"] = follow.float()
+    batch["label_tier"] = torch.where(kind == 2, batch["user_age"] % 7, torch.full_like(kind, -1))
+    batch["ppp_user"] = torch.zeros(n, dtype=torch.long)
+    batch["user_id"] = torch.arange(n) // 2 + 1000
+    batch["list_id"] = torch.arange(n) + 5000
     return batch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread (and do not fight the machine's other jobs for cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture()

@@ -1,27 +1,32 @@
-"""Heads learn what they should from their own inputs."""
+"""Heads learn what they should from their own inputs, slot by slot."""
 from __future__ import annotations
 
+
+import pytest
 import torch
 from torch.nn import functional as F
 
-from training.model import L2RHead
-from training.modules import FrozenNorm
+from training.model import FollowHead, ItemHead, L2RHead
+from training.modules import FrozenNorm, embedding
+
+G = 4
 
 
 def test_l2r_head_learns_a_ranking_when_features_have_a_non_zero_mean() -> None:
     """In training lists a relevant feature is shifted (lists are kept for their clicks); without
     the offset the pointwise loss would push its weight negative to produce the base rate."""
     gen = torch.Generator().manual_seed(0)
-    n = 4000
+    n = 4000                                                          # n / G lists of G slots
     relevance = torch.randn(n, generator=gen) + 1.0                  # mean 1 after normalisation
     noise = torch.randn(n, 2, generator=gen)
-    feats = torch.cat([relevance.unsqueeze(1), noise], dim=1)
-    clicked = (torch.rand(n, generator=gen) < torch.sigmoid(-2.0 + 0.8 * relevance)).float()
+    feats = torch.cat([relevance.unsqueeze(1), noise], dim=1).reshape(n // G, G, 3)
+    clicked = (torch.rand(n, generator=gen) < torch.sigmoid(-2.0 + 0.8 * relevance)).float().reshape(n // G, G)
     head = L2RHead(in_dim=4, rank_dim=3, hidden=8, dropout=0.0, rank_norm=FrozenNorm([0.0] * 3, [1.0] * 3))
-    task_in = torch.ones(n, 4)
+    task_in = torch.ones(n // G, 4)
     opt = torch.optim.Adam(head.parameters(), lr=0.05)
     for _ in range(200):
         score = head(task_in, feats)
+        assert score.shape == (n // G, G)
         loss = F.softplus(-(2 * clicked - 1) * score).mean()
         opt.zero_grad()
         loss.backward()
@@ -31,3 +36,47 @@ def test_l2r_head_learns_a_ranking_when_features_have_a_non_zero_mean() -> None:
     assert out[0] > 0.3                  # the relevant feature's weight is positive
     assert out[-1] < -1.0                # the offset carries the low click rate
     assert abs(float(out[1])) < 0.2 and abs(float(out[2])) < 0.2
+
+
+def test_l2r_offset_never_changes_a_ranking_within_a_list() -> None:
+    torch.manual_seed(1)
+    head = L2RHead(in_dim=5, rank_dim=3, hidden=8, dropout=0.0, rank_norm=FrozenNorm([0.5] * 3, [2.0] * 3)).eval()
+    task_in, feats = torch.randn(6, 5), torch.randn(6, G, 3)
+    out = head.weights(task_in)
+    w, offset = out[:, :3], out[:, 3]
+    expected = (w.unsqueeze(1) * (feats - 0.5) * torch.rsqrt(torch.tensor(2.0 + 1e-5))).sum(-1) + offset.unsqueeze(1)
+    torch.testing.assert_close(head(task_in, feats), expected)
+
+
+@pytest.mark.parametrize("with_rank", [True, False])
+def test_item_head_scores_every_slot_as_if_alone(with_rank: bool) -> None:
+    """(N, G) logits of a row of G slots equal G separate one-slot calls; slots do not see each other."""
+    torch.manual_seed(2)
+    norm = FrozenNorm([0.0] * 3, [1.0] * 3) if with_rank else None
+    head = ItemHead(in_dim=6, item_dim=5, hidden=8, dropout=0.0, rank_norm=norm).eval()
+    task_in, items, rank = torch.randn(3, 6), torch.randn(3, G, 5), torch.randn(3, G, 3)
+    grouped = head(task_in, items, rank if with_rank else None)
+    assert grouped.shape == (3, G)
+    for s in range(G):
+        alone = head(task_in, items[:, s:s + 1], rank[:, s:s + 1] if with_rank else None)
+        torch.testing.assert_close(grouped[:, s:s + 1], alone)
+    other = items.clone()
+    other[:, 1:] = torch.randn(3, G - 1, 5)
+    torch.testing.assert_close(head(task_in, other, rank if with_rank else None)[:, 0], grouped[:, 0])
+    if with_rank:
+        with pytest.raises(ValueError, match="rank_features"):
+            head(task_in, items)
+
+
+def test_follow_head_reads_the_category_table_it_is_given() -> None:
+    torch.manual_seed(3)
+    category = embedding(12, 4)
+    head = FollowHead(in_dim=6, n_talent=20, talent_dim=5, category=category, hidden=8, dropout=0.0)
+    assert head.category is category
+    logit = head(torch.randn(4, 6), torch.tensor([2, 3, 4, 5]), torch.tensor([7, 7, 9, 0]))
+    assert logit.shape == (4,)
+    logit.sum().backward()
+    grad = category.weight.grad
+    assert grad is not None
+    touched = grad.abs().sum(1) > 0
+    assert touched.tolist() == [i in (7, 9) for i in range(12)]  # the given rows, never padding

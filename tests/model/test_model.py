@@ -1,7 +1,9 @@
-"""The whole model: every multi-task design trains, the serving split agrees, the spec round-trips."""
+"""The whole model: every multi-task design trains, slots are scored independently of their grouping,
+the serving split agrees, the spec round-trips."""
 from __future__ import annotations
 
 import json
+import math
 from typing import Callable
 
 import pytest
@@ -9,12 +11,30 @@ import torch
 
 from core.config import Config
 from core.errors import ConfigError
+from core.tables import KIND_IDS
+from tests.model.conftest import G, random_batch, tiny_spec
 from training.losses import task_losses
-from training.model import DUPNModel, build_model, last_shared_layer
-from training.spec import ModelSpec
+from training.model import (
+    DUPNModel, GateStats, TaskModel, attach_gate_stats, build_model, last_shared_layer, rows_of_kind, scatter_rows)
+from training.spec import SPEC_VERSION, ModelSpec
 
 ARCHITECTURES = ("shared_bottom", "mmoe", "cgc", "ple", "cross_stitch")
+FAMILIES = ("dupn", "cnn_max", "dssm", "wide", "wide_deep")
 Batch = dict[str, torch.Tensor]
+SLOT_OUTPUTS = ("ctr_logit", "cvr_logit", "l2r_score")
+# slot columns and the width of each slot's entry (None: one value per slot)
+SLOT_WIDTHS = {"item": None, "item_shop": None, "item_brand": None, "item_category": None, "item_tags": 3,
+               "item_log_price": None, "rank_features": 4, "label_click": None, "label_cart": None,
+               "label_buy": None, "ctr_weight": None, "l2r_gain": None}
+
+
+def _slots(x: torch.Tensor) -> torch.Tensor:
+    """A slot column as (B, G) or (B, G, width)."""
+    return x if x.shape[1] == G else x.reshape(x.shape[0], G, x.shape[1] // G)
+
+
+def _small(family: str, **model: object) -> ModelSpec:
+    return tiny_spec(family=family, cnn_channels=8, cnn_kernel_sizes=[2, 3], **model)
 
 
 def _total(model: DUPNModel, batch: Batch) -> torch.Tensor:
@@ -32,9 +52,10 @@ def test_every_design_trains(make_spec: Callable[..., ModelSpec], make_batch: Ca
     assert ("cvr" in model.heads) == esmm
     batch = make_batch(n=48, seed=1)
     out = model(batch)
-    assert ("ctcvr_prob" in out) == esmm
-    assert out["representation"].shape == (48, spec.model.representation_dim)
-    assert out["ppp_logits"].shape == (48, 7)
+    assert ("cvr_logit" in out) == esmm
+    assert out["representation"].shape == (48, model.embedding_dim)
+    assert out["ctr_logit"].shape == out["l2r_score"].shape == (48, G)
+    assert out["follow_logit"].shape == (48,) and out["ppp_logits"].shape == (48, 7)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     with torch.no_grad():
         before = float(_total(model.eval(), batch))
@@ -57,8 +78,9 @@ def test_heads_exist_only_for_enabled_tasks(make_spec: Callable[..., ModelSpec],
     assert set(model.heads) == {"l2r", "ppp"}
     assert model.spec.loss_names == ("l2r", "ppp")
     batch = make_batch(n=8)
-    for key in ("item", "item_tags", "talent"):
-        del batch[key]
+    # without the follow head, talents are not read (L2R reads the ranking features, the target items
+    # for its item score and their category and tags for its match features)
+    del batch["talent"]
     out = model(batch)
     assert "ctr_logit" not in out and "follow_logit" not in out and "l2r_score" in out
 
@@ -67,7 +89,10 @@ def test_heads_exist_only_for_enabled_tasks(make_spec: Callable[..., ModelSpec],
 def test_serving_split_agrees_with_the_full_model(make_spec: Callable[..., ModelSpec],
                                                   make_batch: Callable[..., Batch], architecture: str) -> None:
     torch.manual_seed(0)
-    model = build_model(make_spec(architecture=architecture, dropout=0.3)).eval()
+    spec = ModelSpec(**{**make_spec(architecture=architecture, dropout=0.3).__dict__,
+                        "logit_offsets": {"ctr": -1.5}})
+    model = build_model(spec).eval()
+    assert isinstance(model, DUPNModel)
     batch = make_batch(n=24, seed=2)
     batch["query_tokens"] = torch.zeros_like(batch["query_tokens"])  # no query at serving
     full = model(batch)
@@ -76,8 +101,14 @@ def test_serving_split_agrees_with_the_full_model(make_spec: Callable[..., Model
     torch.testing.assert_close(representation, full["representation"])
     torch.testing.assert_close(ppp_probs, torch.softmax(full["ppp_logits"], dim=-1))
     torch.testing.assert_close(ppp_probs.sum(dim=1), torch.ones(24))
-    item_keys = {k: v for k, v in batch.items() if k.startswith("item")}
-    torch.testing.assert_close(model.score_items(representation, item_keys), torch.sigmoid(full["ctr_logit"]))
+    # the item scorer reads one candidate per row: every real slot, with its user's representation
+    real = torch.arange(G).unsqueeze(0) < batch["n_items"].unsqueeze(1)
+    row = torch.arange(24).unsqueeze(1).expand(-1, G)[real]
+    candidates = {k: _slots(batch[k])[real] for k in ("item", "item_shop", "item_brand", "item_category",
+                                                      "item_tags", "item_log_price", "rank_features")}
+    scored = model.score_items(representation[row], candidates)
+    assert scored.shape == (int(real.sum()),)
+    torch.testing.assert_close(scored, torch.sigmoid(full["ctr_logit"][real] - 1.5))  # with the sampling offset
 
 
 def test_user_part_ignores_the_query_and_is_uniform_without_ppp(
@@ -118,9 +149,13 @@ def test_last_shared_layer_gets_gradient_from_every_loss(make_spec: Callable[...
 def test_spec_round_trips_through_json_and_rebuilds_the_same_model(make_spec: Callable[..., ModelSpec],
                                                                    make_batch: Callable[..., Batch]) -> None:
     spec = ModelSpec(**{**make_spec(architecture="ple").__dict__,
-                        "norm": {"rank_features": ([0.5] * 4, [2.0] * 4), "item_log_price": ([3.0], [0.5])}})
-    again = ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+                        "norm": {"rank_features": ([0.5] * 4, [2.0] * 4), "item_log_price": ([3.0], [0.5])},
+                        "logit_offsets": {"ctr": math.log(0.1 / 2.0), "follow": -0.5}})
+    stored = spec.to_dict()
+    assert stored["version"] == SPEC_VERSION == 2
+    again = ModelSpec.from_dict(json.loads(json.dumps(stored)))
     assert again == spec
+    assert again.offset("ctr") == pytest.approx(math.log(0.05)) and again.offset("ppp") == 0.0
     assert again.norm["user_dense"] == ([0.0] * 4, [1.0] * 4)  # default for a missing entry
     torch.manual_seed(0)
     model = build_model(spec).eval()
@@ -141,6 +176,14 @@ def test_spec_rejects_bad_input(make_spec: Callable[..., ModelSpec]) -> None:
         ModelSpec(**{**base, "norm": {"price": ([0.0], [1.0])}})
     with pytest.raises(ConfigError, match="version"):
         ModelSpec.from_dict({**make_spec().to_dict(), "version": 99})
+    old = {k: v for k, v in make_spec().to_dict().items() if k != "logit_offsets"}
+    with pytest.raises(ConfigError, match="version 1 is not supported"):   # a spec of the old layout
+        ModelSpec.from_dict({**old, "version": 1})
+    with pytest.raises(ConfigError, match=r"missing keys \['logit_offsets'\]"):
+        ModelSpec.from_dict(old)
+    for bad in ({"ppp": 1.0}, {"ctr": math.inf}):
+        with pytest.raises(ConfigError, match="logit_offsets"):
+            ModelSpec(**{**base, "logit_offsets": bad})
 
 
 def test_spec_from_config_uses_the_configured_sizes() -> None:
@@ -168,3 +211,176 @@ def test_a_model_trained_with_another_encoding_is_refused() -> None:
         f"model version 3 was trained with another sequence encoding than the config (model vs config: shop "
         f"{spec.vocab['shop']} vs 1024, max_len {spec.max_len} vs 50): use the sequences settings it was trained "
         f"with, or train a new version")
+
+
+# ---------------------------------------------------------------------- the group layout
+def _one_row_per_slot(batch: Batch) -> tuple[Batch, list[tuple[int, int]]]:
+    """The impression slots of ``batch`` as one row each (the same user, the item in slot 0, the rest
+    padding), and the (row, slot) of the grouped batch each new row comes from."""
+    origin = [(r, s) for r in range(len(batch["n_items"])) for s in range(int(batch["n_items"][r]))]
+    rows = torch.tensor([r for r, _ in origin])
+    slots = torch.tensor([s for _, s in origin])
+    out: Batch = {}
+    for key, value in batch.items():
+        if key not in SLOT_WIDTHS:
+            out[key] = value[rows]
+            continue
+        picked = _slots(value)[rows, slots]                          # (N,) or (N, width)
+        single = torch.zeros_like(_slots(value)[rows])               # (N, G) or (N, G, width)
+        single[:, 0] = picked
+        out[key] = single.reshape(len(origin), -1)
+    out["n_items"] = torch.ones(len(origin), dtype=torch.long)
+    return out, origin
+
+
+@pytest.mark.parametrize("family,architecture", [(f, "shared_bottom") for f in FAMILIES] + [("dupn", "ple")])
+def test_grouped_and_one_row_per_example_layouts_give_identical_outputs(family: str, architecture: str) -> None:
+    """A row of G items is scored as G rows of one item each built from the same user: the impression
+    heads score every slot on its own, so the grouped layout changes no prediction."""
+    torch.manual_seed(0)
+    model = build_model(_small(family, architecture=architecture)).eval()
+    batch = random_batch(n=12, seed=4, kinds=[KIND_IDS["impressions"]] * 12)
+    assert int(batch["n_items"].sum()) > 12                    # some rows hold several items
+    split, origin = _one_row_per_slot(batch)
+    with torch.no_grad():
+        grouped, single = model(batch), model(split)
+    keys = [k for k in SLOT_OUTPUTS if k in grouped]
+    assert keys == ["ctr_logit", "cvr_logit", "l2r_score"]
+    for key in keys:
+        assert grouped[key].shape == (12, G)
+        expected = torch.stack([grouped[key][r, s] for r, s in origin])
+        torch.testing.assert_close(single[key][:, 0], expected, atol=1e-5, rtol=1e-5)
+    rows = torch.tensor([r for r, _ in origin])
+    torch.testing.assert_close(single["representation"], grouped["representation"][rows], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(single["ppp_logits"], grouped["ppp_logits"][rows], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rows_of_other_kinds_get_zeros(family: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(_small(family)).eval()
+    batch = random_batch(n=15, seed=5)
+    with torch.no_grad():
+        out = model(batch)
+    imp = batch["n_items"] > 0
+    follow = batch["kind_id"] == KIND_IDS["follow"]
+    assert imp.any() and (~imp).any() and follow.any()
+    for key in SLOT_OUTPUTS:
+        assert out[key].shape == (15, G)
+        assert torch.all(out[key][~imp] == 0), key
+        assert torch.all(out[key][imp] != 0), key                  # computed (padding slots too) where items are
+    assert torch.all(out["follow_logit"][~follow] == 0) and torch.all(out["follow_logit"][follow] != 0)
+    assert out["ppp_logits"].shape == (15, 7) and torch.all(out["ppp_logits"].abs().sum(1) > 0)  # every user
+
+
+def test_other_rows_and_padding_slots_do_not_change_a_rows_predictions() -> None:
+    """Each impression row's slots are scored from its own user and items only."""
+    torch.manual_seed(0)
+    model = build_model(tiny_spec(architecture="mmoe")).eval()
+    batch = random_batch(n=12, seed=6)
+    with torch.no_grad():
+        base = model(batch)
+    changed = dict(batch)
+    real = torch.arange(G).unsqueeze(0) < batch["n_items"].unsqueeze(1)
+    for key in ("item", "item_shop", "item_brand", "item_category"):
+        changed[key] = torch.where(real, batch[key], torch.full_like(batch[key], 5))
+    price = batch["item_log_price"]
+    changed["item_log_price"] = torch.where(real, price, torch.full_like(price, 3.0))
+    with torch.no_grad():
+        after = model(changed)
+    for key in SLOT_OUTPUTS:
+        torch.testing.assert_close(after[key][real], base[key][real])
+    # dropping every other row leaves the remaining rows' outputs as they were
+    keep = torch.arange(0, 12, 2)
+    with torch.no_grad():
+        half = model({k: v[keep] for k, v in batch.items()})
+    for key in (*SLOT_OUTPUTS, "follow_logit", "ppp_logits", "representation"):
+        torch.testing.assert_close(half[key], base[key][keep], atol=1e-6, rtol=1e-5)
+
+
+def test_the_follow_head_shares_the_item_category_table(make_batch: Callable[..., Batch]) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_spec())
+    assert isinstance(model, DUPNModel)
+    follow = model.heads["follow"]
+    assert follow.category is model.tower.items.category
+    assert follow.category.weight is model.tower.items.category.weight
+    assert follow.category.weight.data_ptr() == model.tower.items.category.weight.data_ptr()
+    names = [n for n, p in model.named_parameters() if p is model.tower.items.category.weight]
+    assert names == ["tower.items.category.weight"]               # one parameter, counted once
+    # the follow loss alone trains the table at the talents' categories
+    batch = make_batch(n=12, kinds=[KIND_IDS["follow"]] * 12)
+    task_losses(model(batch), batch, ["follow"])["follow"].backward()
+    grad = model.tower.items.category.weight.grad
+    assert grad is not None
+    touched = set(torch.nonzero(grad.abs().sum(1) > 0).squeeze(1).tolist())
+    assert set(batch["talent_category"].tolist()) <= touched and 0 not in touched
+    state = model.state_dict()
+    assert torch.equal(state["heads.follow.category.weight"], state["tower.items.category.weight"])
+
+
+def test_rows_of_kind_and_scatter_rows() -> None:
+    batch = {"kind_id": torch.tensor([0, 1, 2, 0, 1]), "n_items": torch.tensor([2, 0, 0, 0, 0])}
+    # impression rows are those that hold items (an impression row with no item left has nothing to score)
+    assert rows_of_kind(batch, "impressions").tolist() == [0]
+    assert rows_of_kind(batch, "follow").tolist() == [1, 4] and rows_of_kind(batch, "ppp").tolist() == [2]
+    values = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    out = scatter_rows(values, torch.tensor([3, 1]), 5)
+    assert out.tolist() == [[0, 0], [3, 4], [0, 0], [1, 2], [0, 0]]
+    (out * torch.arange(10.0).reshape(5, 2)).sum().backward()
+    assert values.grad is not None and values.grad.tolist() == [[6.0, 7.0], [2.0, 3.0]]
+    assert scatter_rows(values[:0], torch.zeros(0, dtype=torch.long), 3).shape == (3, 2)
+
+
+# ---------------------------------------------------------------------- expert utilisation
+@pytest.mark.parametrize("architecture,gates", [
+    ("mmoe", {"gate_ctr", "gate_cvr", "gate_l2r", "gate_follow", "gate_ppp"}),
+    ("cgc", {"gate_ctr", "gate_cvr", "gate_l2r", "gate_follow", "gate_ppp"}),
+    ("ple", {f"level{i}_gate_{h}" for i in (1, 2) for h in ("ctr", "cvr", "l2r", "follow", "ppp")}
+     | {"level1_gate_shared"}),
+    ("shared_bottom", set())])
+def test_gate_stats_record_the_mean_gate_weight_of_every_gate(architecture: str, gates: set[str]) -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_spec(architecture=architecture)).eval()
+    stats = GateStats()
+    attach_gate_stats(model, stats)
+    b1, b2 = random_batch(n=10, seed=1), random_batch(n=6, seed=2)
+    with torch.no_grad():
+        model(b1)
+        model(b2)
+    result = stats.result()
+    assert set(result) == gates
+    for name, weights in result.items():
+        assert stats.counts[name] == 16
+        assert math.isclose(sum(weights), 1.0, rel_tol=1e-6) and all(0 < w < 1 for w in weights), name
+    attach_gate_stats(model, None)
+    with torch.no_grad():
+        model(b1)                                                # detached: nothing more recorded
+    assert all(stats.counts[k] == 16 for k in gates)
+    assert all(m.gate_stats is None for m in model.modules() if hasattr(m, "gate_stats"))
+
+
+def test_gate_stats_flag_a_collapsed_gate() -> None:
+    stats = GateStats()
+    stats.add("gate_ctr", torch.tensor([[0.95, 0.05, 0.0], [0.93, 0.03, 0.04]]))
+    stats.add("gate_ppp", torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]))
+    assert stats.result()["gate_ppp"] == pytest.approx([0.35, 0.3, 0.35])
+    assert stats.collapsed() == ["gate_ctr"]
+
+
+def test_mmoe_gate_stats_average_the_softmax_of_the_gates() -> None:
+    torch.manual_seed(0)
+    model = build_model(tiny_spec(architecture="mmoe")).eval()
+    stats = GateStats()
+    attach_gate_stats(model, stats)
+    batch = random_batch(n=8, seed=3)
+    with torch.no_grad():
+        rep = model(batch)["representation"]
+        expected = torch.softmax(model.mixer.gates["follow"](rep), dim=-1).double().mean(0)
+    assert stats.result()["gate_follow"] == pytest.approx(expected.tolist(), rel=1e-5)
+
+
+def test_every_model_is_a_task_model() -> None:
+    for family in FAMILIES:
+        model = build_model(_small(family))
+        assert isinstance(model, TaskModel) and model.spec.model.family == family

@@ -1,4 +1,5 @@
-"""The parts of the user tower: frozen normalisation, the property-gated LSTM, attention pooling."""
+"""The parts of the user tower: frozen normalisation, item embeddings, the property-gated LSTM,
+attention pooling."""
 from __future__ import annotations
 
 from typing import Callable
@@ -6,8 +7,9 @@ from typing import Callable
 import pytest
 import torch
 
+from core.config import ModelConfig
 from training.model import DUPNModel, build_model
-from training.modules import AttentionPooling, FrozenNorm, PropertyGatedLSTM
+from training.modules import AttentionPooling, FrozenNorm, ItemEmbedding, PropertyGatedLSTM
 from training.spec import ModelSpec
 
 PROPERTY_KEYS = ("seq_behavior", "seq_scene", "seq_time_bucket")
@@ -23,6 +25,35 @@ def test_frozen_norm_uses_the_statistics_and_has_nothing_to_train() -> None:
     torch.testing.assert_close(scalar(torch.tensor([[2.0, 3.0]])), torch.tensor([[0.0, 1.0]]))
     with pytest.raises(ValueError, match="last dimension of 2"):
         norm(torch.zeros(3, 5))
+
+
+def test_item_embedding_embeds_slot_arrays_slot_by_slot() -> None:
+    """Target items come as (N, G) slot arrays (tags (N, G, K)); each slot's vector is the item's own,
+    and a padding slot (index 0 everywhere) embeds to zeros apart from its normalised price. The last
+    column is the price relative to the category's mean price, normalised."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(item_dim=5, shop_dim=3, brand_dim=3, category_dim=2, tag_dim=4)
+    vocab = {"item": 20, "shop": 10, "brand": 10, "category": 6, "tag": 15}
+    prices = torch.tensor([0.0, 1.5, 0.0, 3.0, 0.0, 0.0])
+    emb = ItemEmbedding(vocab, cfg, {"item_log_price": FrozenNorm([1.0], [4.0], eps=0.0)}, prices,
+                        FrozenNorm([0.0], [0.25], eps=0.0))
+    assert emb.out_dim == 5 + 3 + 3 + 2 + 4 + 2
+    item, shop = torch.tensor([[3, 7, 0]]), torch.tensor([[2, 4, 0]])
+    brand, category = torch.tensor([[5, 5, 0]]), torch.tensor([[1, 3, 0]])
+    tags, price = torch.tensor([[[4, 9, 0], [0, 0, 0], [0, 0, 0]]]), torch.tensor([[2.0, 0.0, 1.0]])
+    grouped = emb(item, shop, brand, category, tags, price, "item_log_price").detach()
+    assert grouped.shape == (1, 3, emb.out_dim)
+    for s in range(3):
+        alone = emb(item[:, s], shop[:, s], brand[:, s], category[:, s], tags[:, s], price[:, s], "item_log_price")
+        torch.testing.assert_close(grouped[:, s], alone)
+    torch.testing.assert_close(grouped[0, 0, 13:17], emb.tags.weight[[4, 9]].mean(0).detach())  # mean of the real tags
+    assert torch.all(grouped[0, 1, 13:17] == 0)                                           # no tag
+    assert torch.all(grouped[0, 2, :-2] == 0) and float(grouped[0, 2, -2]) == 0.0         # padding; (1 - 1) / 2
+    assert grouped[0, :, -2].tolist() == [0.5, -0.5, 0.0]
+    # relative price: (2.0 - 1.5) / 0.5 for category 1; an unknown price (0) is 0; category 0's mean is 0
+    assert grouped[0, :, -1].tolist() == [1.0, 0.0, 2.0]
+    with pytest.raises(KeyError, match="no price statistics 'seq_log_price'"):
+        emb(item, shop, brand, category, tags, price, "seq_log_price")
 
 
 def _lstm_from_equations(lstm: PropertyGatedLSTM, x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -84,15 +115,20 @@ def test_lstm_gradients_reach_both_inputs() -> None:
     assert x.grad.abs().sum() > 0 and p.grad.abs().sum() > 0
 
 
-def test_attention_pooling_masks_padding_and_handles_empty_sequences() -> None:
+@pytest.mark.parametrize("heads", [1, 3])
+def test_attention_pooling_masks_padding_and_handles_empty_sequences(heads: int) -> None:
     torch.manual_seed(3)
-    att = AttentionPooling(state_dim=6, property_dim=2, query_dim=3, user_dim=4, hidden=5)
+    att = AttentionPooling(state_dim=6, property_dim=2, query_dim=3, user_dim=4, hidden=5, heads=heads)
     states = torch.randn(3, 5, 6, requires_grad=True)
     seq_len = torch.tensor([5, 2, 0])
     pooled, weights = att(states, seq_len, torch.randn(3, 3), torch.randn(3, 4), torch.randn(3, 5, 2))
-    torch.testing.assert_close(weights.sum(dim=1), torch.tensor([1.0, 1.0, 0.0]))
-    assert torch.all(weights[1, 2:] == 0) and torch.all(weights[2] == 0)
+    assert pooled.shape == (3, heads, 6) and weights.shape == (3, heads, 5)
+    torch.testing.assert_close(weights.sum(dim=2), torch.tensor([1.0, 1.0, 0.0]).unsqueeze(1).expand(3, heads))
+    assert torch.all(weights[1, :, 2:] == 0) and torch.all(weights[2] == 0)
     assert torch.all(pooled[2] == 0)
+    # each head is its own distribution over the behaviours
+    if heads > 1:
+        assert not torch.allclose(weights[0, 0], weights[0, 1])
     pooled.sum().backward()
     assert states.grad is not None and torch.isfinite(states.grad).all()
     assert torch.all(states.grad[1, 2:] == 0)

@@ -39,11 +39,16 @@ def test_a_pass_that_stays_empty_ends_after_the_attempts(monkeypatch) -> None:
     assert list(PetastormSource(files=()).batches()) == [] and len(calls) == 3   # no file: no pass at all
 
 
-def test_training_fails_when_an_epoch_reads_no_batch(make_spec) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_training_fails_when_an_epoch_reads_no_batch(make_spec, make_batch, in_memory: bool) -> None:  # noqa: ANN001
     from core.config import TrainingConfig
     from core.errors import PlatformError
+    from training.data import TensorBatches
     from training.trainer import TrainPlan, train_process
 
-    plan = TrainPlan(spec=make_spec().to_dict(), training=TrainingConfig(), train_files=(), eval_files=(), epochs=1)
+    plan = TrainPlan(spec=make_spec().to_dict(), training=TrainingConfig(torch_threads=1), train_files=(),
+                     valid_files=(), epochs=1, progress=False)
+    empty = {k: v[:0] for k, v in make_batch(n=4).items()}
+    data = {"train": TensorBatches(empty, batch_size=8)} if in_memory else None
     with pytest.raises(PlatformError, match="epoch 0: rank 0 of 1 read no training batch from 0 files"):
-        train_process(plan)
+        train_process(plan, data=data)

@@ -1,5 +1,7 @@
-"""Task weighting strategies on toy problems with a known answer."""
+"""Task weighting strategies on toy problems with a known answer (LibMTL-style property tests)."""
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -65,6 +67,83 @@ def test_uncertainty_weighting_leaves_absent_tasks_alone() -> None:
     weighting.combine(losses, {"ctr": 5, "ppp": 0}).backward()
     grad = weighting.log_vars.grad
     assert grad is not None and float(grad[1]) == 0.0 and float(grad[0]) != 0.0
+
+
+@pytest.mark.parametrize("max_log_var", [1.0, 2.0])
+def test_uncertainty_weights_stay_bounded_when_a_loss_goes_to_zero(max_log_var: float) -> None:
+    """Task ctr's target is learnable exactly (its loss goes to ~0 and stays there for hundreds of steps):
+    unbounded, its weight 1 / L would grow without limit; clamped, exp(-s) never exceeds e^max_log_var."""
+    torch.manual_seed(0)
+    x, y = _toy_data(2)
+    y_noisy = y + 1.0 * torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    model, weighting = ToyTwoTask(), UncertaintyWeighting(["ctr", "l2r"], max_log_var=max_log_var)
+    opt = torch.optim.Adam(list(model.parameters()) + weighting.main_parameters(), lr=0.03)
+    bound = math.exp(max_log_var)
+    largest, tiny_steps = 0.0, 0
+    for _ in range(400):
+        opt.zero_grad()
+        a, b = model(x)
+        losses = {"ctr": (a ** 2).mean(), "l2r": ((b - y_noisy) ** 2).mean()}
+        total = weighting.combine(losses)
+        assert torch.isfinite(total)
+        total.backward()
+        opt.step()
+        w = weighting.weights()
+        largest = max(largest, w["ctr"], w["l2r"])
+        tiny_steps += float(losses["ctr"].detach()) < 1e-3
+    assert tiny_steps > 100                                   # the loss really sat near 0 for many steps
+    assert 1 / float(losses["ctr"].detach()) > 10 * bound     # ... where the unbounded optimum is far above
+    assert largest <= bound * (1 + 1e-6)
+    assert w["ctr"] == pytest.approx(bound, rel=1e-6)          # the bound binds
+    assert 0.3 < w["l2r"] < 2.0                                # the noisy task keeps about 1 / L
+    # the total uses the clamped log-variance: e^bound * L_ctr - max_log_var for the pinned task
+    s = weighting.log_vars.detach().clamp(-max_log_var, max_log_var)
+    expected = sum(math.exp(-float(s[k])) * float(losses[t].detach()) + float(s[k])
+                   for k, t in enumerate(["ctr", "l2r"]))
+    assert float(weighting.combine(losses).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_uncertainty_weights_are_bounded_on_both_sides() -> None:
+    weighting = UncertaintyWeighting(["ctr", "l2r"], max_log_var=1.5)
+    opt = torch.optim.Adam(weighting.main_parameters(), lr=0.1)
+    for _ in range(200):
+        opt.zero_grad()
+        weighting.combine({"ctr": torch.tensor(1e-8), "l2r": torch.tensor(1e4)}).backward()
+        opt.step()
+    w = weighting.weights()
+    assert w["ctr"] == pytest.approx(math.exp(1.5), rel=1e-6) and w["l2r"] == pytest.approx(math.exp(-1.5), rel=1e-6)
+
+
+def test_uncertainty_bound_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="uncertainty_max_log_var must be > 0"):
+        UncertaintyWeighting(["ctr"], max_log_var=0.0)
+    assert build_weighting(WeightingConfig(kind="uncertainty", uncertainty_max_log_var=3.0), ["ctr"]).max_log_var == 3.0
+
+
+def _scheduled_losses(values: dict[str, float], shared: nn.Parameter) -> dict[str, torch.Tensor]:
+    """Losses with the given values whose gradient on the shared parameter has norm 1 for every task."""
+    return {t: v + (shared[k] - shared[k].detach()) for k, (t, v) in enumerate(values.items())}
+
+
+def test_gradnorm_moves_weight_toward_the_slower_training_task() -> None:
+    """Equal gradient norms, different training rates: L_ctr falls fastest, L_ppp slowest. GradNorm's
+    targets grow with the inverse training rate, so the weights order by slowness and sum to 3."""
+    shared = nn.Parameter(torch.zeros(3))
+    weighting = GradNorm(["ctr", "l2r", "ppp"], [shared], alpha=1.5, lr=0.05)
+    for step in range(100):
+        losses = _scheduled_losses({"ctr": 0.97 ** step, "l2r": 0.99 ** step, "ppp": 0.995 ** step}, shared)
+        weighting.combine(losses)
+        weighting.before_backward(losses)
+        assert sum(weighting.weights().values()) == pytest.approx(3.0, abs=1e-5)
+    w = weighting.weights()
+    assert w["ppp"] > w["l2r"] > 1.0 > w["ctr"], w
+    assert w["ppp"] > 1.5 and w["ctr"] < 0.2, w
+    # alpha = 0 ignores training rates: with equal gradient norms nothing moves
+    flat = GradNorm(["ctr", "l2r", "ppp"], [shared], alpha=0.0, lr=0.05)
+    for step in range(100):
+        losses = _scheduled_losses({"ctr": 0.97 ** step, "l2r": 0.99 ** step, "ppp": 0.995 ** step}, shared)
+        flat.before_backward(losses)
+    assert flat.weights() == pytest.approx({"ctr": 1.0, "l2r": 1.0, "ppp": 1.0}, abs=0.02)
 
 
 def _gradnorm_run(steps: int, absent_b_every: int = 0) -> tuple[GradNorm, list[float]]:

@@ -1,0 +1,449 @@
+"""The comparison table: baselines, DUPN ablations, single- vs multi-task, sharing designs and task
+weightings, trained and scored side by side under one evaluation protocol on the demo world.
+
+    .venv/bin/python -m benchmarks.bench_comparison --config conf/local.yaml            # every row, 3 seeds
+    .venv/bin/python -m benchmarks.bench_comparison --rows dupn_all gbdt --seeds 0 1 2  # a subset
+
+Protocol (``core/protocol.py``, ``training/evaluation.py``): the training set's training days train,
+its validation day selects (each model is scored on validation ``early_stopping.evals_per_epoch``
+times per epoch and keeps its best weights; training stops after ``early_stopping.patience``
+scorings without improvement, within ``training.epochs`` epochs), and its test day is scored
+once per run. PPP is scored on held-out users. Each row is run with every seed (the model
+initialisation and the read order change; the split does not) and reported as mean ± std.
+
+Writes ``comparison.md`` and ``comparison.json`` (``--out-dir``, default ``benchmarks/results``) and
+logs one MLflow parent run with a child run per row. Prerequisites (the demo world's training set,
+statistics and GBDT features) are built when missing. Finished runs are cached in
+``benchmarks/_work/comparison`` keyed by the row's resolved settings, the training-set version
+and the seed, so an interrupted benchmark resumes; ``--fresh`` ignores the cache.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from benchmarks.common import ROOT, WORK
+from core import tables as t
+from core.config import Config, load_config
+from core.delta import DeltaTables, get_tables
+from core.spark import get_spark
+from training import evaluation as ev
+from training.datasets import Statistics, TrainingData, serving_statistics, training_data
+from training.experiment import RunOutcome, train_and_test
+from training.spec import ModelSpec
+
+logger = logging.getLogger("bench_comparison")
+
+COLUMNS = ("ctr_auc", "cvr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10", "follow_auc", "ppp_accuracy",
+           "ppp_accuracy_seen", "ctr_logloss", "ctr_ece")
+HEAD = {"ctr_auc": "CTR AUC", "cvr_auc": "CVR AUC (clicked)", "ctcvr_auc": "CTCVR AUC", "l2r_auc": "L2R AUC",
+        "l2r_ndcg10": "L2R NDCG@10", "follow_auc": "follow AUC", "ppp_accuracy": "PPP acc. (unseen users)",
+        "ppp_accuracy_seen": "PPP acc. (seen users)", "ctr_logloss": "CTR log loss", "ctr_ece": "CTR ECE"}
+LOWER_IS_BETTER = ("ctr_logloss", "ctr_ece")
+# the task whose single-task model supplies each column of the STL row
+COLUMN_TASK = {"ctr_auc": "ctr", "cvr_auc": "ctr", "ctcvr_auc": "ctr", "ctr_logloss": "ctr", "ctr_ece": "ctr",
+               "l2r_auc": "l2r", "l2r_ndcg10": "l2r", "follow_auc": "follow", "ppp_accuracy": "ppp",
+               "ppp_accuracy_seen": "ppp"}
+REFERENCE = "dupn_all"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of the table: a model and how it differs from the platform's configuration."""
+
+    key: str
+    label: str
+    group: str
+    overrides: tuple[str, ...] = ()
+    kind: str = "neural"  # neural | gbdt | stl
+    note: str = ""
+
+
+ROWS: tuple[Row, ...] = (
+    Row("wide", "Wide (logistic regression, one-hot + crosses)", "baselines", ("training.model.family=wide",)),
+    Row("wide_deep", "Wide&Deep", "baselines", ("training.model.family=wide_deep",)),
+    Row("dssm", "DSSM (profile + bag of items; item tower)", "baselines", ("training.model.family=dssm",)),
+    Row("cnn_max", "CNN-max", "baselines", ("training.model.family=cnn_max",)),
+    Row("gbdt", "GBDT (LightGBM, hand-crafted point-in-time features)", "baselines", kind="gbdt"),
+    Row("dupn_nobp", "DUPN-nobp (no behaviour properties)", "DUPN ablations", ("training.model.property_in=none",)),
+    Row("dupn_bplstm", "DUPN-bplstm (properties in the LSTM)", "DUPN ablations", ("training.model.property_in=lstm",)),
+    Row("dupn_bpatt", "DUPN-bpatt (properties in the attention)", "DUPN ablations",
+        ("training.model.property_in=attention",)),
+    Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",)),
+    Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task", kind="stl"),
+    Row("mtl_shared_bottom", "shared-bottom", "sharing designs", ("training.model.architecture=shared_bottom",)),
+    Row("mtl_mmoe", "MMoE", "sharing designs", ("training.model.architecture=mmoe",)),
+    Row("mtl_cgc", "CGC", "sharing designs", ("training.model.architecture=cgc",)),
+    Row("mtl_ple", "PLE (2 levels)", "sharing designs", ("training.model.architecture=ple",)),
+    Row("mtl_cross_stitch", "cross-stitch", "sharing designs", ("training.model.architecture=cross_stitch",)),
+    Row("w_fixed", "fixed weights (1 each)", "task weightings", ("training.weighting.kind=fixed",)),
+    Row("w_uncertainty", "uncertainty (Kendall et al.)", "task weightings", ("training.weighting.kind=uncertainty",)),
+    Row("w_gradnorm", "GradNorm (Chen et al.)", "task weightings", ("training.weighting.kind=gradnorm",)),
+)
+
+
+# ---------------------------------------------------------------------- preparation
+def _run_job(config: str, module: str, *args: str) -> None:
+    cmd = [sys.executable, "-m", module, "--config", config, "--log-level", "WARNING", *args]
+    logger.info("preparing: %s", " ".join(cmd[1:]))
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"bench_comparison: preparation step {module} failed")
+
+
+def prepare(config: str, cfg: Config, tables: DeltaTables) -> None:
+    """Build the demo world's training set, statistics and GBDT features where missing."""
+    from features.gbdt import gbdt_spec
+
+    first = cfg.demo.start_date
+    last = first + dt.timedelta(days=cfg.demo.days - 1)
+    start = (first + dt.timedelta(days=4)).isoformat()
+    end = last.isoformat()
+    if not tables.exists(t.EVENTS):
+        _run_job(config, "jobs.generate_demo_world")
+    if not tables.exists(t.USER_SEQUENCES) or end not in tables.partitions(t.USER_SEQUENCES):
+        _run_job(config, "jobs.build_sequences", "--date", end)
+    if not tables.exists(t.TRAINING_EXAMPLES) or not (tables.last_metadata(t.TRAINING_EXAMPLES).get("splits")):
+        _run_job(config, "jobs.build_training_set", "--start", start, "--end", end)
+    if not tables.exists(t.FEATURE_STATS) or end not in tables.partitions(t.FEATURE_STATS):
+        _run_job(config, "jobs.feature_stats", "--date", end, "--training-start", start, "--training-end", end)
+    spec = gbdt_spec(cfg.inputs.rank_features_dim)
+    version = tables.version(t.TRAINING_EXAMPLES)
+    if not tables.exists(spec) or tables.last_metadata(spec).get("training_examples_version") != version:
+        days = tables.partitions(t.TRAINING_EXAMPLES, version)
+        _run_job(config, "jobs.build_gbdt_features", "--start", days[0], "--end", days[-1])
+
+
+# ---------------------------------------------------------------------- running
+def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int) -> str:
+    text = json.dumps({"row": row.key, "resolved": resolved, "version": version, "seed": seed}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Runner:
+    """Runs (or takes from the cache) every (row, seed) outcome."""
+
+    def __init__(self, config: str, cfg: Config, tables: DeltaTables, data: TrainingData, stats: Statistics,
+                 fresh: bool, overrides: Sequence[str]) -> None:
+        self.config, self.cfg, self.tables, self.data, self.stats = config, cfg, tables, data, stats
+        self.cache = WORK / "comparison"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.fresh = fresh
+        self.overrides = list(overrides)
+        self._gbdt_data: tuple[Any, Any, Any, Any] | None = None
+
+    def row_config(self, row: Row, extra: Sequence[str] = ()) -> Config:
+        return load_config(self.config, [*self.overrides, *row.overrides, *extra])
+
+    def _cached(self, key: str, make: Callable[[], RunOutcome]) -> RunOutcome:
+        path = self.cache / f"{key}.json"
+        if path.exists() and not self.fresh:
+            return RunOutcome.from_dict(json.loads(path.read_text()))
+        outcome = make()
+        path.write_text(json.dumps(outcome.as_dict(), default=float))
+        return outcome
+
+    def neural(self, row: Row, seed: int, tasks: Sequence[str] | None = None, name: str | None = None) -> RunOutcome:
+        extra = [f"training.tasks=[{','.join(tasks)}]"] if tasks else []
+        cfg = self.row_config(row, extra)
+        spec = ModelSpec.from_config(cfg, tasks=[x for x in cfg.training.tasks if x in self.data.tasks],
+                                     norm=self.stats.norm, logit_offsets=self.data.logit_offsets,
+                                     category_log_price=self.stats.category_log_price)
+        resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json")}
+        key = _cache_key(row, resolved, self.data.version, seed)
+        return self._cached(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))
+
+    def gbdt(self, row: Row, seed: int) -> RunOutcome:
+        from features.gbdt import gbdt_spec, task_features
+        from training.gbdt import GBDTParams, load_split, run_gbdt
+
+        params = GBDTParams()
+        rank_dim = self.cfg.inputs.rank_features_dim
+        features = {task: task_features(task, rank_dim) for task in ("ctr", "cvr", "l2r", "follow", "ppp")}
+        spec = gbdt_spec(rank_dim)
+        version = self.tables.version(spec)
+        resolved = {"params": params.__dict__, "features": features, "gbdt_version": version}
+        key = _cache_key(row, resolved, self.data.version, seed)
+
+        def make() -> RunOutcome:
+            if self._gbdt_data is None:
+                cols = sorted({c for v in features.values() for c in v})
+                files = {s: self.tables.files(spec, list(days), version)
+                         for s, days in (("train", self.data.train_days), ("valid", self.data.valid_days),
+                                         ("test", self.data.test_days))}
+                self._gbdt_data = (load_split(files["train"], cols), load_split(files["valid"], cols),
+                                   load_split(files["test"], cols), cols)
+            train, valid, test, _ = self._gbdt_data
+            res = run_gbdt(train, valid, test, features, self.data.tasks, params, seed)
+            return RunOutcome(name=row.key, seed=seed, test=ev.metrics(res.test), valid=ev.metrics(res.valid),
+                              selected_step=math.nan, selected_epoch=math.nan, evals=[],
+                              train_seconds=res.train_seconds, train_samples=res.train_examples,
+                              train_rows=res.train_examples, stopped_early=True, parameters=0,
+                              extra={"trees": res.rounds, "importance": res.importance})
+        return self._cached(key, make)
+
+    def stl(self, row: Row, seed: int) -> RunOutcome:
+        parts = {task: self.neural(row, seed, [task], name=f"{row.key}_{task}") for task in self.data.tasks}
+        test = {c: parts[task].test.get(c, math.nan) for c, task in COLUMN_TASK.items() if task in parts}
+        valid = {c: parts[task].valid.get(c, math.nan) for c, task in COLUMN_TASK.items() if task in parts}
+        return RunOutcome(name=row.key, seed=seed, test=test, valid=valid, selected_step=math.nan,
+                          selected_epoch=math.nan, evals=[],
+                          train_seconds=sum(p.train_seconds for p in parts.values()),
+                          train_samples=sum(p.train_samples for p in parts.values()),
+                          train_rows=sum(p.train_rows for p in parts.values()), stopped_early=True,
+                          parameters=sum(p.parameters for p in parts.values()),
+                          extra={"per_task": {k: {"selected_epoch": p.selected_epoch, "train_seconds": p.train_seconds}
+                                              for k, p in parts.items()}})
+
+    def run(self, row: Row, seed: int) -> RunOutcome:
+        if row.kind == "gbdt":
+            return self.gbdt(row, seed)
+        if row.kind == "stl":
+            return self.stl(row, seed)
+        return self.neural(row, seed)
+
+
+# ---------------------------------------------------------------------- reporting
+@dataclass
+class RowResult:
+    row: Row
+    outcomes: list[RunOutcome]
+    same_as: str = ""
+    summary: dict[str, ev.Summary] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.summary = {c: ev.summarize(o.test.get(c, math.nan) for o in self.outcomes) for c in COLUMNS}
+
+    def seconds(self) -> ev.Summary:
+        return ev.summarize(o.train_seconds for o in self.outcomes)
+
+    def rate(self) -> ev.Summary:
+        return ev.summarize(o.samples_per_second for o in self.outcomes)
+
+    def epochs(self) -> ev.Summary:
+        return ev.summarize(o.selected_epoch for o in self.outcomes)
+
+
+def _fmt(s: ev.Summary, digits: int = 4) -> str:
+    return s.describe(digits)
+
+
+def lift_share(value: float, oracle: float) -> float:
+    """(AUC - 0.5) / (oracle - 0.5): the share of the oracle's lift over chance."""
+    return (value - 0.5) / (oracle - 0.5) if oracle > 0.5 else math.nan
+
+
+def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[str, Any]) -> str:
+    ref = next((r for r in results if r.row.key == REFERENCE), None)
+    lines = [
+        "# Comparison: baselines, DUPN ablations, single- vs multi-task, sharing designs, task weightings", "",
+        f"Command: `{context['command']}`  ",
+        f"Machine: {context['machine']}; date {context['date']}; total wall time {context['wall_minutes']:.0f} min.  ",
+        f"Data: {context['data']}.  ",
+        f"Protocol: {context['protocol']}  ",
+        f"Budget: {context['budget']}", "",
+        "Each cell: test mean ± std over the seeds " + ", ".join(str(s) for s in context["seeds"]) + ". In a column, "
+        "**bold** is the best row, and `≈` marks a row within noise of it (|Δ mean| ≤ 2 standard errors of the seeds; "
+        "`training/evaluation.py:within_noise`). PPP accuracy is on users whose tier labels never reached training; "
+        "the seen users' accuracy is beside it.", ""]
+    cols = list(COLUMNS)
+    best: dict[str, RowResult] = {}
+    for c in cols:
+        cands = [r for r in results if not math.isnan(r.summary[c].mean)]
+        if cands:
+            pick = min if c in LOWER_IS_BETTER else max
+            best[c] = pick(cands, key=lambda r: r.summary[c].mean)
+    header = "| group | model | " + " | ".join(HEAD[c] for c in cols) + " | train s | examples/s | epochs chosen |"
+    lines += [header, "|" + "---|" * 2 + "---:|" * (len(cols) + 3)]
+    for r in results:
+        cells = []
+        for c in cols:
+            s = r.summary[c]
+            text = _fmt(s)
+            if c in best and s.n:
+                if best[c] is r:
+                    text = f"**{text}**"
+                elif ev.within_noise(s, best[c].summary[c]):
+                    text = f"≈ {text}"
+            cells.append(text)
+        label = r.row.label + (f" (= {r.same_as})" if r.same_as else "")
+        lines.append(f"| {r.row.group} | {label} | " + " | ".join(cells) +
+                     f" | {_fmt(r.seconds(), 0)} | {_fmt(r.rate(), 0)} | {_fmt(r.epochs(), 2)} |")
+    lines.append("| oracle | the world's own probabilities | " +
+                 " | ".join(f"{oracle[c]:.4f}" if c in oracle else "–" for c in cols) + " | | | |")
+    if ref is not None:
+        lines += ["", "## DUPN-all against the targets", "",
+                  "| metric | DUPN-all | oracle | share of the oracle's lift over chance | target |",
+                  "|---|---:|---:|---:|---|"]
+        for c in ("ctr_auc", "l2r_auc", "follow_auc", "ctcvr_auc", "cvr_auc"):
+            if c in oracle and ref.summary[c].n:
+                lines.append(f"| {HEAD[c]} | {_fmt(ref.summary[c])} | {oracle[c]:.4f} | "
+                             f"{lift_share(ref.summary[c].mean, oracle[c]):.0%} | "
+                             f"{'≥ 75%' if c in ('ctr_auc', 'l2r_auc', 'follow_auc') else '–'} |")
+        if ref.summary["ppp_accuracy"].n:
+            lines.append(f"| {HEAD['ppp_accuracy']} | {_fmt(ref.summary['ppp_accuracy'])} | "
+                         f"{oracle.get('ppp_accuracy', math.nan):.4f} | | ≥ 0.85 |")
+        lines += ["", "## DUPN-all against every other row", "",
+                  "`>` better beyond noise, `<` worse beyond noise, `≈` within noise.", "",
+                  "| model | " + " | ".join(HEAD[c] for c in cols[:7]) + " |", "|---|" + "---|" * 7]
+        for r in results:
+            if r is ref or r.same_as:
+                continue
+            marks = []
+            for c in cols[:7]:
+                a, b = ref.summary[c], r.summary[c]
+                marks.append(ev.compare(a, b) if a.n and b.n else "")
+            lines.append(f"| {r.row.label} | " + " | ".join(marks) + " |")
+    gates = [(r, o) for r in results for o in r.outcomes if o.gates]
+    if gates:
+        lines += ["", "## Expert utilisation of the mixture-of-experts designs (validation split)", "",
+                  "Mean gate weight per expert (own experts first, then the shared ones for CGC/PLE); a gate whose "
+                  "mean weight on one expert exceeds 0.9 has collapsed.", "",
+                  "| design | seed | gate | mean weight per expert | collapsed |", "|---|---:|---|---|---|"]
+        for r, o in gates:
+            for gate, w in sorted(o.gates.items()):
+                lines.append(f"| {r.row.label} | {o.seed} | {gate} | {' '.join(f'{x:.2f}' for x in w)} | "
+                             f"{'**yes**' if gate in o.collapsed_gates else 'no'} |")
+    gb = next((r for r in results if r.row.kind == "gbdt"), None)
+    if gb is not None and gb.outcomes:
+        imp = gb.outcomes[0].extra.get("importance", {})
+        trees = gb.outcomes[0].extra.get("trees", {})
+        lines += ["", "## GBDT: trees chosen on validation and strongest features (gain), seed "
+                  f"{gb.outcomes[0].seed}", ""]
+        for task, feats in imp.items():
+            lines.append(f"* {task} ({trees.get(task)} trees): " + ", ".join(f"{n}" for n, _ in feats[:6]))
+    return "\n".join(lines) + "\n"
+
+
+def machine() -> str:
+    try:
+        import psutil
+
+        mem = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except Exception:  # noqa: BLE001 - informational only
+        mem = ""
+    return f"{os.cpu_count()} cores{mem}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="conf/local.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every row (e.g. training.epochs=2)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS], help="a subset of the rows")
+    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--name", default="comparison", help="results file names (<name>.md, <name>.json)")
+    p.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "petastorm", "alembic", "matplotlib", "mlflow", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    started = time.time()
+    cfg = load_config(args.config, args.overrides)
+    spark = get_spark(cfg)
+    tables = get_tables(spark, cfg)
+    prepare(args.config, cfg, tables)
+    meta = tables.last_metadata(t.TRAINING_EXAMPLES)
+    splits = meta["splits"]
+    data = training_data(tables, splits["train"], cfg.training.tasks)
+    stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
+    from features.oracle import oracle_scores
+
+    oracle = oracle_scores(tables, data.test_days, cfg.training_set)
+    runner = Runner(args.config, cfg, tables, data, stats, args.fresh, args.overrides)
+    rows = [r for r in ROWS if not args.rows or r.key in args.rows]
+    # rows whose resolved model and training equal the reference's are the reference itself
+    ref_cfg = runner.row_config(next(r for r in ROWS if r.key == REFERENCE))
+    results: list[RowResult] = []
+    done: dict[str, RowResult] = {}
+    for row in rows:
+        if row.kind == "neural" and row.key != REFERENCE and \
+                runner.row_config(row).training == ref_cfg.training and (REFERENCE in done or not args.rows
+                                                                         or REFERENCE in args.rows):
+            ref = done.get(REFERENCE)
+            if ref is None:
+                ref = RowResult(next(r for r in ROWS if r.key == REFERENCE),
+                                [runner.run(next(r for r in ROWS if r.key == REFERENCE), s) for s in args.seeds])
+                done[REFERENCE] = ref
+            results.append(RowResult(row, ref.outcomes, same_as="DUPN-all"))
+            continue
+        outcomes = [runner.run(row, s) for s in args.seeds]
+        rr = RowResult(row, outcomes)
+        done[row.key] = rr
+        results.append(rr)
+        logger.info("%s: %s", row.key, {c: rr.summary[c].describe() for c in COLUMNS[:7]})
+    wall = (time.time() - started) / 60
+    command = "python -m benchmarks.bench_comparison " + " ".join(argv if argv is not None else sys.argv[1:])
+    tc = cfg.training
+    context = {
+        "command": command.strip(), "date": dt.date.today().isoformat(), "machine": machine(), "wall_minutes": wall,
+        "seeds": args.seeds,
+        "data": f"features/training_examples v{data.version} of the demo world (seed {cfg.demo.seed}, "
+                f"{cfg.demo.n_users:,} users): {data.describe()}",
+        "protocol": "train on the training days, select on the validation day, score the test day once; PPP on the "
+                    f"held-out test users ({cfg.training_set.ppp_test_user_share:.0%} of users by hash).",
+        "budget": f"every neural model trains until validation stops improving ({tc.early_stopping.evals_per_epoch} "
+                  f"scorings per epoch, patience {tc.early_stopping.patience}) within {tc.epochs} epochs; the GBDT "
+                  f"adds trees until validation stops improving (50 rounds patience, at most 1,500).",
+    }
+    payload = {
+        "context": context, "oracle": oracle,
+        "rows": [{"key": r.row.key, "label": r.row.label, "group": r.row.group, "same_as": r.same_as,
+                  "metrics": {c: r.summary[c].as_dict() for c in COLUMNS},
+                  "train_seconds": r.seconds().as_dict(), "samples_per_second": r.rate().as_dict(),
+                  "selected_epoch": r.epochs().as_dict(),
+                  "runs": [o.as_dict() for o in r.outcomes]} for r in results],
+    }
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"{args.name}.json").write_text(json.dumps(payload, indent=1, default=float))
+    text = markdown(results, oracle, context)
+    (args.out_dir / f"{args.name}.md").write_text(
+        f"<!-- generated by: {context['command']} ({context['date']}, {machine()}); do not edit -->\n" + text)
+    if not args.no_mlflow:
+        log_to_mlflow(cfg, results, oracle, context, text)
+    print(text)
+
+
+def log_to_mlflow(cfg: Config, results: list[RowResult], oracle: dict[str, float], context: dict[str, Any],
+                  text: str) -> None:
+    """One parent run with the table, and a child run per row (per-seed test metrics at step = seed)."""
+    import mlflow
+
+    from registry.tracking import configure_mlflow
+
+    experiment = configure_mlflow(cfg.mlflow)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"comparison-{context['date']}",
+                          tags={"benchmark": "comparison"}):
+        mlflow.log_params({"seeds": ",".join(str(s) for s in context["seeds"]), "command": context["command"][:500]})
+        mlflow.log_metrics({f"oracle_{k}": v for k, v in oracle.items() if isinstance(v, float) and v == v})
+        mlflow.log_text(text, "comparison.md")
+        for r in results:
+            with mlflow.start_run(experiment_id=experiment, run_name=r.row.key, nested=True,
+                                  tags={"group": r.row.group, "same_as": r.same_as}):
+                mlflow.log_params({"label": r.row.label, "overrides": ",".join(r.row.overrides) or "-"})
+                for o in r.outcomes:
+                    mlflow.log_metrics({f"test_{k}": v for k, v in o.test.items() if v == v}, step=o.seed)
+                mlflow.log_metrics({f"mean_test_{c}": s.mean for c, s in r.summary.items() if s.n})
+                mlflow.log_metrics({f"std_test_{c}": s.std for c, s in r.summary.items() if s.n})
+                mlflow.log_metrics({"mean_train_seconds": r.seconds().mean, "mean_samples_per_second": r.rate().mean})
+                gates = {f"{o.seed}/{g}": w for o in r.outcomes for g, w in o.gates.items()}
+                if gates:
+                    mlflow.log_dict(gates, "expert_utilisation.json")
+
+
+if __name__ == "__main__":
+    main()
