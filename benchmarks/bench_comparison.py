@@ -82,6 +82,10 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_bpatt", "DUPN-bpatt (properties in the attention)", "DUPN ablations",
         ("training.model.property_in=attention",)),
     Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",)),
+    Row("dupn_paper", "DUPN-all with the paper's heads (one attention, no match features, linear tier and "
+        "ranking heads)", "DUPN ablations",
+        ("training.model.attention_heads=1", "training.model.match_features=false", "training.model.ppp_hidden=0",
+         "training.model.l2r_item_score=false")),
     Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task", kind="stl"),
     Row("mtl_shared_bottom", "shared-bottom", "sharing designs", ("training.model.architecture=shared_bottom",)),
     Row("mtl_mmoe", "MMoE", "sharing designs", ("training.model.architecture=mmoe",)),
@@ -95,14 +99,15 @@ ROWS: tuple[Row, ...] = (
 
 
 # ---------------------------------------------------------------------- preparation
-def _run_job(config: str, module: str, *args: str) -> None:
-    cmd = [sys.executable, "-m", module, "--config", config, "--log-level", "WARNING", *args]
+def _run_job(config: str, overrides: Sequence[str], module: str, *args: str) -> None:
+    sets = [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, "-m", module, "--config", config, *sets, "--log-level", "WARNING", *args]
     logger.info("preparing: %s", " ".join(cmd[1:]))
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         raise SystemExit(f"bench_comparison: preparation step {module} failed")
 
 
-def prepare(config: str, cfg: Config, tables: DeltaTables) -> None:
+def prepare(config: str, overrides: Sequence[str], cfg: Config, tables: DeltaTables) -> None:
     """Build the demo world's training set, statistics and GBDT features where missing."""
     from features.gbdt import gbdt_spec
 
@@ -111,18 +116,19 @@ def prepare(config: str, cfg: Config, tables: DeltaTables) -> None:
     start = (first + dt.timedelta(days=4)).isoformat()
     end = last.isoformat()
     if not tables.exists(t.EVENTS):
-        _run_job(config, "jobs.generate_demo_world")
+        _run_job(config, overrides, "jobs.generate_demo_world")
     if not tables.exists(t.USER_SEQUENCES) or end not in tables.partitions(t.USER_SEQUENCES):
-        _run_job(config, "jobs.build_sequences", "--date", end)
+        _run_job(config, overrides, "jobs.build_sequences", "--date", end)
     if not tables.exists(t.TRAINING_EXAMPLES) or not (tables.last_metadata(t.TRAINING_EXAMPLES).get("splits")):
-        _run_job(config, "jobs.build_training_set", "--start", start, "--end", end)
+        _run_job(config, overrides, "jobs.build_training_set", "--start", start, "--end", end)
     if not tables.exists(t.FEATURE_STATS) or end not in tables.partitions(t.FEATURE_STATS):
-        _run_job(config, "jobs.feature_stats", "--date", end, "--training-start", start, "--training-end", end)
+        _run_job(config, overrides, "jobs.feature_stats", "--date", end, "--training-start", start,
+                 "--training-end", end)
     spec = gbdt_spec(cfg.inputs.rank_features_dim)
     version = tables.version(t.TRAINING_EXAMPLES)
     if not tables.exists(spec) or tables.last_metadata(spec).get("training_examples_version") != version:
         days = tables.partitions(t.TRAINING_EXAMPLES, version)
-        _run_job(config, "jobs.build_gbdt_features", "--start", days[0], "--end", days[-1])
+        _run_job(config, overrides, "jobs.build_gbdt_features", "--start", days[0], "--end", days[-1])
 
 
 # ---------------------------------------------------------------------- running
@@ -132,15 +138,20 @@ def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int) -> s
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+class NotRun(Exception):
+    """A (row, seed) outcome that is not in the cache, under ``--cached-only``."""
+
+
 class Runner:
     """Runs (or takes from the cache) every (row, seed) outcome."""
 
     def __init__(self, config: str, cfg: Config, tables: DeltaTables, data: TrainingData, stats: Statistics,
-                 fresh: bool, overrides: Sequence[str]) -> None:
+                 fresh: bool, overrides: Sequence[str], cached_only: bool = False) -> None:
         self.config, self.cfg, self.tables, self.data, self.stats = config, cfg, tables, data, stats
         self.cache = WORK / "comparison"
         self.cache.mkdir(parents=True, exist_ok=True)
         self.fresh = fresh
+        self.cached_only = cached_only
         self.overrides = list(overrides)
         self._gbdt_data: tuple[Any, Any, Any, Any] | None = None
 
@@ -151,6 +162,8 @@ class Runner:
         path = self.cache / f"{key}.json"
         if path.exists() and not self.fresh:
             return RunOutcome.from_dict(json.loads(path.read_text()))
+        if self.cached_only:
+            raise NotRun(key)
         outcome = make()
         path.write_text(json.dumps(outcome.as_dict(), default=float))
         return outcome
@@ -235,6 +248,16 @@ class RowResult:
     def epochs(self) -> ev.Summary:
         return ev.summarize(o.selected_epoch for o in self.outcomes)
 
+    def at_cap(self) -> int:
+        """Runs whose best validation scoring was their last one: still improving when the epoch cap
+        stopped them (not converged within the budget)."""
+        return sum(1 for o in self.outcomes
+                   if o.evals and o.selected_step == max(e.get("step", -1.0) for e in o.evals))
+
+    def missing(self, seeds: Sequence[int]) -> list[int]:
+        have = {o.seed for o in self.outcomes}
+        return [s for s in seeds if s not in have]
+
 
 def _fmt(s: ev.Summary, digits: int = 4) -> str:
     return s.describe(digits)
@@ -265,8 +288,9 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         if cands:
             pick = min if c in LOWER_IS_BETTER else max
             best[c] = pick(cands, key=lambda r: r.summary[c].mean)
-    header = "| group | model | " + " | ".join(HEAD[c] for c in cols) + " | train s | examples/s | epochs chosen |"
-    lines += [header, "|" + "---|" * 2 + "---:|" * (len(cols) + 3)]
+    header = ("| group | model | " + " | ".join(HEAD[c] for c in cols) +
+              " | train s | examples/s | epochs chosen | best at cap |")
+    lines += [header, "|" + "---|" * 2 + "---:|" * (len(cols) + 4)]
     for r in results:
         cells = []
         for c in cols:
@@ -279,10 +303,17 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
                     text = f"≈ {text}"
             cells.append(text)
         label = r.row.label + (f" (= {r.same_as})" if r.same_as else "")
+        missing = r.missing(context["seeds"])
+        if missing:
+            label += (" — **not run**" if not r.outcomes else
+                      f" — **{len(r.outcomes)} of {len(context['seeds'])} seeds**")
+        cap = f"{r.at_cap()}/{len(r.outcomes)}" if r.outcomes and r.row.kind == "neural" else "–"
         lines.append(f"| {r.row.group} | {label} | " + " | ".join(cells) +
-                     f" | {_fmt(r.seconds(), 0)} | {_fmt(r.rate(), 0)} | {_fmt(r.epochs(), 2)} |")
+                     f" | {_fmt(r.seconds(), 0)} | {_fmt(r.rate(), 0)} | {_fmt(r.epochs(), 2)} | {cap} |")
     lines.append("| oracle | the world's own probabilities | " +
-                 " | ".join(f"{oracle[c]:.4f}" if c in oracle else "–" for c in cols) + " | | | |")
+                 " | ".join(f"{oracle[c]:.4f}" if c in oracle else "–" for c in cols) + " | | | | |")
+    lines += ["", "*best at cap*: runs whose best validation scoring was their last one, i.e. still improving "
+              "when the epoch cap stopped them."]
     if ref is not None:
         lines += ["", "## DUPN-all against the targets", "",
                   "| metric | DUPN-all | oracle | share of the oracle's lift over chance | target |",
@@ -343,11 +374,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override for every row (e.g. training.epochs=2)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS], help="a subset of the rows")
+    p.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS],
+                   help="a subset of the rows, run in this order")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="comparison", help="results file names (<name>.md, <name>.json)")
     p.add_argument("--fresh", action="store_true", help="ignore cached runs")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--cached-only", action="store_true",
+                   help="train nothing: write the table from the cached runs, marking rows and seeds not run")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "petastorm", "alembic", "matplotlib", "mlflow", "urllib3"):
@@ -356,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = load_config(args.config, args.overrides)
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
-    prepare(args.config, cfg, tables)
+    prepare(args.config, args.overrides, cfg, tables)
     meta = tables.last_metadata(t.TRAINING_EXAMPLES)
     splits = meta["splits"]
     data = training_data(tables, splits["train"], cfg.training.tasks)
@@ -364,8 +398,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     from features.oracle import oracle_scores
 
     oracle = oracle_scores(tables, data.test_days, cfg.training_set)
-    runner = Runner(args.config, cfg, tables, data, stats, args.fresh, args.overrides)
-    rows = [r for r in ROWS if not args.rows or r.key in args.rows]
+    runner = Runner(args.config, cfg, tables, data, stats, args.fresh, args.overrides, args.cached_only)
+
+    def run_seeds(row: Row) -> list[RunOutcome]:
+        outcomes = []
+        for s in args.seeds:
+            try:
+                outcomes.append(runner.run(row, s))
+            except NotRun:
+                logger.warning("%s seed %d: not in the cache (--cached-only)", row.key, s)
+        return outcomes
+
+    # rows run in the order given (so the most important finish first); the table keeps ROWS' order
+    rows = [next(r for r in ROWS if r.key == k) for k in dict.fromkeys(args.rows)] if args.rows else list(ROWS)
     # rows whose resolved model and training equal the reference's are the reference itself
     ref_cfg = runner.row_config(next(r for r in ROWS if r.key == REFERENCE))
     results: list[RowResult] = []
@@ -377,15 +422,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             ref = done.get(REFERENCE)
             if ref is None:
                 ref = RowResult(next(r for r in ROWS if r.key == REFERENCE),
-                                [runner.run(next(r for r in ROWS if r.key == REFERENCE), s) for s in args.seeds])
+                                run_seeds(next(r for r in ROWS if r.key == REFERENCE)))
                 done[REFERENCE] = ref
             results.append(RowResult(row, ref.outcomes, same_as="DUPN-all"))
             continue
-        outcomes = [runner.run(row, s) for s in args.seeds]
-        rr = RowResult(row, outcomes)
+        rr = RowResult(row, run_seeds(row))
         done[row.key] = rr
         results.append(rr)
         logger.info("%s: %s", row.key, {c: rr.summary[c].describe() for c in COLUMNS[:7]})
+    results.sort(key=lambda r: ROWS.index(r.row))
     wall = (time.time() - started) / 60
     command = "python -m benchmarks.bench_comparison " + " ".join(argv if argv is not None else sys.argv[1:])
     tc = cfg.training
@@ -406,6 +451,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   "metrics": {c: r.summary[c].as_dict() for c in COLUMNS},
                   "train_seconds": r.seconds().as_dict(), "samples_per_second": r.rate().as_dict(),
                   "selected_epoch": r.epochs().as_dict(),
+                  "missing_seeds": r.missing(args.seeds), "best_at_cap": r.at_cap(),
                   "runs": [o.as_dict() for o in r.outcomes]} for r in results],
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -432,6 +478,8 @@ def log_to_mlflow(cfg: Config, results: list[RowResult], oracle: dict[str, float
         mlflow.log_metrics({f"oracle_{k}": v for k, v in oracle.items() if isinstance(v, float) and v == v})
         mlflow.log_text(text, "comparison.md")
         for r in results:
+            if not r.outcomes:
+                continue
             with mlflow.start_run(experiment_id=experiment, run_name=r.row.key, nested=True,
                                   tags={"group": r.row.group, "same_as": r.same_as}):
                 mlflow.log_params({"label": r.row.label, "overrides": ",".join(r.row.overrides) or "-"})

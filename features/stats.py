@@ -54,9 +54,8 @@ def _moments(df: "DataFrame", exprs: dict[str, "Column"], weight: "Column | None
     out = []
     for name in exprs:
         n = int(values.get(f"{name}#n") or 0)
-        mean = float(values[f"{name}#m"]) if n else 0.0
-        var = float(values[f"{name}#v"]) if n else 1.0
-        out.append(FeatureStat(name, n, mean, var))
+        out.append(FeatureStat(name, n, float(values[f"{name}#m"]) if n else 0.0,
+                               float(values[f"{name}#v"]) if n else 1.0))
     return out
 
 

@@ -38,7 +38,10 @@ def learning_curves(steps: Sequence[dict[str, float]], evals: Sequence[dict[str,
         ax2.axvline(selected_step, color="grey", linestyle="--", linewidth=1, label="selected")
     ax2.set_xlabel("step")
     ax2.set_ylabel("validation metric")
-    ax2.legend(fontsize=8)
+    if evals or selected_step is not None:
+        ax2.legend(fontsize=8)
+    else:  # incremental runs train one day without a validation split
+        ax2.text(0.5, 0.5, "no validation split", ha="center", va="center", transform=ax2.transAxes)
     fig.tight_layout()
     return fig
 

@@ -23,7 +23,7 @@ Shapes: B rows, G slots, L sequence length, K tags, F rank features, R represent
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Mapping, cast
 
 import torch
 import torch.nn.functional as F
@@ -244,7 +244,8 @@ class WideHeads(nn.Module):
 
     def user_scores(self, batch: Batch) -> dict[str, Tensor]:
         """The user-side partial score of each head (B, out) (no target needed)."""
-        return {h: part.user_part(batch, salt=100 * (i + 1)) for i, (h, part) in enumerate(self.parts.items())}
+        return {h: cast(WideFeatures, part).user_part(batch, salt=100 * (i + 1))
+                for i, (h, part) in enumerate(self.parts.items())}
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Logits of every head (B, G) / (B,) / (B, 7), zeros on rows of other kinds; ``user`` (B, H)
@@ -264,7 +265,8 @@ class WideHeads(nn.Module):
                               dim=-1)
             for i, h in enumerate(item_heads):
                 salt = 100 * (list(self.parts).index(h) + 1)
-                score = self.parts[h].target_part(batch, rows, category, tags, ids, salt).squeeze(-1)
+                part = cast(WideFeatures, self.parts[h])
+                score = part.target_part(batch, rows, category, tags, ids, salt).squeeze(-1)
                 score = score + users[h].index_select(0, rows) + self.rank[h](dense).squeeze(-1)
                 key = {"ctr": "ctr_logit", "cvr": "cvr_logit", "l2r": "l2r_score"}[h]
                 out[key] = scatter_rows(score, rows, n)
@@ -273,7 +275,8 @@ class WideHeads(nn.Module):
             cat = batch["talent_category"].index_select(0, rows).unsqueeze(1)
             talent = batch["talent"].index_select(0, rows).unsqueeze(1)
             salt = 100 * (list(self.parts).index("follow") + 1)
-            score = self.parts["follow"].target_part(batch, rows, cat, None, [talent], salt).squeeze(-1).squeeze(-1)
+            follow = cast(WideFeatures, self.parts["follow"])
+            score = follow.target_part(batch, rows, cat, None, [talent], salt).squeeze(-1).squeeze(-1)
             out["follow_logit"] = scatter_rows(score + users["follow"].index_select(0, rows).squeeze(-1), rows, n)
         if "ppp" in self.parts:
             out["ppp_logits"] = users["ppp"]
@@ -299,14 +302,14 @@ class WideModel(TaskModel):
 
     @property
     def embedding_dim(self) -> int:
-        return sum(int(part.bias.shape[0]) for part in self.wide.parts.values())
+        return sum(int(cast(WideFeatures, part).bias.shape[0]) for part in self.wide.parts.values())
 
     def user_part(self) -> nn.Module:
         return _WideUserPart(self)
 
     def shared_parameters(self) -> list[Tensor]:
         # nothing is shared between the tasks of a wide model; GradNorm measures on the PPP (or first) part
-        first = next(iter(self.wide.parts.values()))
+        first = cast(WideFeatures, next(iter(self.wide.parts.values())))
         return [first.dense.weight]
 
 

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
     from pyspark import Broadcast
     from pyspark.sql import DataFrame
+    from torch import nn
 
-    from training.model import TaskModel, UserPart
+    from training.model import TaskModel
 
 logger = logging.getLogger(__name__)
 
@@ -94,12 +95,12 @@ def load_state_file(path: "str | Path", what: str = "model") -> "TaskModel":
     return model.eval()
 
 
-_CACHE: dict[int, "UserPart"] = {}
+_CACHE: dict[int, "nn.Module"] = {}  # the user part of any model family
 _LOCK = threading.Lock()
 LOADS = {"count": 0}  # how many times this process built a model (tests check "once per process")
 
 
-def _user_part(state: "Broadcast[bytes]") -> "UserPart":
+def _user_part(state: "Broadcast[bytes]") -> "nn.Module":
     """The broadcast model's user part, built once per Python worker process."""
     key = state.id if hasattr(state, "id") else id(state)
     with _LOCK:

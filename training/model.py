@@ -14,7 +14,7 @@ the designs (:class:`TaskMixer` subclasses) only change what each head reads.
 from __future__ import annotations
 
 import logging
-from typing import Mapping, cast
+from typing import TYPE_CHECKING, Mapping, cast
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +25,9 @@ from training.modules import (
     AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, UserProfile, bag_mean,
     embedding, embedding_bag, match_scores, mlp, valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
+
+if TYPE_CHECKING:
+    from training.baselines import BagTower, CNNMaxTower
 
 logger = logging.getLogger(__name__)
 
@@ -234,7 +237,8 @@ def attach_gate_stats(model: nn.Module, stats: "GateStats | None") -> None:
     """Record (or stop recording, with None) the gate weights of every mixture-of-experts part of ``model``."""
     for module in model.modules():
         if hasattr(module, "gate_stats"):
-            module.gate_stats = stats
+            # the modules with gate_stats: TaskMixer (MMoE, PLE, ...) and ExtractionLayer
+            cast("TaskMixer | ExtractionLayer", module).gate_stats = stats
 
 
 class SharedBottom(TaskMixer):
@@ -574,11 +578,14 @@ class DUPNModel(TaskModel):
     (B, 7). Values of rows of another kind are zeros.
     """
 
+    # the towers of the platform (the baselines' give UserTower's outputs but have no interests)
+    tower: UserTower | BagTower | CNNMaxTower
+
     def __init__(self, spec: ModelSpec, tower: nn.Module | None = None) -> None:
         super().__init__()
         self.spec = spec
         m = spec.model
-        self.tower = tower if tower is not None else UserTower(spec)
+        self.tower = cast("UserTower | BagTower | CNNMaxTower", tower) if tower is not None else UserTower(spec)
         self.mixer = build_mixer(spec, self.tower.out_dim)
         d, item_dim = self.mixer.out_dim, self.tower.items.out_dim
         heads: dict[str, nn.Module] = {}
@@ -626,8 +633,9 @@ class DUPNModel(TaskModel):
             match = None
             if self.matches:
                 assert representation is not None
-                match = self.tower.match(representation.index_select(0, rows), slot_view(batch, "item_category", rows),
-                                         slot_view(batch, "item_tags", rows, self.spec.max_tags))
+                tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
+                match = tower.match(representation.index_select(0, rows), slot_view(batch, "item_category", rows),
+                                    slot_view(batch, "item_tags", rows, self.spec.max_tags))
             l2r_items = "l2r" in self.heads and getattr(self.heads["l2r"], "item_score", None) is not None
             items = self.target_items(batch, rows) if "ctr" in self.heads or l2r_items else None
             if "ctr" in self.heads:
@@ -645,8 +653,9 @@ class DUPNModel(TaskModel):
             match = None
             if self.matches:
                 assert representation is not None
-                k = self.tower.heads
-                match = self.tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0, :k]
+                tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
+                k = tower.heads
+                match = tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0, :k]
             logit = self.heads["follow"](task_in["follow"].index_select(0, rows),
                                          need(batch, "talent", "the follow head").index_select(0, rows), category,
                                          match)
@@ -655,7 +664,8 @@ class DUPNModel(TaskModel):
             prices = None
             if getattr(self.heads["ppp"], "prices", None) is not None:
                 assert representation is not None
-                prices = self.tower.price_features(representation)
+                # a tier head with price features exists only over a tower with them (DUPN's)
+                prices = cast(UserTower, self.tower).price_features(representation)
             out["ppp_logits"] = self.heads["ppp"](task_in["ppp"], prices)
         return out
 
@@ -712,8 +722,9 @@ class UserPart(nn.Module):
         if self.ppp is None:
             probs = representation.new_full((representation.shape[0], PPP_CLASSES), 1.0 / PPP_CLASSES)
         else:
-            prices = self.tower.price_features(representation) if getattr(self.ppp, "prices", None) is not None \
-                else None
+            # a tier head with price features exists only over a tower with them (DUPN's)
+            prices = cast(UserTower, self.tower).price_features(representation) \
+                if getattr(self.ppp, "prices", None) is not None else None
             probs = torch.softmax(self.ppp(self.mixer(representation)["ppp"], prices), dim=-1)
         return representation, probs
 
@@ -751,8 +762,9 @@ class ItemScorer(nn.Module):
         match = None
         if self.matches:
             tags = need(batch, "item_tags", who)
-            match = self.tower.match(representation, batch["item_category"].unsqueeze(1),
-                                     tags.reshape(tags.shape[0], 1, -1))
+            tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
+            match = tower.match(representation, batch["item_category"].unsqueeze(1),
+                                tags.reshape(tags.shape[0], 1, -1))
         logit = self.ctr(self.mixer(representation)["ctr"], items.unsqueeze(1),
                          None if rank is None else rank.unsqueeze(1), None, match).squeeze(1)
         return torch.sigmoid(logit + self.offset)

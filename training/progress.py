@@ -9,6 +9,19 @@ from typing import Any, Mapping
 logger = logging.getLogger(__name__)
 
 
+def ensure_output() -> None:
+    """Make progress lines reach the process's output when nothing else configured logging: in a
+    training process that Spark's TorchDistributor started (its output is piped to the job's stdout),
+    the job's own logging set-up does not exist."""
+    if logging.getLogger().handlers or logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
 def _eta(seconds: float) -> str:
     if seconds != seconds or seconds == float("inf"):
         return "?"

@@ -32,7 +32,7 @@ from training import evaluation as ev
 from training.data import EVAL_FIELDS, TRAIN_FIELDS, Batch, PetastormSource, TensorBatches, rows_of
 from training.losses import row_counts
 from training.model import TaskModel, build_model, last_shared_layer, unwrap
-from training.progress import Progress
+from training.progress import Progress, ensure_output
 from training.spec import ModelSpec
 from training.step import AttentionByProperty, TrainTask
 from training.weighting import build_weighting
@@ -217,6 +217,8 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     """
     rank, world = _distributed()
     cfg = plan.training
+    if plan.progress and rank == 0:
+        ensure_output()
     threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed + rank)

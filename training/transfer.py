@@ -34,7 +34,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, cast
 
 import numpy as np
 import torch
@@ -113,7 +113,8 @@ def tower_match(tower: nn.Module, representation: Tensor, category: Tensor) -> T
     """The category match features (B, K) of a user tower with interests (DUPN's), else None."""
     if not hasattr(tower, "match"):
         return None
-    return tower.match(representation, category.unsqueeze(1))[:, 0, :tower.heads]
+    interests = cast(UserTower, tower)  # the tower with interests: DUPN's
+    return interests.match(representation, category.unsqueeze(1))[:, 0, :interests.heads]
 
 
 class ShopScorer(nn.Module):

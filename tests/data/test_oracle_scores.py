@@ -30,16 +30,14 @@ def test_default_world_reproduces_documented_oracle_scores(spark, tmp_path: Path
         tables.write(df, spec, "overwrite")
     last_day = tables.partitions(t.EVENTS)[-1]
     assert last_day == "2026-11-14"
-    got = oracle_scores(tables, [last_day])
+    got = oracle_scores(tables, [last_day], cfg.training_set)
     want = documented()
     assert set(want) <= set(got)
     for name, value in want.items():
         assert got[name] == pytest.approx(value, abs=6e-5), name
 
 
-@pytest.mark.xfail(strict=True, reason="docs/demo_world.md's oracle table lacks cvr_auc, which features/oracle.py "
-                                       "oracle_scores now computes (the table must list every oracle metric)")
 def test_every_oracle_metric_is_documented(tiny_world) -> None:
-    _, tables = tiny_world
-    got = oracle_scores(tables, [tables.partitions(t.EVENTS)[-1]])
+    cfg, tables = tiny_world
+    got = oracle_scores(tables, [tables.partitions(t.EVENTS)[-1]], cfg.training_set)
     assert set(got) == set(documented())
