@@ -160,6 +160,8 @@ def main() -> None:
         if key in a:
             g = a[key][torch.arange(64).unsqueeze(1), torch.arange(a[key].shape[1]).unsqueeze(0)]
             mask = torch.arange(g.shape[1]).unsqueeze(0) < fixed["n_items"].unsqueeze(1)
+            if key == "l2r_score":  # only the lists that are L2R examples have one-row-per-example twins
+                mask = mask & (fixed["l2r"] == 1).unsqueeze(1)
             keep = (flat_fixed["n_items"] > 0) & ((flat_fixed["l2r"] == 0) if key != "l2r_score"
                                                   else (flat_fixed["l2r"] == 1))
             diffs[key] = float((g[mask] - b[key][keep, 0]).abs().max()) if key != "l2r_score" or keep.any() else 0.0
