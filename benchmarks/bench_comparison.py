@@ -276,7 +276,7 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         f"Machine: {context['machine']}; date {context['date']}; total wall time {context['wall_minutes']:.0f} min.  ",
         f"Data: {context['data']}.  ",
         f"Protocol: {context['protocol']}  ",
-        f"Budget: {context['budget']}", "",
+        f"Budget: {context['budget']}", *([f"Note: {context['note']}"] if context.get("note") else []), "",
         "Each cell: test mean ± std over the seeds " + ", ".join(str(s) for s in context["seeds"]) + ". In a column, "
         "**bold** is the best row, and `≈` marks a row within noise of it (|Δ mean| ≤ 2 standard errors of the seeds; "
         "`training/evaluation.py:within_noise`). PPP accuracy is on users whose tier labels never reached training; "
@@ -380,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--name", default="comparison", help="results file names (<name>.md, <name>.json)")
     p.add_argument("--fresh", action="store_true", help="ignore cached runs")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--note", default="", help="a line printed under the table's header (how the runs were made)")
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: write the table from the cached runs, marking rows and seeds not run")
     args = p.parse_args(argv)
@@ -444,6 +445,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "budget": f"every neural model trains until validation stops improving ({tc.early_stopping.evals_per_epoch} "
                   f"scorings per epoch, patience {tc.early_stopping.patience}) within {tc.epochs} epochs; the GBDT "
                   f"adds trees until validation stops improving (50 rounds patience, at most 1,500).",
+        "note": args.note,
     }
     payload = {
         "context": context, "oracle": oracle,

@@ -17,9 +17,21 @@ user's label, Σ n_c (n_c − 1) / (N (N − 1)) (Σ share² without pairing a u
 rate / chance. Also the mean cosine of the 1st and the k-th neighbour and of random pairs of users.
 
 Rows: the published vectors; the same vectors centred on the population mean (a diagnostic: a
-component every vector shares dominates cosine similarity and hides how users differ); and a
+component every vector shares dominates cosine similarity and hides how users differ); each block
+of the published layout alone; the blocks L2-normalised and concatenated (equal weight: the cosine
+is the mean of the blocks' cosines; a diagnostic of what a balanced similarity would give); and a
 baseline that needs no training, the bag of categories of each user's serving sequence
 (``features/user_sequences`` of D), for context.
+
+The blocks are not hard-coded: they come from the registered model version that published D (its
+``model_name`` / ``model_version`` columns, loaded through :class:`registry.models.ModelRegistry`),
+whose user tower says where each part of its representation lies
+(:func:`training.layout.published_layout`, also what the nightly job records in its commit: the
+dense part, the attention heads' interests of :meth:`training.model.UserTower.interests`, and the
+rest of :meth:`training.model.UserTower.price_features`). Each block's share of the squared norm
+(Σ over users of ‖x_block‖² / Σ ‖x‖²) says how much of the whole-vector cosine it can drive. A model
+whose representation has no such layout (the baselines' towers), a partition written by several
+versions or an unreachable registry leaves the block rows out, with a note.
 
 Writes ``<name>.md`` and ``<name>.json`` (``--out-dir``, default ``benchmarks/results``).
 """
@@ -31,7 +43,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
@@ -40,6 +52,7 @@ import numpy as np
 from benchmarks.common import ROOT
 from core import tables as t
 from core.errors import PlatformError
+from training.layout import Block, column_runs, published_layout
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -70,13 +83,45 @@ class Vectors:
     label: str
     matrix: np.ndarray
     centre: np.ndarray | None = None
+    blocks: tuple[np.ndarray, ...] = ()
+    """Column indices of blocks of ``matrix``: when given, each row is the blocks only, each one
+    L2-normalised on its own and weighted equally (:func:`block_unit`); one block = that block alone."""
+
+    @property
+    def dim(self) -> int:
+        return sum(len(b) for b in self.blocks) if self.blocks else int(self.matrix.shape[1])
 
     def unit(self, rows: slice | np.ndarray) -> np.ndarray:
         """(R, D) unit-length rows (after centring); an all-zero row stays zero."""
         x = self.matrix[rows]
         if self.centre is not None:
             x = x - self.centre
+        if self.blocks:
+            return block_unit(x, self.blocks)
         return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def block_unit(x: np.ndarray, blocks: Sequence[np.ndarray]) -> np.ndarray:
+    """(R, Σ|b|): each block (column indices) of each row of ``x`` (R, D) L2-normalised, concatenated
+    and divided by sqrt(#blocks), so every block weighs the same and the cosine of two such rows is the
+    mean of their blocks' cosines. A row whose blocks are all non-zero has unit length; an all-zero
+    block stays zero."""
+    parts = [x[:, b] for b in blocks]
+    scale = np.float32(1.0 / np.sqrt(len(parts)))
+    return np.concatenate([p * (scale / np.maximum(np.linalg.norm(p, axis=1, keepdims=True), 1e-12))
+                           for p in parts], axis=1)
+
+
+def squared_norm_shares(matrix: np.ndarray, blocks: Sequence[np.ndarray], chunk_rows: int = 65_536) -> np.ndarray:
+    """(B,) each block's share of the population's squared norm: Σ_users ‖x_b‖² / Σ_users ‖x‖²
+    (float64, over chunks of rows)."""
+    per_block = np.zeros(len(blocks))
+    total = 0.0
+    for start in range(0, len(matrix), chunk_rows):
+        sq = np.square(matrix[start:start + chunk_rows], dtype=np.float64)
+        total += float(sq.sum())
+        per_block += [float(sq[:, b].sum()) for b in blocks]
+    return per_block / total if total > 0 else np.full(len(blocks), np.nan)
 
 
 def nearest(vectors: Vectors, queries: np.ndarray, k: int, chunk_rows: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -198,9 +243,10 @@ class Score:
     rates: dict[str, Rate]
     cosines: dict[str, tuple[float, float]]  # first / kth / random: (mean, std)
     seconds: float
+    share: float | None = None  # of the published vectors' squared norm (whole vector: 1; None: not a part)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"key": self.key, "label": self.label, "dim": self.dim,
+        return {"key": self.key, "label": self.label, "dim": self.dim, "share_of_squared_norm": self.share,
                 "rates": {k: r.as_dict() for k, r in self.rates.items()},
                 "cosines": {k: {"mean": m, "std": s} for k, (m, s) in self.cosines.items()},
                 "search_seconds": self.seconds}
@@ -220,7 +266,7 @@ def score(vectors: Vectors, labels: Mapping[str, np.ndarray], queries: np.ndarra
         return float(np.mean(x)), float(np.std(x))
 
     cosines = {"first": ms(sims[:, 0]), "kth": ms(sims[:, -1]), "random": ms(pairs)}
-    return Score(vectors.key, vectors.label, int(vectors.matrix.shape[1]), rates, cosines, seconds)
+    return Score(vectors.key, vectors.label, vectors.dim, rates, cosines, seconds)
 
 
 def align(ids: np.ndarray, keys: np.ndarray, values: np.ndarray, missing: int = -1) -> np.ndarray:
@@ -309,12 +355,34 @@ def read_vectors(files: Sequence[str], max_mb: float) -> tuple[np.ndarray, np.nd
     return ids, matrix
 
 
-def model_of(files: Sequence[str]) -> str:
-    """``model_name vN`` of the partition's first row."""
-    for batch in _batches(files[:1], ["model_name", "model_version"]):
-        if batch.num_rows:
-            return f"{batch.column(0)[0].as_py()} v{batch.column(1)[0].as_py()}"
-    return "?"
+def publishing_models(files: Sequence[str]) -> list[tuple[str, str]]:
+    """The distinct (``model_name``, ``model_version``) of the partition's rows."""
+    import pyarrow as pa
+
+    seen: set[tuple[str, str]] = set()
+    for batch in _batches(files, ["model_name", "model_version"]):
+        pairs = pa.Table.from_batches([batch]).group_by(["model_name", "model_version"]).aggregate([])
+        names, versions = pairs.column("model_name").to_pylist(), pairs.column("model_version").to_pylist()
+        seen.update((str(n), str(v)) for n, v in zip(names, versions))
+    return sorted(seen)
+
+
+# ---------------------------------------------------------------------- the published layout
+def registered_layout(cfg: Any, name: str, version: str) -> tuple[list[Block], str]:
+    """:func:`training.layout.published_layout` of version ``version`` of registered model ``name`` (``cfg.mlflow``'s
+    tracking server) and a description of its spec.
+
+    Raises:
+        PlatformError: no such version, or an unreadable artifact.
+    """
+    from registry.models import ModelRegistry
+
+    loaded = ModelRegistry(cfg.mlflow.model_copy(update={"registered_model": name})).load(version)
+    m = loaded.spec.model
+    spec = (f"{name} v{loaded.version} ({m.family}; spec: representation_dim {m.representation_dim}, "
+            f"attention_heads {m.attention_heads}, category_dim {m.category_dim}, tag_dim {m.tag_dim}; "
+            f"embedding_dim {loaded.model.embedding_dim})")
+    return published_layout(loaded.model), spec
 
 
 @dataclass(frozen=True)
@@ -400,11 +468,12 @@ def markdown(scores: Sequence[Score], context: Mapping[str, Any]) -> str:
         "of its neighbours with its own true label. Cells: mean ± std over the queries [95% bootstrap interval of "
         "the mean]. Chance: the probability that a random other user of the same population shares the label, "
         "Σ n(n−1) / (N(N−1)); lift = mean rate / chance.", "",
-        f"| vectors | dim | {LABELS['category']} | chance | lift | {LABELS['tier']} | chance | lift | "
+        f"Layout: {context['layout']}", "",
+        f"| vectors | dim | share of ‖x‖² | {LABELS['category']} | chance | lift | {LABELS['tier']} | chance | lift | "
         f"cos 1st neighbour | cos {k}th neighbour | cos random pair |",
-        "|---|---:|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+        "|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|"]
     for s in scores:
-        cells = []
+        cells = ["—" if s.share is None else f"{s.share:.3f}"]
         for name in LABELS:
             r = s.rates[name]
             cells += [r.cell(), f"{r.chance:.3f}", f"{r.lift:.2f}"]
@@ -443,6 +512,38 @@ def run(args: argparse.Namespace, command: str) -> str:
                     matrix.mean(axis=0, dtype=np.float64).astype(np.float32))]
     notes = ["*centred*: the population's mean vector subtracted before the cosine; a large gap to the first row "
              "means most of each published vector is a component all users share."]
+    shares: dict[str, float] = {"published": 1.0}
+    layout, blocks = "not computed", list[Block]()
+    models = publishing_models(files)
+    if len(models) != 1:
+        layout = f"not computed: the partition was written by {len(models)} model versions ({models})"
+    else:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            blocks, spec = registered_layout(cfg, *models[0])
+        except (PlatformError, MlflowException) as exc:
+            layout = f"not computed: cannot load {models[0][0]} v{models[0][1]} from the registry ({exc})"
+        else:
+            if not blocks:
+                layout = f"none: {spec} publishes an opaque vector (no interests)"
+            elif sum(len(b.columns) for b in blocks) != matrix.shape[1]:
+                layout = f"not used: {spec} does not match the {matrix.shape[1]} published floats"
+                blocks = []
+            else:
+                layout = f"from the registered model that published the vectors, {spec}: " + "; ".join(
+                    f"{b.key} = {b.label}" for b in blocks) + "."
+    if len(blocks) > 1:
+        for b, share in zip(blocks, squared_norm_shares(matrix, [b.columns for b in blocks])):
+            rows.append(Vectors(f"block_{b.key}", f"block alone: {b.label}", matrix, blocks=(b.columns,)))
+            shares[f"block_{b.key}"] = float(share)
+        rows.append(Vectors("blocks_balanced", f"the {len(blocks)} blocks, each L2-normalised, concatenated "
+                            "(equal weight; diagnostic)", matrix, blocks=tuple(b.columns for b in blocks)))
+        notes.append("*share of ‖x‖²*: the block's part of the population's squared norm, Σ‖x_block‖² / Σ‖x‖²; "
+                     "the whole-vector cosine weighs each block by roughly this share. *block alone*: the cosine "
+                     "of that block's columns only. *equal weight*: each block scaled to unit length and the "
+                     "blocks concatenated, so the cosine is the mean of the blocks' cosines (a diagnostic of a "
+                     "balanced similarity, not a trained one).")
     bags = None
     if tables.exists(t.USER_SEQUENCES) and snap.day in tables.partitions(t.USER_SEQUENCES):
         bags = category_bags(tables.files(t.USER_SEQUENCES, dt=snap.day), ids, args.max_matrix_mb)
@@ -455,7 +556,7 @@ def run(args: argparse.Namespace, command: str) -> str:
         notes.append(f"baseline not computed: no usable {t.USER_SEQUENCES.name} dt={snap.day}.")
     scores = []
     for vec in rows:
-        s = score(vec, labels, queries, args.k, args.seed)
+        s = replace(score(vec, labels, queries, args.k, args.seed), share=shares.get(vec.key))
         logger.info("%s: category %.3f (chance %.3f), tier %.3f (chance %.3f), search %.1f s", vec.key,
                     s.rates["category"].mean, s.rates["category"].chance, s.rates["tier"].mean,
                     s.rates["tier"].chance, s.seconds)
@@ -464,12 +565,14 @@ def run(args: argparse.Namespace, command: str) -> str:
     from benchmarks.bench_comparison import machine
 
     cat_counts = np.unique(labels["category"], return_counts=True)[1]
-    model = model_of(files)
+    model = ", ".join(f"{name} v{version}" for name, version in models) or "?"
     context = {
         "command": command, "date": dt.date.today().isoformat(), "machine": machine(),
         "wall_seconds": time.time() - started, "k": args.k, "queries": len(queries), "seed": args.seed,
         "users": n, "lake_root": tables.root, "table_version": snap.version, "dt": snap.day,
-        "model": model, "interest_day": truth.interest_day,
+        "model": model, "interest_day": truth.interest_day, "layout": layout,
+        "blocks": [{"key": b.key, "label": b.label, "columns": column_runs(b.columns), "dim": len(b.columns),
+                    "share_of_squared_norm": shares[f"block_{b.key}"]} for b in blocks if len(blocks) > 1],
         "data": f"{SPEC.name} v{snap.version} dt={snap.day} ({model}): {n:,} users x {matrix.shape[1]} "
                 f"floats, lake {tables.root}.",
         "truth": f"tier from {t.TRUTH_USERS.name}; top interest category from {t.TRUTH_INTERESTS.name} "

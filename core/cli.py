@@ -28,14 +28,18 @@ def base_parser(job: str, description: str, *, date: bool | str = True) -> argpa
     """Parser with the options every job has: ``--config``, ``--set`` and (usually) ``--date``.
 
     Args:
-        date: True: ``--date`` is required; "optional": may be omitted; False: no ``--date``.
+        date: True: ``--date`` is required; "optional": may be omitted; "range": required
+            ``--start`` and ``--end`` (the first and last day of examples) instead; False: no ``--date``.
     """
     p = argparse.ArgumentParser(prog=f"jobs.{job}", description=description)
     p.add_argument("--config", default="conf/local.yaml", help="config file (default conf/local.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set training.batch_size=512 (repeatable)")
     p.add_argument("--log-level", default="INFO", help="python logging level (default INFO)")
-    if date:
+    if date == "range":
+        p.add_argument("--start", type=parse_date, required=True, help="first day of examples (UTC)")
+        p.add_argument("--end", type=parse_date, required=True, help="last day of examples (UTC)")
+    elif date:
         p.add_argument("--date", type=parse_date, required=date is True, help="UTC date YYYY-MM-DD")
     return p
 

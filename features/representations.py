@@ -1,7 +1,8 @@
 """Reading the published representation table: lookups, exact similarity search, tier distributions.
 
 Everything runs on Spark against one snapshot of ``outputs/user_representations``; only
-bounded results (one user, the top k, seven tier counts) reach the driver.
+bounded results (one user, the top k, seven tier counts) reach the driver. Similarity search
+weighs the blocks of the vector equally when the nightly job recorded them (:func:`similar`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from core import tables as t
 from core.errors import PlatformError, TableNotFound
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import Column, DataFrame
 
     from core.delta import DeltaTables
 
@@ -62,20 +63,108 @@ def lookup(snap: Snapshot, user_id: int) -> dict[str, Any]:
             "embedding": vec}
 
 
-def similar(snap: Snapshot, user_id: int, k: int) -> list[dict[str, Any]]:
-    """Exact top-``k`` users by cosine similarity to ``user_id`` (computed on the executors)."""
+MEASURES = ("balanced", "cosine")
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """The result of :func:`similar`.
+
+    Attributes:
+        measure: ``balanced`` (the mean over the vector's blocks of each block's cosine) or ``cosine``
+            (the cosine of the whole vectors).
+        blocks: the names of the blocks the balanced measure averages over; () for ``cosine``.
+        layout_version: the table version whose commit recorded the layout used; None for ``cosine``.
+        rows: the neighbours, nearest first: ``user_id``, ``cosine`` (the similarity under ``measure``),
+            ``ppp_tier``.
+    """
+
+    measure: str
+    blocks: tuple[str, ...]
+    layout_version: int | None
+    rows: list[dict[str, Any]]
+
+
+def recorded_layout(tables: "DeltaTables", snap: Snapshot) -> tuple[Any, int] | None:
+    """The ``layout`` metadata (see :func:`training.layout.layout_metadata`) and version of the commit
+    that wrote the snapshot's partition: the newest commit at or before ``snap.version`` whose metadata
+    ``dt`` is ``snap.day`` (the nightly job replaces one date per commit, so a later commit may be for
+    another date and another model). None when that commit records no layout (a model whose vector
+    has no blocks, or written before layouts were recorded) or is no longer in the table's history."""
+    for commit in tables.history(SPEC):  # newest first
+        if commit.version <= snap.version and commit.metadata.get("dt") == snap.day:
+            layout = commit.metadata.get("layout")
+            return None if layout is None else (layout, commit.version)
+    return None
+
+
+def similar(tables: "DeltaTables", snap: Snapshot, user_id: int, k: int, measure: str | None = None) -> Neighbours:
+    """Exact top-``k`` users most similar to ``user_id`` (computed on the executors).
+
+    A published vector is blocks of very different norm (the dense part, the attention heads'
+    interests, the behaviour prices: :func:`training.layout.published_layout`), so the whole-vector
+    cosine is driven by the largest block and all but ignores the interests
+    (``benchmarks/results/neighbours.md``). ``balanced`` scores each other user by the mean over the
+    blocks of the cosine of the two users' sub-vectors of that block, so every block weighs the same;
+    the blocks are the layout the nightly job recorded in the commit that wrote the partition
+    (:func:`recorded_layout`).
+
+    Args:
+        measure: ``balanced``, ``cosine`` (the whole vectors), or None: ``balanced`` when the partition
+            has a recorded layout, else ``cosine``.
+
+    Raises:
+        PlatformError: ``user_id`` is not in the snapshot; an unknown measure; ``balanced`` asked for a
+            partition without a recorded layout; a recorded layout that does not fit the vectors.
+    """
     from pyspark.sql import functions as F
 
+    from training.layout import blocks_from_metadata, runs
+
+    if measure is not None and measure not in MEASURES:
+        raise PlatformError(f"unknown similarity measure {measure!r}: use one of {', '.join(MEASURES)}")
     target = lookup(snap, user_id)["embedding"]
-    tnorm = math.sqrt(sum(x * x for x in target)) or 1.0
-    tvec = F.array(*[F.lit(float(x)) for x in target])
-    dot = F.aggregate(F.zip_with("embedding", tvec, lambda a, b: a * b), F.lit(0.0).cast("double"),
-                      lambda acc, x: acc + x)
-    norm = F.sqrt(F.aggregate("embedding", F.lit(0.0).cast("double"), lambda acc, x: acc + x * x))
+    found = recorded_layout(tables, snap) if measure != "cosine" else None
+    where = f"{SPEC.name} dt={snap.day} (version {snap.version})"
+    if measure == "balanced" and found is None:
+        raise PlatformError(f"{where} has no recorded layout (its model's vector has no blocks, or the commit "
+                            f"that wrote it predates layouts or left the history): use --measure cosine")
+    if found is None:
+        blocks: list[tuple[str, list[tuple[int, int]]]] = [("whole", [(0, len(target) - 1)])]
+        used, layout_version = "cosine", None
+    else:
+        try:
+            recorded = blocks_from_metadata(found[0], len(target))
+        except PlatformError as exc:
+            raise PlatformError(f"{where}: {exc} (commit v{found[1]}); use --measure cosine") from None
+        blocks = [(b.key, runs(b.columns)) for b in recorded]
+        used, layout_version = "balanced", found[1]
+    zero = F.lit(0.0).cast("double")
+
+    def block_cosine(spans: list[tuple[int, int]]) -> "Column":
+        """The cosine of every row's and the target's sub-vectors made of ``spans`` (first, last)."""
+        dots, squares, tsq = [], [], 0.0
+        for first, last in spans:
+            part = F.slice("embedding", first + 1, last - first + 1)  # 1-based start, length
+            tpart = [float(x) for x in target[first:last + 1]]
+            dots.append(F.aggregate(F.zip_with(part, F.array(*[F.lit(x) for x in tpart]), lambda a, b: a * b),
+                                    zero, lambda acc, x: acc + x))
+            squares.append(F.aggregate(part, zero, lambda acc, x: acc + x.cast("double") * x.cast("double")))
+            tsq += sum(x * x for x in tpart)
+        dot, sq = dots[0], squares[0]
+        for d, q in zip(dots[1:], squares[1:]):
+            dot, sq = dot + d, sq + q
+        return dot / (F.greatest(F.sqrt(sq), F.lit(1e-12)) * max(math.sqrt(tsq), 1e-12))
+
+    score = block_cosine(blocks[0][1])
+    for _, spans in blocks[1:]:
+        score = score + block_cosine(spans)
+    score = score / len(blocks)
     scored = (snap.frame.where(F.col("user_id") != user_id)
-              .select("user_id", "ppp_tier", (dot / (F.greatest(norm, F.lit(1e-12)) * tnorm)).alias("cosine")))
+              .select("user_id", "ppp_tier", score.alias("cosine")))
     top = scored.orderBy(F.col("cosine").desc(), F.col("user_id")).limit(k).collect()  # k rows
-    return [{"user_id": r.user_id, "cosine": float(r.cosine), "ppp_tier": r.ppp_tier} for r in top]
+    return Neighbours(used, tuple(name for name, _ in blocks) if used == "balanced" else (), layout_version,
+                      [{"user_id": r.user_id, "cosine": float(r.cosine), "ppp_tier": r.ppp_tier} for r in top])
 
 
 def tier_distribution(tables: "DeltaTables", snap: Snapshot) -> dict[str, Any]:

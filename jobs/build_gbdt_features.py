@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from core import tables as t
-from core.cli import JobContext, base_parser, main_entry, parse_date
+from core.cli import JobContext, base_parser, main_entry
 from core.delta import get_tables
 from core.errors import PlatformError
 from core.spark import get_spark
@@ -70,10 +70,7 @@ def run(ctx: JobContext) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = base_parser(JOB, __doc__ or "", date=False)
-    p.add_argument("--start", type=parse_date, required=True, help="first day of examples (UTC)")
-    p.add_argument("--end", type=parse_date, required=True, help="last day of examples (UTC)")
-    return p
+    return base_parser(JOB, __doc__ or "", date="range")
 
 
 def main() -> None:

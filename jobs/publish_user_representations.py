@@ -6,7 +6,9 @@
 Loads the registered model carrying the ``champion`` alias (or ``--model-version``), reads
 ``features/user_sequences`` of ``--date`` (building it first when the partition is missing),
 runs the model's user part on the executors and replaces partition ``dt = --date`` in one
-atomic commit whose metadata records the model version and the input table versions. Before
+atomic commit whose metadata records the model version, the input table versions and the
+``layout`` of the vector (the column runs of each block, :func:`training.layout.published_layout`;
+absent for a model whose vector has no blocks), which ``jobs/query.py similar`` reads. Before
 committing, the result is checked (one row per user of the serving population, no nulls,
 finite vectors of the model's length, 7 probabilities summing to 1, tiers 1..7); a bad
 result is refused and the table stays as it was.
@@ -24,6 +26,7 @@ from core.spark import get_spark
 from features import pipeline
 from registry.models import ModelRegistry
 from training import inference
+from training.layout import layout_metadata, published_layout
 from training.spec import check_encoding
 
 JOB = "publish_user_representations"
@@ -36,6 +39,8 @@ def run(ctx: JobContext) -> str:
     registry = ModelRegistry(cfg.mlflow)
     loaded = registry.load(ctx.args.model_version)
     check_encoding(loaded.spec, cfg.sequences, loaded.version)
+    blocks = published_layout(loaded.model)  # where the dense part, interests and prices lie; [] for baselines
+    layout = {"layout": layout_metadata(blocks)} if blocks else {}
     lines: list[str] = []
     ds = day.isoformat()
     if not (tables.exists(t.USER_SEQUENCES) and ds in tables.partitions(t.USER_SEQUENCES)):
@@ -54,7 +59,7 @@ def run(ctx: JobContext) -> str:
             "model_run_id": loaded.run_id, "model_aliases": loaded.aliases,
             "inputs": {t.USER_SEQUENCES.name: seq_version, **tables.metadata(t.USER_SEQUENCES, seq_version)
                        .get("inputs", {})},
-            "rows": int(checks["rows"]), "embedding_dim": loaded.model.embedding_dim})
+            "rows": int(checks["rows"]), "embedding_dim": loaded.model.embedding_dim, **layout})
     finally:
         out.unpersist()
     return "\n".join([*lines, f"{JOB}: wrote {res.describe()} dt={ds}: {population:,} users scored with "

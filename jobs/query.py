@@ -1,7 +1,7 @@
 """Look up and search ``outputs/user_representations`` from the command line.
 
     python -m jobs.query --config conf/local.yaml user 100042 [--date D] [--version N] [--full]
-    python -m jobs.query --config conf/local.yaml similar 100042 --k 10 [--date D]
+    python -m jobs.query --config conf/local.yaml similar 100042 --k 10 [--date D] [--measure balanced|cosine]
     python -m jobs.query --config conf/local.yaml tiers [--date D]
     python -m jobs.query --config conf/local.yaml sql "SELECT ppp_tier, count(*) FROM user_representations GROUP BY 1"
     python -m jobs.query --config conf/local.yaml history
@@ -10,6 +10,11 @@
 version (Delta time travel). Output is readable text, or JSON with ``--json``. An unknown
 user, date or version prints one line and exits 1. ``sql`` sees every lake table as a view
 named after its path (``raw_events``, ``features_user_sequences``, ``user_representations``...).
+
+``similar`` ranks by the mean of the per-block cosines of the vector's blocks (dense part,
+interests, prices: the layout the nightly job recorded in its commit) when the partition has
+one, since the whole-vector cosine all but ignores the small interests block
+(``benchmarks/results/neighbours.md``); ``--measure cosine`` ranks by the whole-vector cosine.
 """
 from __future__ import annotations
 
@@ -39,7 +44,10 @@ def _text(obj: Any, args: argparse.Namespace) -> str:
                 f"(p1..p7: {probs})\n  embedding: {obj['dim']} floats, L2 norm {obj['norm']:.4f}\n"
                 f"  [{head}{'' if args.full else ', ...'}]")
     if cmd == "similar":
-        lines = [f"{len(obj['neighbours'])} nearest users to {obj['user_id']} (cosine, exact) dt={obj['dt']}:"]
+        blocks = obj["blocks"]
+        measure = (f"balanced cosine over {len(blocks)} blocks: {', '.join(blocks)}; exact"
+                   if obj["measure"] == "balanced" else "cosine over the whole vector; exact")
+        lines = [f"{len(obj['neighbours'])} nearest users to {obj['user_id']} ({measure}) dt={obj['dt']}:"]
         lines += [f"  {n['user_id']:>10}  {n['cosine']:.4f}  tier {n['ppp_tier']}" for n in obj["neighbours"]]
         return "\n".join(lines)
     if cmd == "tiers":
@@ -75,8 +83,9 @@ def run(ctx: JobContext) -> str:
             obj = {**obj, "embedding": obj["embedding"][:8], "embedding_truncated": True}
     elif args.command == "similar":
         snap = reps.snapshot(tables, day, version)
-        obj = {"user_id": args.user_id, "dt": snap.day, "table_version": snap.version,
-               "neighbours": reps.similar(snap, args.user_id, args.k)}
+        found = reps.similar(tables, snap, args.user_id, args.k, args.measure)
+        obj = {"user_id": args.user_id, "dt": snap.day, "table_version": snap.version, "measure": found.measure,
+               "blocks": list(found.blocks), "layout_version": found.layout_version, "neighbours": found.rows}
     elif args.command == "tiers":
         obj = reps.tier_distribution(tables, reps.snapshot(tables, day, version))
     elif args.command == "sql":
@@ -107,9 +116,13 @@ def parser() -> argparse.ArgumentParser:
     u.add_argument("user_id", type=int)
     u.add_argument("--full", action="store_true", help="print the whole vector")
     snapshot_args(u)
-    s = sub.add_parser("similar", help="nearest users by cosine similarity (exact, on Spark)")
+    s = sub.add_parser("similar", help="nearest users by (block-balanced) cosine similarity (exact, on Spark)")
     s.add_argument("user_id", type=int)
     s.add_argument("--k", type=int, default=10)
+    s.add_argument("--measure", choices=reps.MEASURES,
+                   help="balanced: the mean of the cosines of the vector's blocks (the layout recorded by the "
+                        "nightly job); cosine: the whole vectors (default: balanced when the partition has a "
+                        "recorded layout, else cosine)")
     snapshot_args(s)
     tr = sub.add_parser("tiers", help="tier distribution and its change from the previous date")
     snapshot_args(tr)

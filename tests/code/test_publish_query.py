@@ -97,7 +97,7 @@ def test_query_errors_are_one_line(tiny_published, capsys) -> None:
     assert "has no version 999" in capsys.readouterr().err
 
 
-def test_similar_is_exact(tiny_published, capsys) -> None:
+def test_similar_with_measure_cosine_is_the_exact_whole_vector_cosine(tiny_published, capsys) -> None:
     _, tables, _ = tiny_published
     rows = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).collect()
     ids = np.array([r.user_id for r in rows])
@@ -106,10 +106,15 @@ def test_similar_is_exact(tiny_published, capsys) -> None:
     cos = emb @ emb[target] / (np.linalg.norm(emb, axis=1).clip(1e-12) * np.linalg.norm(emb[target]))
     cos[target] = -np.inf
     expected = list(ids[np.argsort(-cos, kind="stable")[:5]])
-    assert q(tiny_published, "--json", "similar", str(ids[target]), "--k", "5") == 0
-    got = json.loads(capsys.readouterr().out)["neighbours"]
+    assert q(tiny_published, "--json", "similar", str(ids[target]), "--k", "5", "--measure", "cosine") == 0
+    obj = json.loads(capsys.readouterr().out)
+    assert obj["measure"] == "cosine" and obj["blocks"] == [] and obj["layout_version"] is None
+    got = obj["neighbours"]
     assert [n["user_id"] for n in got] == expected
     assert [round(n["cosine"], 5) for n in got] == [round(float(c), 5) for c in sorted(cos, reverse=True)[:5]]
+    assert q(tiny_published, "similar", str(ids[target]), "--k", "5", "--measure", "cosine") == 0
+    assert capsys.readouterr().out.startswith(f"5 nearest users to {ids[target]} (cosine over the whole vector; "
+                                              f"exact) dt={TINY_END}:")
 
 
 def test_tiers_sql_and_history(tiny_published, capsys) -> None:
