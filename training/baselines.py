@@ -220,7 +220,9 @@ class WideFeatures(nn.Module):
                 1, last_t.unsqueeze(-1).expand(-1, -1, k))  # (N, r, K)
             tt = _cross(hist_tags.reshape(n_rows, 1, r * k, 1), tags.unsqueeze(2), salt=salt + 24, buckets=b)
             tt_valid = ((hist_tags > 0) & has_t.unsqueeze(-1)).reshape(n_rows, 1, r * k, 1) & (tags > 0).unsqueeze(2)
-            score = score + self.mean_ids(tt.reshape(n_rows, g, -1), tt_valid.reshape(n_rows, g, -1).long())
+            # explicit widths: a head may have no rows in a batch (n_rows = 0)
+            width = r * k * k
+            score = score + self.mean_ids(tt.reshape(n_rows, g, width), tt_valid.reshape(n_rows, g, width).long())
         if "query_tokens" in batch:
             q = batch["query_tokens"].index_select(0, rows)
             qc = _cross(q.unsqueeze(1), category.unsqueeze(2), salt=salt + 25, buckets=b)

@@ -140,3 +140,13 @@ def test_an_unknown_family_is_refused() -> None:
     spec = _spec("dupn")
     with pytest.raises(ValueError, match="unknown model family 'dupn'"):
         baselines.build(spec)  # the baselines module builds baselines only; build_model builds DUPN itself
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_a_batch_of_one_kind_runs_every_head(family: str, kind: int) -> None:
+    """A batch may hold rows of one kind only (e.g. no follow impression): the heads of the other
+    kinds see zero rows and must still run (the wide features once failed on an empty reshape)."""
+    model = build_model(_spec(family))
+    out = model(random_batch(n=8, seed=3, kinds=[kind] * 8))
+    assert all(torch.isfinite(v).all() for v in out.values() if isinstance(v, torch.Tensor))
