@@ -25,8 +25,6 @@ import hashlib
 import json
 import logging
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -34,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks.common import ROOT, WORK
+from benchmarks.common import ROOT, WORK, machine
 from core import tables as t
 from core.config import Config, load_config
 from core.delta import DeltaTables, get_tables
@@ -356,16 +354,6 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         for task, feats in imp.items():
             lines.append(f"* {task} ({trees.get(task)} trees): " + ", ".join(f"{n}" for n, _ in feats[:6]))
     return "\n".join(lines) + "\n"
-
-
-def machine() -> str:
-    try:
-        import psutil
-
-        mem = f", {psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
-    except Exception:  # noqa: BLE001 - informational only
-        mem = ""
-    return f"{os.cpu_count()} cores{mem}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -562,7 +562,7 @@ def run(args: argparse.Namespace, command: str) -> str:
                     s.rates["tier"].chance, s.seconds)
         scores.append(s)
 
-    from benchmarks.bench_comparison import machine
+    from benchmarks.common import machine
 
     cat_counts = np.unique(labels["category"], return_counts=True)[1]
     model = ", ".join(f"{name} v{version}" for name, version in models) or "?"

@@ -59,13 +59,18 @@ def run_worker(module: str, args: list[str],
     return result
 
 
-def machine_line() -> str:
-    """The machine a result was measured on (cores, memory, platform) and the date."""
+def machine() -> str:
+    """The machine a result was measured on: cores, memory, platform."""
     import platform
 
     mem = psutil.virtual_memory().total / 2**30
-    return (f"Measured on {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.machine()}, "
-            f"Python {platform.python_version()}, {dt.date.today()}.")
+    return f"{os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.system()} {platform.machine()}, " \
+        f"Python {platform.python_version()}"
+
+
+def machine_line() -> str:
+    """The machine a result was measured on (cores, memory, platform) and the date."""
+    return f"Measured on {machine()}, {dt.date.today()}."
 
 
 def write_result(path: Path | None, command: str, body: str) -> None:
