@@ -23,7 +23,7 @@ from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
     AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, UserProfile, bag_mean,
-    embedding, embedding_bag, match_scores, mlp, valid_mask)
+    embedding, embedding_bag, match_scores, mlp, required_match, valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
 
 if TYPE_CHECKING:
@@ -410,9 +410,7 @@ class ItemHead(nn.Module):
         g = item.shape[1]
         parts = [task_in.unsqueeze(1).expand(-1, g, -1), item, self.interact(task_in).unsqueeze(1) * item]
         if self.match_dim:
-            if match is None:
-                raise ValueError("this head reads the user-target match features; pass match (N, G, M)")
-            parts.append(match)
+            parts.append(required_match(match, "(N, G, M)"))
         if self.rank_norm is not None:
             if rank_features is None:
                 raise ValueError("this head reads rank_features; pass them (N, G, F)")
@@ -466,9 +464,7 @@ class L2RHead(nn.Module):
         w, offset = out[:, :-1], out[:, -1]
         features = self.rank_norm(rank_features.float())
         if self.match_dim:
-            if match is None:
-                raise ValueError("this head reads the user-target match features; pass match (N, G, M)")
-            features = torch.cat([features, match], dim=-1)
+            features = torch.cat([features, required_match(match, "(N, G, M)")], dim=-1)
         score = (w.unsqueeze(1) * features).sum(dim=-1) + offset.unsqueeze(1)
         return score if extra is None else score + extra
 
@@ -495,9 +491,7 @@ class FollowHead(nn.Module):
         t = torch.cat([self.talent(talent), self.category(talent_category)], dim=-1)
         parts = [task_in, t, self.interact(task_in) * t]
         if self.match_dim:
-            if match is None:
-                raise ValueError("this head reads the user-target match features; pass match (N, M)")
-            parts.append(match)
+            parts.append(required_match(match, "(N, M)"))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
 

@@ -398,3 +398,11 @@ class UserProfile(nn.Module):
         """age, gender, city: (B,) int64; dense: (B, U). Returns u: (B, 3 * profile_dim + U)."""
         return torch.cat([self.age(age), self.gender(gender), self.city(city), self.dense_norm(dense.float())],
                          dim=-1)
+
+
+def required_match(match: Tensor | None, shape: str) -> Tensor:
+    """The match features a head built to read them (``match_dim > 0``) was given; a one-line error
+    naming the expected ``shape`` when the caller passed none."""
+    if match is None:
+        raise ValueError(f"this head reads the user-target match features; pass match {shape}")
+    return match

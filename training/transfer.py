@@ -48,7 +48,7 @@ from features.transfer import FINGERPRINT_MOD, SHOP_DENSE, SHOP_FIELDS, SPLITS, 
 from training import evaluation
 from training.data import TRAIN_FIELDS, USER_FIELDS, Batch, PetastormSource
 from training.model import DUPNModel, TaskModel, UserTower, build_model, last_shared_layer
-from training.modules import embedding, match_scores, mlp
+from training.modules import embedding, match_scores, mlp, required_match
 from training.spec import ModelSpec
 from training.step import TrainTask
 from training.weighting import TaskWeighting, build_weighting
@@ -103,9 +103,7 @@ class ShopHead(nn.Module):
                        batch["shop_dense"].float()], dim=-1)
         parts = [representation, s, self.interact(representation) * s]
         if self.match_dim:
-            if match is None:
-                raise ValueError("this shop head reads match features; pass match (B, M)")
-            parts.append(match)
+            parts.append(required_match(match, "(B, M)"))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
