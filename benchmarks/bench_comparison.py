@@ -271,7 +271,9 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
     lines = [
         "# Comparison: baselines, DUPN ablations, single- vs multi-task, sharing designs, task weightings", "",
         f"Command: `{context['command']}`  ",
-        f"Machine: {context['machine']}; date {context['date']}; total wall time {context['wall_minutes']:.0f} min.  ",
+        f"Machine: {context['machine']}; date {context['date']}; training time summed over the runs "
+        f"{context['train_minutes']:.0f} min (this invocation: {context['wall_minutes']:.0f} min wall"
+        f"{', from the cache' if context.get('cached_only') else ''}).  ",
         f"Data: {context['data']}.  ",
         f"Protocol: {context['protocol']}  ",
         f"Budget: {context['budget']}", *([f"Note: {context['note']}"] if context.get("note") else []), "",
@@ -425,6 +427,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     tc = cfg.training
     context = {
         "command": command.strip(), "date": dt.date.today().isoformat(), "machine": machine(), "wall_minutes": wall,
+        "train_minutes": sum(o.train_seconds for r in results if not r.same_as for o in r.outcomes) / 60,
+        "cached_only": bool(args.cached_only),
         "seeds": args.seeds,
         "data": f"features/training_examples v{data.version} of the demo world (seed {cfg.demo.seed}, "
                 f"{cfg.demo.n_users:,} users): {data.describe()}",

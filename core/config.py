@@ -56,6 +56,10 @@ class MlflowConfig(_Strict):
     experiment: str = "universal-user-representations"
     registered_model: str = "dupn_user_model"
     champion_alias: str = "champion"
+    # A tracking server that does not answer fails a job within about
+    # (max_retries + 1) * request_timeout_s + 2^max_retries - 1 seconds (MLflow's own defaults wait minutes).
+    request_timeout_s: float = Field(20.0, gt=0, description="seconds per HTTP request to the tracking server")
+    max_retries: int = Field(2, ge=0, le=10, description="retries of a failed HTTP request (backoff 1, 2, 4 s)")
 
 
 class InputsConfig(_Strict):

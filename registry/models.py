@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
@@ -22,7 +23,7 @@ import pandas as pd
 
 from core.config import MlflowConfig, PromotionConfig
 from core.errors import PlatformError
-from registry.tracking import configure_mlflow
+from registry.tracking import connect, is_unreachable, unreachable
 from training.evaluation import Interval
 from training.inference import _FLOAT_INPUTS, _SCALAR_INPUTS, USER_INPUTS, load_state_file, user_outputs
 
@@ -103,11 +104,18 @@ class ModelRegistry:
     def __init__(self, cfg: MlflowConfig):
         from mlflow import MlflowClient
 
-        configure_mlflow(cfg)
+        connect(cfg)  # reading the registry needs no experiment: create nothing
         self.cfg = cfg
         self.name = cfg.registered_model
         self.alias = cfg.champion_alias
         self.client = MlflowClient()
+        started = time.monotonic()
+        try:  # one bounded request now, so an unreachable registry is one clear line, not "no champion"
+            self.client.search_registered_models(max_results=1)
+        except Exception as exc:  # noqa: BLE001 - see registry.tracking.is_unreachable
+            if is_unreachable(exc):
+                raise unreachable(cfg, "registry", exc, time.monotonic() - started) from None
+            raise
 
     def register(self, model_uri: str, tags: Mapping[str, str] | None = None) -> str:
         import mlflow

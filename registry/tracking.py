@@ -6,10 +6,12 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from core.config import MlflowConfig
+from core.errors import PlatformError
 
 logger = logging.getLogger(__name__)
 
@@ -81,22 +83,65 @@ def _file_uri(path: str | None) -> str | None:
     return Path(path).resolve().as_uri()
 
 
-def configure_mlflow(cfg: MlflowConfig) -> str:
-    """Point MLflow at the configured tracking server / registry; return the experiment id.
-
-    A local ``artifact_location`` becomes an absolute ``file://`` URI so runs started from any
-    working directory (TorchDistributor workers, Spark executors) find their artifacts.
-    """
+def connect(cfg: MlflowConfig) -> None:
+    """Point MLflow at the configured tracking server / registry, with its HTTP requests bounded by
+    ``mlflow.request_timeout_s`` and ``mlflow.max_retries`` (set for this process and the processes
+    it starts). Creates nothing."""
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(cfg.request_timeout_s)))
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"] = "0"
     mlflow.set_tracking_uri(cfg.tracking_uri)
     if cfg.registry_uri:
         mlflow.set_registry_uri(cfg.registry_uri)
-    exp = mlflow.get_experiment_by_name(cfg.experiment)
-    if exp is not None:
-        return str(exp.experiment_id)
-    return str(mlflow.create_experiment(cfg.experiment, artifact_location=_file_uri(cfg.artifact_location)))
+
+
+def unreachable(cfg: MlflowConfig, what: str, exc: BaseException, seconds: float) -> PlatformError:
+    """The one-line error for a tracking server or registry that did not answer."""
+    uri = cfg.registry_uri or cfg.tracking_uri if what == "registry" else cfg.tracking_uri
+    key = "mlflow.registry_uri" if what == "registry" and cfg.registry_uri else "mlflow.tracking_uri"
+    reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    return PlatformError(
+        f"MLflow {what} at {uri} did not answer ({type(exc).__name__}: {reason}) within {seconds:.0f}s "
+        f"(mlflow.request_timeout_s={cfg.request_timeout_s:g}, mlflow.max_retries={cfg.max_retries}): "
+        f"start the server or fix {key}")
+
+
+def configure_mlflow(cfg: MlflowConfig) -> str:
+    """Point MLflow at the configured tracking server / registry (:func:`connect`); return the
+    experiment id, creating the experiment if needed.
+
+    A local ``artifact_location`` becomes an absolute ``file://`` URI so runs started from any
+    working directory (TorchDistributor workers, Spark executors) find their artifacts. A server that
+    does not answer raises :class:`PlatformError` (one line) within the configured bound.
+    """
+    import mlflow
+
+    connect(cfg)
+    started = time.monotonic()
+    try:
+        exp = mlflow.get_experiment_by_name(cfg.experiment)
+        if exp is not None:
+            return str(exp.experiment_id)
+        return str(mlflow.create_experiment(cfg.experiment, artifact_location=_file_uri(cfg.artifact_location)))
+    except Exception as exc:  # noqa: BLE001 - connection errors come as MlflowException, requests' or OS errors
+        if is_unreachable(exc):
+            raise unreachable(cfg, "tracking server", exc, time.monotonic() - started) from None
+        raise
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """A failure to reach the server (as opposed to an answer the server gave)."""
+    import requests
+
+    if isinstance(exc, (requests.exceptions.RequestException, ConnectionError, TimeoutError)):
+        return True
+    text = str(exc)
+    return any(s in text for s in ("Max retries exceeded", "Connection refused", "timed out", "Failed to establish",
+                                   "API request to", "Name or service not known"))
 
 
 class MlflowTracker:

@@ -5,7 +5,7 @@ from benchmarks.bench_comparison import REFERENCE, ROWS, Row, RowResult, lift_sh
 from training.experiment import RunOutcome
 
 CONTEXT = {"command": "python -m benchmarks.bench_comparison", "machine": "2 cores", "date": "2026-12-01",
-           "wall_minutes": 1.0, "data": "d", "protocol": "p", "budget": "b", "seeds": [0, 1, 2]}
+           "wall_minutes": 1.0, "train_minutes": 3.0, "data": "d", "protocol": "p", "budget": "b", "seeds": [0, 1, 2]}
 ORACLE = {"ctr_auc": 0.85, "l2r_auc": 0.8, "follow_auc": 0.8, "ppp_accuracy": 0.9}
 
 
