@@ -6,7 +6,9 @@
 Every user with at least one valid behaviour in the look-back window
 (``sequences.lookback_days`` days ending with ``--date``) gets one row: the latest
 ``sequences.max_len`` behaviours, oldest to newest, encoded and padded. Rejected input rows
-go to ``quarantine/events``; the partition ``dt = --date`` is replaced atomically.
+go to ``quarantine/events``; the partition ``dt = --date`` is replaced atomically. A window
+without a valid event is refused (an empty or failed upstream load must not wipe a good
+partition) unless ``--allow-empty``; a date without events of its own is written with a warning.
 """
 from __future__ import annotations
 
@@ -23,12 +25,15 @@ JOB = "build_sequences"
 def run(ctx: JobContext) -> str:
     cfg, day = ctx.cfg, ctx.args.date
     tables = get_tables(get_spark(cfg), cfg)
-    res, lines = pipeline.build_user_sequences(tables, cfg, day, JOB, ctx.run_id)
+    res, lines = pipeline.build_user_sequences(tables, cfg, day, JOB, ctx.run_id, ctx.args.allow_empty)
     return "\n".join([*lines, f"{JOB}: wrote {res.describe()} dt={day} under {tables.root}"])
 
 
 def parser() -> argparse.ArgumentParser:
-    return base_parser(JOB, __doc__ or "")
+    p = base_parser(JOB, __doc__ or "")
+    p.add_argument("--allow-empty", action="store_true",
+                   help="replace the partition even when the look-back window holds no valid event (no users)")
+    return p
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from pyspark import StorageLevel
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry
 from core.delta import get_tables
+from core.errors import PlatformError
 from core.spark import get_spark
 from features import pipeline
 from registry.models import ModelRegistry
@@ -49,6 +50,9 @@ def run(ctx: JobContext) -> str:
     seq_version = tables.version(t.USER_SEQUENCES)
     seq = tables.read(t.USER_SEQUENCES, dt=ds, version=seq_version)
     population = seq.count()
+    if population == 0:
+        raise PlatformError(f"{t.USER_SEQUENCES.name} dt={ds} (v{seq_version}) has no users: nothing to publish; "
+                            f"check raw/events for the look-back window of {ds} and rebuild it with build_sequences")
     state = registry.state_bytes(loaded.version)
     out = inference.score_users(seq, state, registry.name, loaded.version, day,
                                 cfg.publish.partitions, cfg.publish.batch_size).persist(StorageLevel.MEMORY_AND_DISK)

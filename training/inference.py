@@ -186,6 +186,9 @@ def check_representations(out: "DataFrame", expected_users: int, dim: int) -> di
         F.sum(F.when((F.col("ppp_tier") < 1) | (F.col("ppp_tier") > 7), 1).otherwise(0)).alias("bad_tier"),
     ).first()
     stats = {k: float(v) if v is not None else math.nan for k, v in (row.asDict() if row else {}).items()}
+    if not stats.get("rows"):
+        raise DataQualityError(f"refusing to commit outputs/user_representations: no rows scored for a serving "
+                               f"population of {expected_users}")
     problems = []
     if stats.get("rows") != expected_users:
         problems.append(f"{stats.get('rows'):.0f} rows for a serving population of {expected_users}")

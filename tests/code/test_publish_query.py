@@ -131,3 +131,14 @@ def test_tiers_sql_and_history(tiny_published, capsys) -> None:
     assert q(tiny_published, "history") == 0
     out = capsys.readouterr().out
     assert "publish_user_representations" in out and TINY_END in out
+
+
+def test_an_empty_result_names_the_cause(spark) -> None:
+    import pytest
+
+    from core.errors import DataQualityError
+    from training.inference import check_representations
+
+    empty = spark.createDataFrame([], t.USER_REPRESENTATIONS.schema)
+    with pytest.raises(DataQualityError, match="no rows scored for a serving population of 5$"):
+        check_representations(empty, 5, 16)

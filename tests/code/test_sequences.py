@@ -186,3 +186,53 @@ def test_missing_events_partition_is_a_clear_error(spark, tmp_path: Path, lake, 
                overrides=("sequences.lookback_days=2",)) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("build_sequences failed: table raw/events has no partition in 2026-12-19..2026-12-20")
+
+
+def _commit_empty_partition(spark, tables, day: str, tmp_path: Path) -> None:
+    """An upstream load that committed a 0-row file into ``dt=day`` (what an empty or failed load leaves)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction
+
+    out = tmp_path / "empty_load"
+    frame(spark, t.EVENTS, []).drop("dt").coalesce(1).write.parquet(str(out))
+    src = next(out.glob("*.parquet"))
+    assert pq.read_metadata(src).num_rows == 0
+    rel = f"dt={day}/part-empty.parquet"
+    dest = Path(tables.uri(t.EVENTS)) / rel
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src, dest)
+    st = dest.stat()
+    DeltaTable(tables.uri(t.EVENTS)).create_write_transaction(
+        [AddAction(rel, st.st_size, {"dt": day}, int(st.st_mtime * 1000), True, '{"numRecords": 0}')],
+        mode="append", schema=DeltaTable(tables.uri(t.EVENTS)).schema(), partition_by=["dt"])
+    assert day in tables.partitions(t.EVENTS)
+
+
+def test_an_empty_window_is_refused_and_keeps_the_partition(spark, tmp_path: Path, lake, capsys) -> None:
+    _, tables = lake
+    put(spark, tables, t.EVENTS, [event(u, 1, "2026-11-02T08:00:00") for u in (1, 2)])
+    ov = ("sequences.max_len=3", "sequences.lookback_days=1")
+    # a good partition of 11-03 first (its window, 11-03 only, is then loaded empty)
+    _commit_empty_partition(spark, tables, "2026-11-03", tmp_path)
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02", overrides=ov) == 0
+    version = tables.version(t.USER_SEQUENCES)
+    assert run(build_sequences, tmp_path, "--date", "2026-11-03", overrides=ov) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("build_sequences failed: raw/events has no valid rows in 2026-11-03..2026-11-03")
+    assert "--allow-empty" in err
+    assert tables.version(t.USER_SEQUENCES) == version  # nothing committed
+    assert run(build_sequences, tmp_path, "--date", "2026-11-03", "--allow-empty", overrides=ov) == 0
+    assert tables.read(t.USER_SEQUENCES, dt="2026-11-03").count() == 0
+
+
+def test_a_date_without_its_own_events_warns(spark, tmp_path: Path, lake, capsys) -> None:
+    _, tables = lake
+    put(spark, tables, t.EVENTS, [event(u, 1, "2026-11-02T08:00:00") for u in (1, 2)])
+    _commit_empty_partition(spark, tables, "2026-11-03", tmp_path)
+    assert run(build_sequences, tmp_path, "--date", "2026-11-03", overrides=("sequences.lookback_days=2",)) == 0
+    out = capsys.readouterr().out
+    assert "warning: raw/events has no rows of 2026-11-03 itself" in out
+    assert tables.read(t.USER_SEQUENCES, dt="2026-11-03").count() == 2
