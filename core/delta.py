@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
@@ -58,6 +59,23 @@ class WriteResult:
     def describe(self) -> str:
         rows = "?" if self.rows is None else f"{self.rows:,}"
         return f"{self.table} v{self.version} ({rows} rows, {self.files} files)"
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    """What :meth:`DeltaTables.clean_uncommitted` found (and removed unless a dry run)."""
+
+    table: str
+    staging_folders: tuple[str, ...]
+    uncommitted_files: tuple[str, ...]
+    kept_recent: int
+    dry_run: bool
+
+    def describe(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        return (f"{self.table}: {verb} {len(self.staging_folders)} staging folder(s) and "
+                f"{len(self.uncommitted_files)} uncommitted file(s); "
+                f"{self.kept_recent} younger than the minimum age kept")
 
 
 def resolve_root(lake_root: str) -> str:
@@ -106,6 +124,36 @@ class DeltaTables(abc.ABC):
     @abc.abstractmethod
     def schema(self, spec: TableSpec, version: int | None = None) -> "T.StructType":
         """The schema stored in the table's log (not the spec's)."""
+
+    def table_names(self, max_depth: int = 3) -> list[str]:
+        """Names (paths under the lake root) of the Delta tables in the lake: folders holding a
+        ``_delta_log``, at most ``max_depth`` levels down."""
+        fs = _HadoopFs(self.spark, self.root)
+        root = fs.qualify(self.root)
+        found: list[str] = []
+
+        def walk(path: str, depth: int) -> None:
+            subdirs = [d for d, _ in fs.list_dirs(path, newest=False)]
+            if any(d.rsplit("/", 1)[-1] == "_delta_log" for d in subdirs):
+                found.append(path[len(root) + 1:])
+                return
+            if depth < max_depth:
+                for d in subdirs:
+                    name = d.rsplit("/", 1)[-1]
+                    if name not in ("_delta_log", "_staging") and not name.startswith(".") and "=" not in name:
+                        walk(d, depth + 1)
+
+        walk(root, 0)
+        return sorted(found)
+
+    def clean_uncommitted(self, spec: TableSpec, min_age_s: float = 86_400, dry_run: bool = False) -> CleanResult:
+        """Remove what killed writes left in the table's folder: staging folders, and Parquet files that
+        no version of the table references (a write killed between moving its files into the
+        partition folders and its commit). Delta readers never see them; plain Parquet readers of a
+        partition folder would. Anything younger than ``min_age_s`` is kept: it may belong to a
+        write still running. Files of older versions stay (time travel)."""
+        raise PlatformError(f"delta.engine={self.engine} has no cleanup of uncommitted files; use the engine's "
+                            f"VACUUM with a retention period")
 
     @abc.abstractmethod
     def _read(self, spec: TableSpec, dts: list[str] | None, version: int | None) -> "DataFrame":
@@ -244,6 +292,38 @@ class RsDeltaTables(DeltaTables):
         table = self._table(spec, version)
         pred = None if dts is None else [("dt", "in", dts)]
         return [_as_url(u) for u in table.file_uris(file_pruning_predicate=pred)]
+
+    def clean_uncommitted(self, spec: TableSpec, min_age_s: float = 86_400, dry_run: bool = False) -> CleanResult:
+        if not self.exists(spec):
+            raise TableNotFound(f"table {spec.name} does not exist under {self.root}")
+        table_uri = self.uri(spec)
+        fs = _HadoopFs(self.spark, table_uri)
+        root = fs.qualify(table_uri)
+        referenced: set[str] = set()
+        for commit in self.history(spec):  # every version still in the log: time travel keeps working
+            try:
+                referenced.update(_plain_path(u) for u in self._table(spec, commit.version).file_uris())
+            except TableNotFound:  # a version whose log entries were cleaned up: not readable anyway
+                continue
+        cutoff_ms = (time.time() - min_age_s) * 1000
+        staging, files, kept = [], [], 0
+        for folder, newest_ms in fs.list_dirs(f"{table_uri}/_staging"):
+            if newest_ms < cutoff_ms:
+                staging.append(folder)
+            else:
+                kept += 1
+        for st in fs.list_parquet(table_uri):
+            rel = unquote(st.path[len(root) + 1:])
+            if rel.startswith(("_staging/", "_delta_log/")) or _plain_path(st.path) in referenced:
+                continue
+            if st.mtime < cutoff_ms:
+                files.append(st.path)
+            else:
+                kept += 1
+        if not dry_run:
+            for path in [*staging, *files]:
+                fs.delete(path)
+        return CleanResult(spec.name, tuple(staging), tuple(files), kept, dry_run)
 
     def _read(self, spec: TableSpec, dts: list[str] | None, version: int | None) -> "DataFrame":
         paths = self.files(spec, dts, version)
@@ -412,6 +492,15 @@ def _as_url(path: str) -> str:
     return "file://" + path
 
 
+def _plain_path(uri: str) -> str:
+    """A file's location without scheme or percent-encoding, to compare listings from different APIs
+    (``file:/x``, ``file:///x`` and ``/x`` are one file; object-store URIs keep their bucket)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        return os.path.normpath(unquote(parsed.path))
+    return f"{parsed.scheme}://{parsed.netloc}{unquote(parsed.path)}"
+
+
 def _partition_values(rel: str, partition_by: Iterable[str]) -> dict[str, str | None]:
     parts = dict(p.split("=", 1) for p in rel.split("/")[:-1] if "=" in p)
     out: dict[str, str | None] = {}
@@ -460,6 +549,24 @@ class _HadoopFs:
             name = p.rsplit("/", 1)[-1]
             if name.endswith(".parquet") and not name.startswith(("_", ".")):
                 out.append(_FileStatus(p, int(st.getLen()), int(st.getModificationTime())))
+        return out
+
+    def list_dirs(self, root: str, newest: bool = True) -> list[tuple[str, int]]:
+        """The folders directly under ``root`` (none when it does not exist), each with its
+        modification time (ms), or with ``newest`` the newest one of anything inside it."""
+        path = self._path(root)
+        if not self._fs.exists(path):
+            return []
+        out = []
+        for st in self._fs.listStatus(path):
+            if not st.isDirectory():
+                continue
+            mtime = int(st.getModificationTime())
+            if newest:
+                it = self._fs.listFiles(st.getPath(), True)
+                while it.hasNext():
+                    mtime = max(mtime, int(it.next().getModificationTime()))
+            out.append((str(st.getPath().toString()).rstrip("/"), mtime))
         return out
 
     def move(self, src: str, dst: str) -> None:
