@@ -6,7 +6,7 @@ VENV ?= .venv
 CONFIG ?= conf/local.yaml
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck dist clean-lake
+.PHONY: setup demo test lint typecheck dist clean-lake reliability
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock setup.cfg pyproject.toml
@@ -23,6 +23,10 @@ test: setup
 	$(BIN)/python -m flake8 core features training registry jobs tests scripts benchmarks
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
+
+# docs/RELIABILITY.md from the reliability cases of the suite (they also run in `make test`)
+reliability: setup
+	RELIABILITY_REPORT=docs/RELIABILITY.md $(BIN)/python -m pytest -m reliability -q
 
 lint: setup
 	$(BIN)/python -m flake8 core features training registry jobs tests scripts benchmarks

@@ -10,6 +10,8 @@ import pytest
 
 from core.config import Config, load_config
 
+pytest_plugins = ["tests.reliability"]
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_CONF = ROOT / "conf" / "local.yaml"
 

@@ -55,6 +55,10 @@ def test_setup_preflight_names_what_to_install(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
+@pytest.mark.reliability(
+    "config",
+    "a malformed --date",
+    "a usage error (exit 2) naming the argument")
 def test_bad_date_is_a_usage_error() -> None:
     res = run_module(["jobs.generate_demo_world", "--config", "conf/local.yaml", "--date", "2026-13-01"])
     assert res.returncode == 2 and "expected a date YYYY-MM-DD" in res.stderr

@@ -23,6 +23,10 @@ def test_shipped_configs_load() -> None:
     assert cluster.spark.master in ("yarn",) or cluster.spark.master.startswith("k8s://")
 
 
+@pytest.mark.reliability(
+    "config",
+    "an unknown key in the config file",
+    "one line naming the key and the file")
 def test_unknown_key_names_key_and_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("training:\n  batchsize: 12\n")
@@ -47,6 +51,10 @@ def test_override_is_typed_and_applied() -> None:
     assert cfg.spark.conf["spark.sql.shuffle.partitions"] == "3"
 
 
+@pytest.mark.reliability(
+    "config",
+    "--set with an unknown key or a value of the wrong type",
+    "one line naming the key")
 def test_override_unknown_or_bad_value() -> None:
     with pytest.raises(ConfigError, match="unknown key 'training.batch_sise'"):
         load_config(ROOT / "conf" / "local.yaml", ["training.batch_sise=512"])
@@ -58,6 +66,10 @@ def test_override_unknown_or_bad_value() -> None:
         load_config(ROOT / "conf" / "local.yaml", ["training.batch_size"])
 
 
+@pytest.mark.reliability(
+    "config",
+    "a missing config file, invalid YAML",
+    "one line naming the file")
 def test_missing_file_and_invalid_yaml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")

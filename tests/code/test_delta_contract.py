@@ -77,6 +77,10 @@ def test_replace_partition_touches_only_that_partition(spark, tables: DeltaTable
     assert counts(tables.read(SPEC)) == {"2026-11-01": 10}
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "a partition replacement holding rows of another date",
+    "refused, naming the dates; nothing committed")
 def test_replace_partition_rejects_rows_of_other_dates(spark, tables: DeltaTables) -> None:
     tables.write(rows(spark, "2026-11-01", range(4)), SPEC)
     version = tables.version(SPEC)
@@ -102,6 +106,10 @@ def test_time_travel_and_partition_reads(spark, tables: DeltaTables) -> None:
         tables.read(SNAPSHOT)
 
 
+@pytest.mark.reliability(
+    "faults",
+    "a write failing before its commit",
+    "the table stays at its version; no partial partition is visible")
 def test_failed_write_leaves_table_as_it_was(spark, tables: DeltaTables, tmp_path: Path) -> None:
     tables.write(rows(spark, "2026-11-01", range(20)), SPEC)
     before = tables.version(SPEC)

@@ -2,6 +2,8 @@
 is removed once old enough; committed files of every version, and recent leftovers, stay."""
 from __future__ import annotations
 
+import pytest
+
 import os
 import shutil
 import time
@@ -42,6 +44,11 @@ def _killed_write_leftovers(tables, tmp_path: Path) -> tuple[Path, Path, Path]:
     return stray, staging.parent, fresh
 
 
+@pytest.mark.reliability(
+    "faults",
+    "staging folders and never-committed files left by killed writes",
+    "never read by Delta readers; removed by jobs/maintenance.py clean once older than the minimum "
+    "age; every version's files and recent leftovers kept")
 def test_clean_removes_old_leftovers_only(spark, tmp_path: Path, capsys) -> None:
     cfg = make_config(tmp_path)
     tables = get_tables(spark, cfg)
@@ -64,6 +71,10 @@ def test_clean_removes_old_leftovers_only(spark, tmp_path: Path, capsys) -> None
     assert tables.read(t.EVENTS, version=0).count() == 3  # files of the earlier version kept
 
 
+@pytest.mark.reliability(
+    "config",
+    "maintenance of a table that does not exist",
+    "one line naming the table and listing the lake's tables")
 def test_clean_names_an_unknown_table(spark, tmp_path: Path, capsys) -> None:
     cfg = make_config(tmp_path)
     put(spark, get_tables(spark, cfg), t.EVENTS, [event(1, 1, f"{DAY}T08:00:00")])

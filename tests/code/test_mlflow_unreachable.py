@@ -23,6 +23,10 @@ def dead_uri() -> str:
     return f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.reliability(
+    "services",
+    "the MLflow registry refuses connections",
+    "fails within the configured bound with one line naming the URI and the config key")
 def test_registry_unreachable_is_one_line_within_the_bound(tmp_path: Path) -> None:
     from registry.models import ModelRegistry
 
@@ -37,6 +41,10 @@ def test_registry_unreachable_is_one_line_within_the_bound(tmp_path: Path) -> No
     assert "mlflow.max_retries=1" in line
 
 
+@pytest.mark.reliability(
+    "services",
+    "an MLflow server that accepts connections and never answers",
+    "fails within mlflow.request_timeout_s x (max_retries + 1) + backoff")
 def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
     from registry.models import ModelRegistry
 
@@ -51,6 +59,10 @@ def test_a_server_that_never_answers_times_out(tmp_path: Path) -> None:
         assert time.monotonic() - started < BOUND_S
 
 
+@pytest.mark.reliability(
+    "services",
+    "the MLflow tracking server is unreachable when a run starts",
+    "one line naming the URI; no traceback")
 def test_tracker_unreachable_is_one_line(tmp_path: Path) -> None:
     from registry.tracking import MlflowTracker
 
@@ -61,6 +73,10 @@ def test_tracker_unreachable_is_one_line(tmp_path: Path) -> None:
             pass
 
 
+@pytest.mark.reliability(
+    "services",
+    "the nightly job with an unreachable MLflow server",
+    "exit 1 and one line on stderr, no traceback")
 def test_publish_job_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from jobs import publish_user_representations as publish
     from tests.helpers import run
@@ -74,6 +90,10 @@ def test_publish_job_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     assert not any("Traceback" in line for line in err)
 
 
+@pytest.mark.reliability(
+    "services",
+    "the nightly job only reads the registry",
+    "it creates no experiment in the tracking store")
 def test_reading_the_registry_creates_no_experiment(tmp_path: Path) -> None:
     from mlflow import MlflowClient
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from core import tables as t
 from jobs import publish_user_representations as publish
@@ -15,6 +16,10 @@ from tests.helpers import run
 OV = (*TINY_WORLD, *SMALL)
 
 
+@pytest.mark.reliability(
+    "idempotency",
+    "the nightly job re-run for the same date",
+    "the partition is replaced with the same rows; other dates untouched")
 def test_rerun_replaces_the_partition(tiny_published) -> None:
     cfg, tables, tmp = tiny_published
     before = tables.version(t.USER_REPRESENTATIONS)
@@ -26,6 +31,10 @@ def test_rerun_replaces_the_partition(tiny_published) -> None:
     assert tables.read(t.USER_REPRESENTATIONS, dt="2026-11-07").count() == other
 
 
+@pytest.mark.reliability(
+    "faults",
+    "the model scores NaN vectors",
+    "refused before the commit in one line; the published table stays at its version")
 def test_bad_output_is_refused_and_the_table_is_untouched(tiny_published, monkeypatch, capsys) -> None:
     from training import inference
 
@@ -46,6 +55,10 @@ def test_bad_output_is_refused_and_the_table_is_untouched(tiny_published, monkey
     assert tables.version(t.USER_REPRESENTATIONS) == before
 
 
+@pytest.mark.reliability(
+    "config",
+    "no model carries the champion alias",
+    "one line saying what to train or which flag to pass")
 def test_missing_champion_is_a_clear_error(tiny_pipeline, tmp_path: Path, capsys) -> None:
     cfg, _, _ = tiny_pipeline
     assert run(publish, tmp_path, "--date", TINY_END, overrides=OV, lake=cfg.lake_root) == 1
@@ -133,9 +146,11 @@ def test_tiers_sql_and_history(tiny_published, capsys) -> None:
     assert "publish_user_representations" in out and TINY_END in out
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "an empty scored partition",
+    "refused, naming the empty result and the population (not a NaN count)")
 def test_an_empty_result_names_the_cause(spark) -> None:
-    import pytest
-
     from core.errors import DataQualityError
     from training.inference import check_representations
 

@@ -40,6 +40,12 @@ def bad_events() -> list[dict]:
     ]
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "null ids and timestamps, an unknown behaviour, a dt that does not match the time, an event in "
+    "the future, duplicate rows",
+    "each row quarantined with its reason and counted; input rows = kept + quarantined; a re-run "
+    "replaces the quarantine")
 def test_each_reason_is_quarantined_and_counted(spark, tmp_path: Path, lake, capsys) -> None:
     tables = lake
     put(spark, tables, t.EVENTS, bad_events())
@@ -60,6 +66,11 @@ def test_each_reason_is_quarantined_and_counted(spark, tmp_path: Path, lake, cap
     assert tables.read(quarantine_spec(t.EVENTS), dt="2026-11-02").count() == 7
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "more bad rows than quality.max_quarantine_share",
+    "fails before any output, one line naming the share and the key; the quarantine is kept for "
+    "inspection")
 def test_share_above_the_bound_fails_before_any_output(spark, tmp_path: Path, lake, capsys) -> None:
     tables = lake
     put(spark, tables, t.EVENTS, bad_events())
@@ -99,6 +110,10 @@ def test_other_tables_reasons(spark) -> None:
     assert validated(shop, t.SHOP_PREFS, day).counts == {"bad_label": 1}
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "a missing column, a column of the wrong type in raw/events",
+    "one line naming the table, the column, the types and the fix; nothing written")
 def test_schema_errors_name_table_column_and_types(spark, tmp_path: Path, lake, capsys) -> None:
     tables = lake
     df = frame(spark, t.EVENTS, [event(1, 1, "2026-11-02T08:00:00")])
@@ -119,6 +134,10 @@ def test_schema_errors_name_table_column_and_types(spark, tmp_path: Path, lake, 
                    "cast it in the writer of raw/events")
 
 
+@pytest.mark.reliability(
+    "faults",
+    "a job failing midway (an error inside the Spark write)",
+    "no table changes: the output and the quarantine stay at their versions")
 def test_a_run_failing_midway_changes_no_table(spark, tmp_path: Path, lake, monkeypatch) -> None:
     tables = lake
     put(spark, tables, t.EVENTS, bad_events())

@@ -166,6 +166,10 @@ def test_serving_and_point_in_time_paths_build_identical_sequences(spark, lake) 
     assert a == b and len(a) == 2
 
 
+@pytest.mark.reliability(
+    "idempotency",
+    "build_sequences re-run for the same date",
+    "the partition is replaced (one new version, same rows), not appended")
 def test_rerun_replaces_the_partition(spark, tmp_path: Path, lake) -> None:
     _, tables = lake
     put(spark, tables, t.EVENTS, [event(u, 1, "2026-11-02T08:00:00") for u in (1, 2, 3)])
@@ -179,6 +183,10 @@ def test_rerun_replaces_the_partition(spark, tmp_path: Path, lake) -> None:
     assert meta["job"] == "build_sequences" and "raw/events" in meta["inputs"]
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "no raw/events partition in the look-back window",
+    "one line naming the table, the dates and the fix")
 def test_missing_events_partition_is_a_clear_error(spark, tmp_path: Path, lake, capsys) -> None:
     _, tables = lake
     put(spark, tables, t.EVENTS, [event(1, 1, "2026-11-02T08:00:00")])
@@ -211,6 +219,11 @@ def _commit_empty_partition(spark, tables, day: str, tmp_path: Path) -> None:
     assert day in tables.partitions(t.EVENTS)
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "an empty dt partition (an empty or failed upstream load) as the whole look-back window",
+    "refused in one line naming the table and window; the published partition is kept; --allow-empty"
+    " overrides")
 def test_an_empty_window_is_refused_and_keeps_the_partition(spark, tmp_path: Path, lake, capsys) -> None:
     _, tables = lake
     put(spark, tables, t.EVENTS, [event(u, 1, "2026-11-02T08:00:00") for u in (1, 2)])
@@ -228,6 +241,10 @@ def test_an_empty_window_is_refused_and_keeps_the_partition(spark, tmp_path: Pat
     assert tables.read(t.USER_SEQUENCES, dt="2026-11-03").count() == 0
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "a date with no events of its own",
+    "the sequences are built from earlier days, with a warning line naming the date")
 def test_a_date_without_its_own_events_warns(spark, tmp_path: Path, lake, capsys) -> None:
     _, tables = lake
     put(spark, tables, t.EVENTS, [event(u, 1, "2026-11-02T08:00:00") for u in (1, 2)])

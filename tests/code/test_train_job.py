@@ -211,6 +211,10 @@ def test_promotion_gate_blocks_a_worse_model(trained, capsys) -> None:
     assert intervals["ctr_auc"]["champion"] == pytest.approx(champion_run["test_ctr_auc"])
 
 
+@pytest.mark.reliability(
+    "faults",
+    "a truncated or corrupt model_state.pt in the registry",
+    "one line naming the model version and the path")
 def test_a_corrupt_model_artifact_is_a_one_line_error_naming_the_version(trained, capsys) -> None:
     from registry.models import log_model
     from registry.tracking import configure_mlflow
