@@ -16,6 +16,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -203,11 +204,43 @@ class DeltaTables(abc.ABC):
             mode = "overwrite"
         if mode not in ("append", "overwrite"):
             raise PlatformError(f"unknown write mode {mode!r} (append or overwrite)")
+        self._check_writable(spec)
         conformed = spec.conform(df)
         meta = {"engine": self.engine, **(metadata or {})}
-        result = self._write(conformed, spec, mode, norm, meta)
+        try:
+            result = self._write(conformed, spec, mode, norm, meta)
+        except PlatformError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - storage failures become one line naming the table
+            if not _is_storage_failure(exc):
+                raise
+            raise PlatformError(
+                f"writing table {spec.name} at {self.uri(spec)} failed, nothing was committed: {storage_cause(exc)}; "
+                f"check that lake_root ({self.root}) is writable and has free space") from exc
         logger.info("wrote %s", result.describe())
         return result
+
+    def _check_writable(self, spec: TableSpec) -> None:
+        """Fail before any work when a local table folder cannot be written: a file where the
+        folder should be, or a read-only location (object stores are left to the write itself)."""
+        path = _plain_path(self.uri(spec))
+        if "://" in path:
+            return
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise PlatformError(f"table {spec.name}: {path} is a file, not a table folder; "
+                                f"move it away or set lake_root to another folder")
+        existing = path
+        while not os.path.exists(existing):
+            parent = os.path.dirname(existing)
+            if parent == existing:
+                break
+            existing = parent
+        if not os.path.isdir(existing):
+            raise PlatformError(f"table {spec.name}: {existing} is a file, not a folder; "
+                                f"move it away or set lake_root to another folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise PlatformError(f"table {spec.name}: {existing} is not writable (read-only file system or "
+                                f"permissions); fix its permissions or set lake_root to a writable folder")
 
     def replace_partition(self, df: "DataFrame", spec: TableSpec, dt: str,
                           metadata: dict[str, Any] | None = None) -> WriteResult:
@@ -234,6 +267,37 @@ class DeltaTables(abc.ABC):
         """User metadata of the newest commit."""
         hist = self.history(spec, limit=1)
         return hist[0].metadata if hist else {}
+
+
+_STORAGE_ERRORS = ("Py4JJavaError", "DeltaError", "CommitFailedError", "DeltaProtocolError")
+
+
+_JAVA_STORAGE = re.compile(r"java\.(io|nio\.file)\.\w*Exception|No space left|Permission denied|Read-only file system")
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    """OSError and delta-rs errors; a Java failure only when its stack is about files (a failing
+    Python UDF inside a write keeps its own message)."""
+    name = type(exc).__name__
+    if isinstance(exc, OSError) or (name in _STORAGE_ERRORS and name != "Py4JJavaError"):
+        return True
+    text = str(exc)
+    return name == "Py4JJavaError" and "PythonException" not in text and bool(_JAVA_STORAGE.search(text))
+
+
+def storage_cause(exc: BaseException) -> str:
+    """The root cause of a storage failure in one line: the last ``Caused by:`` of a Java stack
+    (Spark's writes), else the message's first meaningful line."""
+    text = str(exc)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    caused = [ln[len("Caused by:"):].strip() for ln in lines if ln.startswith("Caused by:")]
+    if caused:
+        reason = caused[-1]
+    else:
+        body = [ln.lstrip(": ").strip() for ln in lines
+                if not ln.startswith("at ") and not ln.startswith("An error occurred while calling")]
+        reason = body[0] if body else type(exc).__name__
+    return reason[:400]
 
 
 def _parse_user_metadata(raw: Any) -> dict[str, Any]:

@@ -101,6 +101,7 @@ class Validated:
     total: int
     counts: dict[str, int] = field(default_factory=dict)
     source: "DataFrame | None" = None
+    hints: tuple[str, ...] = ()  # config keys that may explain a reason, for the failure line
 
     @property
     def quarantined(self) -> int:
@@ -150,7 +151,10 @@ def validated(df: "DataFrame", spec: TableSpec, as_of: _dt.date, rank_dim: int =
                 .withColumn("_copy", F.explode(F.sequence(F.lit(1), F.greatest(copies, F.lit(1)))))
                 .where(copies > 0)
                 .withColumn("_reason", F.coalesce(F.col("_reason"), F.lit("duplicate"))).drop("_n", "_copy"))
-    return Validated(spec, valid, rejected, total, counts, grouped)
+    hints = ((f"bad_rank_features counts rows whose rank_features are not {rank_dim} finite values "
+              f"(inputs.rank_features_dim={rank_dim}); if the upstream's length changed, set "
+              f"inputs.rank_features_dim to it",) if counts.get("bad_rank_features") else ())
+    return Validated(spec, valid, rejected, total, counts, grouped, hints)
 
 
 def release(*results: Validated) -> None:
@@ -190,7 +194,8 @@ def enforce_bound(tables: "DeltaTables", results: Sequence[Validated], day: _dt.
                 for r in results if r.share > max_share]
     if too_many:
         write_quarantine(tables, results, day, job, run_id)
+        hints = [h for r in results if r.share > max_share for h in r.hints]
         raise DataQualityError(
-            "too many rows quarantined: " + "; ".join(too_many)
+            "too many rows quarantined: " + "; ".join(too_many) + "".join(f"; {h}" for h in hints)
             + "; inspect quarantine/<table> and fix the upstream data or raise quality.max_quarantine_share")
     return [r.describe() for r in results]

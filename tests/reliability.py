@@ -25,8 +25,6 @@ NOT_TESTED: tuple[tuple[str, str, str], ...] = (
     ("faults", "SIGKILL of the nightly, training and feature jobs at several points, then a re-run",
      "not automated yet; by hand (2026-11-30, six points of the nightly job) the previous version stayed intact "
      "and a re-run reproduced it; the state a kill leaves is covered by the maintenance cases"),
-    ("faults", "read-only lake root, a file where a table folder should be, a full disk",
-     "not handled yet: Spark's write fails with a Py4JJavaError whose cause is deep in the Java stack"),
     ("concurrency", "two nightly runs of one date started together; two writers of different dates",
      "not tested yet: Delta's optimistic commit keeps one consistent partition, but both runs do the full "
      "work (no lock or early conflict check)"),

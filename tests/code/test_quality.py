@@ -159,3 +159,22 @@ def test_a_run_failing_midway_changes_no_table(spark, tmp_path: Path, lake, monk
     assert run(build_sequences, tmp_path, "--date", "2026-11-02", overrides=OV) == 1
     assert (tables.version(t.USER_SEQUENCES), tables.version(quarantine_spec(t.EVENTS))) == before
     assert tables.read(quarantine_spec(t.EVENTS)).count() == 7
+
+
+@pytest.mark.reliability(
+    "inputs", "raw/impressions whose rank_features hold 3 values while the config expects 8",
+    "quarantined as bad_rank_features with counts; above the bound, the failure line names "
+    "inputs.rank_features_dim and its value")
+def test_rank_features_of_another_length_name_the_config_key(spark, tmp_path: Path, lake) -> None:
+    from core.errors import DataQualityError
+    from features.quality import enforce_bound
+
+    rows = [{"user_id": u, "item_id": 1, "scene": "search", "query": "q", "event_time": ts("2026-11-02T08:00:00"),
+             "rank_features": [0.1, 0.2, 0.3], "clicked": 0, "carted": 0, "bought": 0, "dt": "2026-11-02"}
+            for u in range(4)]
+    result = validated(frame(spark, t.IMPRESSIONS, rows), t.IMPRESSIONS, dt.date(2026, 11, 2), rank_dim=8)
+    assert result.counts == {"bad_rank_features": 4} and result.total == 4
+    with pytest.raises(DataQualityError) as exc:
+        enforce_bound(lake, [result], dt.date(2026, 11, 2), "test", "run1", max_share=0.1)
+    message = str(exc.value)
+    assert "inputs.rank_features_dim=8" in message and "\n" not in message

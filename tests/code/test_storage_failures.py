@@ -1,0 +1,100 @@
+"""Storage that fails under a write: a file where a table folder should be, a read-only lake, a
+full disk. Each is one line naming the table and the fix; the table stays at its version, readable."""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from pyspark.sql import functions as F
+
+from core import tables as t
+from core.delta import get_tables
+from core.errors import PlatformError
+from tests.conftest import make_config
+from tests.helpers import event, frame, put
+
+DAY = "2026-11-02"
+
+
+def _mount(target: Path, *options: str) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(target)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def _tmpfs(target: Path, size: str) -> Iterator[Path]:
+    _mount(target, f"size={size}")
+    try:
+        yield target
+    finally:
+        subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+def _events(n_users: int) -> list[dict]:
+    return [event(u, u % 97, f"{DAY}T08:00:00", query="q" * 200) for u in range(n_users)]
+
+
+def _one_line(exc: pytest.ExceptionInfo[PlatformError]) -> str:
+    message = str(exc.value)
+    assert "\n" not in message and "Py4JJavaError" not in message and "\tat " not in message
+    return message
+
+
+@pytest.mark.reliability(
+    "faults", "a file where a table folder should be",
+    "one line naming the table, the path and the fix, before any work; nothing written")
+def test_a_file_where_the_table_should_be(spark, tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    tables = get_tables(spark, cfg)
+    path = Path(tables.uri(t.EVENTS))
+    path.parent.mkdir(parents=True)
+    path.write_text("not a table")
+    with pytest.raises(PlatformError) as exc:
+        put(spark, tables, t.EVENTS, _events(3))
+    message = _one_line(exc)
+    assert "raw/events" in message and str(path) in message and "lake_root" in message
+    assert path.read_text() == "not a table"
+
+
+@pytest.mark.reliability(
+    "faults", "a read-only lake root (a file system remounted read-only, or no write permission)",
+    "one line naming the table, the folder and the fix, before any work; the table stays at its version, readable")
+def test_a_read_only_lake(spark, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    with _tmpfs(lake, "64m"):
+        tables = get_tables(spark, make_config(tmp_path))
+        put(spark, tables, t.EVENTS, _events(3))
+        subprocess.run(["mount", "-o", "remount,ro", str(lake)], check=True)
+        with pytest.raises(PlatformError) as exc:
+            tables.replace_partition(frame(spark, t.EVENTS, _events(5)), t.EVENTS, DAY)
+        message = _one_line(exc)
+        assert "raw/events" in message and "not writable" in message and "lake_root" in message
+        assert tables.version(t.EVENTS) == 0 and tables.read(t.EVENTS).count() == 3
+
+
+@pytest.mark.reliability(
+    "faults", "a full disk (a 1 MB file system) during a partition replacement",
+    "one line naming the table, the cause (no space left) and the fix; nothing committed; the table stays "
+    "at its version, readable; no staging folder left")
+def test_a_full_disk(spark, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    with _tmpfs(lake, "1m"):
+        tables = get_tables(spark, make_config(tmp_path))
+        put(spark, tables, t.EVENTS, _events(3))
+        # 60,000 rows of random 128-character queries: several MB of Parquet, more than the disk holds
+        noise = F.sha2(F.rand(1).cast("string"), 512)
+        big = (frame(spark, t.EVENTS, _events(1)).drop("query").crossJoin(spark.range(60_000).select())
+               .withColumn("query", noise).select(t.EVENTS.columns).repartition(4))
+        with pytest.raises(PlatformError) as exc:
+            tables.replace_partition(big, t.EVENTS, DAY)
+        message = _one_line(exc)
+        assert "raw/events" in message and "nothing was committed" in message
+        assert "space" in message.lower(), message
+        assert tables.version(t.EVENTS) == 0 and tables.read(t.EVENTS).count() == 3
+        assert not any((Path(tables.uri(t.EVENTS)) / "_staging").glob("*"))
