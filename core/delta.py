@@ -226,10 +226,7 @@ class DeltaTables(abc.ABC):
         path = _plain_path(self.uri(spec))
         if "://" in path:
             return
-        if os.path.exists(path) and not os.path.isdir(path):
-            raise PlatformError(f"table {spec.name}: {path} is a file, not a table folder; "
-                                f"move it away or set lake_root to another folder")
-        existing = path
+        existing = path  # the table folder, or its nearest existing ancestor
         while not os.path.exists(existing):
             parent = os.path.dirname(existing)
             if parent == existing:
@@ -269,9 +266,7 @@ class DeltaTables(abc.ABC):
         return hist[0].metadata if hist else {}
 
 
-_STORAGE_ERRORS = ("Py4JJavaError", "DeltaError", "CommitFailedError", "DeltaProtocolError")
-
-
+_DELTA_RS_ERRORS = ("DeltaError", "CommitFailedError", "DeltaProtocolError")
 _JAVA_STORAGE = re.compile(r"java\.(io|nio\.file)\.\w*Exception|No space left|Permission denied|Read-only file system")
 
 
@@ -279,7 +274,7 @@ def _is_storage_failure(exc: BaseException) -> bool:
     """OSError and delta-rs errors; a Java failure only when its stack is about files (a failing
     Python UDF inside a write keeps its own message)."""
     name = type(exc).__name__
-    if isinstance(exc, OSError) or (name in _STORAGE_ERRORS and name != "Py4JJavaError"):
+    if isinstance(exc, OSError) or name in _DELTA_RS_ERRORS:
         return True
     text = str(exc)
     return name == "Py4JJavaError" and "PythonException" not in text and bool(_JAVA_STORAGE.search(text))

@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from core import tables as t
-from core.delta import get_tables
+from core.delta import DeltaTables, get_tables
 from core.errors import PlatformError
 from tests.conftest import make_config
 from tests.helpers import event, frame, put
@@ -19,21 +19,25 @@ from tests.helpers import event, frame, put
 DAY = "2026-11-02"
 
 
-def _mount(target: Path, *options: str) -> None:
-    target.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(target)],
+@contextlib.contextmanager
+def _tmpfs_lake(spark, tmp_path: Path, size: str) -> Iterator[DeltaTables]:  # noqa: ANN001
+    """A lake on a tmpfs of ``size`` holding raw/events v0 (3 rows); unmounted afterwards."""
+    lake = tmp_path / "lake"
+    lake.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(lake)],
                           capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here (needs root / CAP_SYS_ADMIN): {done.stderr.strip()}")
-
-
-@contextlib.contextmanager
-def _tmpfs(target: Path, size: str) -> Iterator[Path]:
-    _mount(target, f"size={size}")
     try:
-        yield target
+        tables = get_tables(spark, make_config(tmp_path))
+        put(spark, tables, t.EVENTS, _events(3))
+        yield tables
     finally:
-        subprocess.run(["umount", "-l", str(target)], check=False)
+        subprocess.run(["umount", "-l", str(lake)], check=False)
+
+
+def _assert_unchanged(tables: DeltaTables) -> None:
+    assert tables.version(t.EVENTS) == 0 and tables.read(t.EVENTS).count() == 3
 
 
 def _events(n_users: int) -> list[dict]:
@@ -66,16 +70,13 @@ def test_a_file_where_the_table_should_be(spark, tmp_path: Path) -> None:
     "faults", "a read-only lake root (a file system remounted read-only, or no write permission)",
     "one line naming the table, the folder and the fix, before any work; the table stays at its version, readable")
 def test_a_read_only_lake(spark, tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
-    with _tmpfs(lake, "64m"):
-        tables = get_tables(spark, make_config(tmp_path))
-        put(spark, tables, t.EVENTS, _events(3))
-        subprocess.run(["mount", "-o", "remount,ro", str(lake)], check=True)
+    with _tmpfs_lake(spark, tmp_path, "64m") as tables:
+        subprocess.run(["mount", "-o", "remount,ro", str(tmp_path / "lake")], check=True)
         with pytest.raises(PlatformError) as exc:
             tables.replace_partition(frame(spark, t.EVENTS, _events(5)), t.EVENTS, DAY)
         message = _one_line(exc)
         assert "raw/events" in message and "not writable" in message and "lake_root" in message
-        assert tables.version(t.EVENTS) == 0 and tables.read(t.EVENTS).count() == 3
+        _assert_unchanged(tables)
 
 
 @pytest.mark.reliability(
@@ -83,10 +84,7 @@ def test_a_read_only_lake(spark, tmp_path: Path) -> None:
     "one line naming the table, the cause (no space left) and the fix; nothing committed; the table stays "
     "at its version, readable; no staging folder left")
 def test_a_full_disk(spark, tmp_path: Path) -> None:
-    lake = tmp_path / "lake"
-    with _tmpfs(lake, "1m"):
-        tables = get_tables(spark, make_config(tmp_path))
-        put(spark, tables, t.EVENTS, _events(3))
+    with _tmpfs_lake(spark, tmp_path, "1m") as tables:
         # 60,000 rows of random 128-character queries: several MB of Parquet, more than the disk holds
         noise = F.sha2(F.rand(1).cast("string"), 512)
         big = (frame(spark, t.EVENTS, _events(1)).drop("query").crossJoin(spark.range(60_000).select())
@@ -96,5 +94,5 @@ def test_a_full_disk(spark, tmp_path: Path) -> None:
         message = _one_line(exc)
         assert "raw/events" in message and "nothing was committed" in message
         assert "space" in message.lower(), message
-        assert tables.version(t.EVENTS) == 0 and tables.read(t.EVENTS).count() == 3
+        _assert_unchanged(tables)
         assert not any((Path(tables.uri(t.EVENTS)) / "_staging").glob("*"))
