@@ -20,9 +20,10 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Literal, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
+from core import leases
 from core.errors import PlatformError, SchemaError, TableNotFound
 from core.tables import TableSpec
 
@@ -238,6 +239,12 @@ class DeltaTables(abc.ABC):
         if not os.access(existing, os.W_OK | os.X_OK):
             raise PlatformError(f"table {spec.name}: {existing} is not writable (read-only file system or "
                                 f"permissions); fix its permissions or set lake_root to a writable folder")
+
+    def lease(self, spec: TableSpec, dts: str | Sequence[str], job: str, run_id: str) -> ContextManager[None]:
+        """Hold the write leases of partitions ``dts`` of ``spec`` (:mod:`core.leases`): a second run
+        that wants one of them is refused at once, naming this one."""
+        return leases.lease(_plain_path(self.uri(spec)), spec.name, [dts] if isinstance(dts, str) else dts,
+                            job, run_id)
 
     def replace_partition(self, df: "DataFrame", spec: TableSpec, dt: str,
                           metadata: dict[str, Any] | None = None) -> WriteResult:

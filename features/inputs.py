@@ -25,18 +25,22 @@ class Inputs:
         self.as_of = as_of
         self.rank_dim = rank_dim
         self.versions: dict[str, int] = {}
-        self.validations: list[Validated] = []
+        self.validations: list[Validated] = []  # every table read, for enforce_bound, write_quarantine, release
+        self._snapshots: dict[str, Validated] = {}
 
     def available(self, spec: TableSpec) -> bool:
         return self.tables.exists(spec)
 
     def snapshot(self, spec: TableSpec) -> "DataFrame":
-        """A whole (snapshot) table, schema-checked."""
-        version = self.tables.version(spec)
-        df = self.tables.read(spec, version=version)
-        spec.validate(df.schema)
-        self.versions[spec.name] = version
-        return df
+        """The valid rows of a whole (snapshot) table: schema-checked, with row-level quarantine
+        like :meth:`partitions` (its :class:`Validated` joins :attr:`validations`). Read once per job."""
+        if spec.name not in self._snapshots:
+            version = self.tables.version(spec)
+            result = validated(self.tables.read(spec, version=version), spec, self.as_of, self.rank_dim)
+            self.versions[spec.name] = version
+            self.validations.append(result)
+            self._snapshots[spec.name] = result
+        return self._snapshots[spec.name].valid
 
     def partitions(self, spec: TableSpec, days: Sequence[str], require: bool = True) -> Validated:
         """The ``dt`` partitions ``days`` of ``spec``, schema-checked, with row-level quarantine."""

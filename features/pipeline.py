@@ -24,13 +24,19 @@ def build_user_sequences(tables: "DeltaTables", cfg: Config, day: _dt.date, job:
 
     A window without one valid event is refused (an empty or failed upstream load must not wipe a
     good partition) unless ``allow_empty``; a ``day`` without events of its own adds a warning line."""
+    with tables.lease(t.USER_SEQUENCES, day.isoformat(), job, run_id):  # one run per date, refused early
+        return _build_user_sequences(tables, cfg, day, job, run_id, allow_empty)
+
+
+def _build_user_sequences(tables: "DeltaTables", cfg: Config, day: _dt.date, job: str,
+                          run_id: str, allow_empty: bool) -> tuple["WriteResult", list[str]]:
     inputs = Inputs(tables, day, cfg.inputs.rank_features_dim)
     window = window_days(day, cfg.sequences.lookback_days)
     events = inputs.partitions(t.EVENTS, window)
     try:
         items = encode_items(inputs.snapshot(t.ITEMS), cfg.sequences)
         users = encode_users(inputs.snapshot(t.USERS))
-        lines = enforce_bound(tables, [events], day, job, run_id, cfg.quality.max_quarantine_share)
+        lines = enforce_bound(tables, inputs.validations, day, job, run_id, cfg.quality.max_quarantine_share)
         if events.total - events.quarantined <= 0 and not allow_empty:
             raise PlatformError(
                 f"{t.EVENTS.name} has no valid rows in {window[0]}..{window[-1]} (the look-back of {day}): refusing "
@@ -43,9 +49,9 @@ def build_user_sequences(tables: "DeltaTables", cfg: Config, day: _dt.date, job:
         res = tables.replace_partition(seq, t.USER_SEQUENCES, day.isoformat(), metadata={
             "job": job, "run_id": run_id, "inputs": inputs.versions, "quarantine": events.counts,
             "max_len": cfg.sequences.max_len, "lookback_days": cfg.sequences.lookback_days})
-        write_quarantine(tables, [events], day, job, run_id)
+        write_quarantine(tables, inputs.validations, day, job, run_id)
     finally:
-        release(events)
+        release(*inputs.validations)
     return res, lines
 
 

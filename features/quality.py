@@ -47,7 +47,11 @@ def _end_of(day: _dt.date) -> _dt.datetime:
 
 
 def row_checks(spec: TableSpec, as_of: _dt.date, rank_dim: int) -> list[tuple[str, "Column"]]:
-    """(reason, condition that is true for a bad row) of each table, in priority order."""
+    """(reason, condition that is true for a bad row) of each table, in priority order.
+
+    Snapshot tables (``raw/items``, ``raw/users``): a quarantined row's id is then unknown to the
+    jobs, which treat it like an id missing from the snapshot (unknown attributes, log price 0)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     def null_any(*cols: str) -> "Column":
@@ -58,6 +62,9 @@ def row_checks(spec: TableSpec, as_of: _dt.date, rank_dim: int) -> list[tuple[st
 
     def binary(col: str) -> "Column":
         return F.col(col).isNull() | ~F.col(col).isin(0, 1)
+
+    def conflicting(key: str) -> "Column":  # a snapshot's rows disagreeing on one key (exact copies are merged first)
+        return F.count(F.lit(1)).over(Window.partitionBy(key)) > 1
 
     future = F.col("event_time") >= F.lit(_end_of(as_of))
     dt_mismatch = F.to_date("event_time").cast("string") != F.col("dt")
@@ -88,6 +95,13 @@ def row_checks(spec: TableSpec, as_of: _dt.date, rank_dim: int) -> list[tuple[st
         checks = [("null_id", null_any("user_id", "shop_id")),
                   ("null_event_time", F.col("event_time").isNull()), ("future_event_time", future),
                   ("dt_mismatch", dt_mismatch), ("bad_label", binary("label"))]
+    elif spec is t.ITEMS:
+        price = F.col("price")
+        checks = [("null_id", null_any("item_id")),
+                  ("bad_price", price.isNotNull() & (F.isnan(price) | (price < 0) | (price == float("inf")))),
+                  ("conflicting_rows", conflicting("item_id"))]
+    elif spec is t.USERS:
+        checks = [("null_id", null_any("user_id")), ("conflicting_rows", conflicting("user_id"))]
     return checks
 
 

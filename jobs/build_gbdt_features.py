@@ -51,7 +51,7 @@ def run(ctx: JobContext) -> str:
     ev = inputs.partitions(t.EVENTS, history)
     imp = inputs.partitions(t.IMPRESSIONS, history)
     fol = inputs.partitions(t.FOLLOWS, history) if inputs.available(t.FOLLOWS) else None
-    validations = [v for v in (ev, imp, fol) if v is not None]
+    validations = inputs.validations
     try:
         lines = enforce_bound(tables, validations, end, JOB, ctx.run_id, cfg.quality.max_quarantine_share)
         events = gbdt.encoded_events(ev.valid, items, seq.hash_buckets.query_token)

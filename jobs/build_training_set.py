@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from core import protocol as pr
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry
-from core.delta import get_tables
+from core.delta import DeltaTables, get_tables
 from core.errors import PlatformError
 from core.spark import get_spark
 from features import training_set as ts
@@ -45,9 +45,15 @@ def run(ctx: JobContext) -> str:
     if end < start:
         raise PlatformError(f"--end {end} is before --start {start}")
     days = ts.range_days(start, end)
+    tables = get_tables(get_spark(cfg), cfg)
+    with tables.lease(t.TRAINING_EXAMPLES, days, JOB, ctx.run_id):  # one run per date, refused early
+        return _build(ctx, tables, days)
+
+
+def _build(ctx: JobContext, tables: DeltaTables, days: list[str]) -> str:
+    cfg = ctx.cfg
+    start, end = ctx.args.start, ctx.args.end
     split = pr.split_days(days, cfg.training_set.validation_days, cfg.training_set.test_days)
-    spark = get_spark(cfg)
-    tables = get_tables(spark, cfg)
     inputs = Inputs(tables, end, cfg.inputs.rank_features_dim)
     tsc, seq, rank_dim = cfg.training_set, cfg.sequences, cfg.inputs.rank_features_dim
     wanted = [task for task in cfg.training.tasks if getattr(tsc, task).enabled]
@@ -59,24 +65,20 @@ def run(ctx: JobContext) -> str:
     if not tasks:
         raise PlatformError(f"no task can be built: label tables of {wanted} are all absent")
 
-    validations = []
     parts = []
     items = encode_items(inputs.snapshot(t.ITEMS), seq)
     users = encode_users(inputs.snapshot(t.USERS))
     if {"ctr", "l2r"} & set(tasks):
         imp = inputs.partitions(t.IMPRESSIONS, days)
-        validations.append(imp)
         parts.append(ts.impression_groups(imp.valid, items, tsc, seq, rank_dim, split, tasks))
     if "follow" in tasks:
         fol = inputs.partitions(t.FOLLOWS, days)
-        validations.append(fol)
         parts.append(ts.follow_rows(fol.valid, tsc, seq, rank_dim, split))
     if "ppp" in tasks:
         lab = inputs.partitions(t.PPP_LABELS, days)
-        validations.append(lab)
         parts.append(ts.ppp_rows(lab.valid, tsc, seq, rank_dim, split))
     events = inputs.partitions(t.EVENTS, ts.behaviour_days(start, end, seq.lookback_days))
-    validations.append(events)
+    validations = inputs.validations
     try:
         lines = enforce_bound(tables, validations, end, JOB, ctx.run_id, cfg.quality.max_quarantine_share)
         rows = reduce(lambda a, b: a.unionByName(b), parts)

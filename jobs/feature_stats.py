@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry, parse_date
-from core.delta import get_tables
+from core.delta import DeltaTables, get_tables
 from core.errors import DataQualityError, PlatformError
 from core.spark import get_spark
 from features import stats as st
@@ -33,10 +33,15 @@ JOB = "feature_stats"
 
 
 def run(ctx: JobContext) -> str:
+    tables = get_tables(get_spark(ctx.cfg), ctx.cfg)
+    with tables.lease(t.FEATURE_STATS, ctx.args.date.isoformat(), JOB, ctx.run_id):  # one run per date
+        return _stats(ctx, tables)
+
+
+def _stats(ctx: JobContext, tables: DeltaTables) -> str:
     cfg, day = ctx.cfg, ctx.args.date
     rank_dim = cfg.inputs.rank_features_dim
-    spark = get_spark(cfg)
-    tables = get_tables(spark, cfg)
+    spark = tables.spark
     inputs = Inputs(tables, day, rank_dim)
     if not tables.exists(t.USER_SEQUENCES) or day.isoformat() not in tables.partitions(t.USER_SEQUENCES):
         raise PlatformError(f"features/user_sequences has no partition dt={day}; run build_sequences --date {day}")
@@ -44,20 +49,17 @@ def run(ctx: JobContext) -> str:
     serving_seq = tables.read(t.USER_SEQUENCES, dt=day.isoformat(), version=seq_version)
     inputs.versions[t.USER_SEQUENCES.name] = seq_version
     serving = st.user_side_stats(serving_seq)
-    serving += st.category_price_stats(encode_items(inputs.snapshot(t.ITEMS), cfg.sequences))
-    lines: list[str] = []
-    quarantine = []
-    if inputs.available(t.IMPRESSIONS):
-        imp = inputs.partitions(t.IMPRESSIONS, [day.isoformat()])
-        try:
-            lines += enforce_bound(tables, [imp], day, JOB, ctx.run_id, cfg.quality.max_quarantine_share)
-            items = encode_items(inputs.snapshot(t.ITEMS), cfg.sequences).select("item_id", "log_price")
-            rows = imp.valid.join(items, "item_id", "left").select(
+    items = encode_items(inputs.snapshot(t.ITEMS), cfg.sequences)
+    try:
+        imp = inputs.partitions(t.IMPRESSIONS, [day.isoformat()]) if inputs.available(t.IMPRESSIONS) else None
+        lines = enforce_bound(tables, inputs.validations, day, JOB, ctx.run_id, cfg.quality.max_quarantine_share)
+        serving += st.category_price_stats(items)
+        if imp is not None:
+            rows = imp.valid.join(items.select("item_id", "log_price"), "item_id", "left").select(
                 F.coalesce("log_price", F.lit(0.0)).alias("item_log_price"), "rank_features")
             serving += st.item_side_stats(rows, rank_dim)
-        finally:
-            release(imp)
-            quarantine = [imp]
+    finally:
+        release(*inputs.validations)
     frames = [st.stats_frame(spark, serving, st.SERVING, day.isoformat())]
     report = ""
     drift: dict[str, float] = {}
@@ -77,7 +79,7 @@ def run(ctx: JobContext) -> str:
     res = tables.replace_partition(out, t.FEATURE_STATS, day.isoformat(), metadata={
         "job": JOB, "run_id": ctx.run_id, "inputs": inputs.versions, "drift": drift,
         "threshold": cfg.stats.drift_threshold})
-    write_quarantine(tables, quarantine, day, JOB, ctx.run_id)
+    write_quarantine(tables, inputs.validations, day, JOB, ctx.run_id)
     over = {k: v for k, v in drift.items() if v > cfg.stats.drift_threshold}
     if over:
         names = ", ".join(f"{k} ({v:.3f})" for k, v in sorted(over.items(), key=lambda kv: -kv[1]))

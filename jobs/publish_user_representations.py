@@ -11,7 +11,8 @@ atomic commit whose metadata records the model version, the input table versions
 absent for a model whose vector has no blocks), which ``jobs/query.py similar`` reads. Before
 committing, the result is checked (one row per user of the serving population, no nulls,
 finite vectors of the model's length, 7 probabilities summing to 1, tiers 1..7); a bad
-result is refused and the table stays as it was.
+result is refused and the table stays as it was. A second run of the same date, started while one
+runs, is refused at its start, naming the first (a write lease, :mod:`core.leases`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pyspark import StorageLevel
 
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry
-from core.delta import get_tables
+from core.delta import DeltaTables, get_tables
 from core.errors import PlatformError
 from core.spark import get_spark
 from features import pipeline
@@ -34,9 +35,13 @@ JOB = "publish_user_representations"
 
 
 def run(ctx: JobContext) -> str:
+    tables = get_tables(get_spark(ctx.cfg), ctx.cfg)
+    with tables.lease(t.USER_REPRESENTATIONS, ctx.args.date.isoformat(), JOB, ctx.run_id):  # one run per date
+        return _publish(ctx, tables)
+
+
+def _publish(ctx: JobContext, tables: DeltaTables) -> str:
     cfg, day = ctx.cfg, ctx.args.date
-    spark = get_spark(cfg)
-    tables = get_tables(spark, cfg)
     registry = ModelRegistry(cfg.mlflow)
     loaded = registry.load(ctx.args.model_version)
     check_encoding(loaded.spec, cfg.sequences, loaded.version)

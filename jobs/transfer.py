@@ -59,12 +59,14 @@ def run(ctx: JobContext) -> str:
     with MlflowTracker(cfg.mlflow, run_name=f"transfer-{ds}", tags=tags) as tracker:
         inputs = Inputs(tables, args.date, cfg.inputs.rank_features_dim)
         labels = inputs.partitions(t.SHOP_PREFS, list(window.example_days))
+        items = inputs.snapshot(t.ITEMS)
         try:
-            lines = enforce_bound(tables, [labels], args.date, JOB, ctx.run_id, cfg.quality.max_quarantine_share)
+            lines = enforce_bound(tables, inputs.validations, args.date, JOB, ctx.run_id,
+                                  cfg.quality.max_quarantine_share)
             seq_v, rep_v = tables.version(t.USER_SEQUENCES), tables.version(t.USER_REPRESENTATIONS)
             examples = td.transfer_examples(
                 labels.valid, tables.read(t.USER_SEQUENCES, dt=snap, version=seq_v),
-                tables.read(t.USER_REPRESENTATIONS, dt=snap, version=rep_v), inputs.snapshot(t.ITEMS), window,
+                tables.read(t.USER_REPRESENTATIONS, dt=snap, version=rep_v), items, window,
                 buckets["shop"], buckets["category"], tc.validation_share, tc.test_share, tc.seed)
             res = tables.replace_partition(examples, td.TRANSFER_EXAMPLES, ds, metadata={
                 "job": JOB, "run_id": ctx.run_id, "mlflow_run_id": tracker.run_id, "dt": ds, "snapshot_dt": snap,
@@ -72,9 +74,9 @@ def run(ctx: JobContext) -> str:
                 "test_share": tc.test_share, "seed": tc.seed,
                 "inputs": {**inputs.versions, t.USER_SEQUENCES.name: seq_v, t.USER_REPRESENTATIONS.name: rep_v},
                 "quarantine": labels.counts})
-            write_quarantine(tables, [labels], args.date, JOB, ctx.run_id)
+            write_quarantine(tables, inputs.validations, args.date, JOB, ctx.run_id)
         finally:
-            release(labels)
+            release(*inputs.validations)
         stats = td.describe_examples(tables.read(td.TRANSFER_EXAMPLES, dt=ds, version=res.version))
         dropped = labels.total - labels.quarantined - sum(stats.rows.values())
         files = td.transfer_files(tables, ds, res.version)

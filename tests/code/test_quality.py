@@ -82,6 +82,37 @@ def test_share_above_the_bound_fails_before_any_output(spark, tmp_path: Path, la
     assert tables.read(quarantine_spec(t.EVENTS)).count() == 7          # kept for inspection
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "raw/items with a negative, NaN or infinite price, a null id, two disagreeing rows of one item, exact "
+    "copies; an event whose item is missing from raw/items",
+    "bad item rows quarantined with their reason and counted (input rows = kept + quarantined); their events "
+    "and the missing item's get unknown attributes and log price 0: every sequence value finite")
+def test_bad_item_rows_are_quarantined_and_their_events_kept(spark, tmp_path: Path, lake, capsys) -> None:
+    import math
+
+    tables = lake
+    put(spark, tables, t.ITEMS, [
+        {"item_id": 1, "price": 2.0, "category_id": 5},
+        {"item_id": 2, "price": -3.0}, {"item_id": 3, "price": float("nan")}, {"item_id": 4, "price": float("inf")},
+        {"item_id": None, "price": 1.0},
+        {"item_id": 5, "price": 1.0, "category_id": 1}, {"item_id": 5, "price": 1.0, "category_id": 2},
+        {"item_id": 6, "price": None}, {"item_id": 6, "price": None}])
+    put(spark, tables, t.EVENTS, [event(1, i, f"2026-11-02T0{i}:00:00") for i in range(1, 8)])  # item 7: missing
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02",
+               overrides=("sequences.max_len=10", "sequences.lookback_days=2", "quality.max_quarantine_share=0.9")) == 0
+    out = capsys.readouterr().out
+    assert "raw/items: 9 rows, 7 quarantined (bad_price=3, conflicting_rows=2, duplicate=1, null_id=1)" in out
+    q = tables.read(quarantine_spec(t.ITEMS), dt="2026-11-02").collect()
+    assert sorted(r.reason for r in q) == ["bad_price"] * 3 + ["conflicting_rows"] * 2 + ["duplicate", "null_id"]
+    row = tables.read(t.USER_SEQUENCES).first()
+    assert row.seq_len == 7                                              # no event lost, none duplicated
+    prices = row.seq_log_price[:7]
+    assert all(math.isfinite(v) for v in [*prices, *row.user_dense])
+    assert sorted(prices) == pytest.approx([0.0] * 6 + [math.log1p(2.0)])
+    assert sorted(row.seq_category[:7])[-1] != sorted(row.seq_category[:7])[0]   # item 1's category is known
+
+
 def test_other_tables_reasons(spark) -> None:
     day = dt.date(2026, 11, 2)
     good = {"user_id": 1, "item_id": 1, "scene": "search", "query": "q", "event_time": ts("2026-11-02T08:00:00"),
