@@ -7,7 +7,9 @@
   items, their L2R list), the sequence encoded once per row, batches of whole groups;
 * **example groups, bucketed by length**: the same, with the shuffling buffer sorted by sequence
   length into batches (the trainer's default);
-* the grouped, bucketed batches fed through **Petastorm** instead of from memory (the real reader).
+* the grouped, bucketed batches fed through **Petastorm** instead of from memory (the real reader),
+  with ``training.reader_workers`` threads and with one (``training.deterministic``: the same read
+  order on every run, at the cost this row measures).
 
 Every setting trains a fresh copy of the same initial weights for the same wall-clock budget and
 counts training examples (an impression in an L2R list counts for CTR and for L2R, as it was two
@@ -178,16 +180,19 @@ def main() -> None:
         results[name] = timed_training(spec, state, tc, batches, args.seconds)
         logger.info("%s: %s", name, results[name])
 
-    def petastorm_batches() -> Iterator[Batch]:
+    def petastorm_batches(workers: int) -> Iterator[Batch]:
         epoch = 0
         source = PetastormSource(data.train_files, TRAIN_FIELDS, batch_size=tc.batch_size, shuffle=True,
-                                 shuffle_capacity=tc.shuffle_buffer, bucket_by_length=True,
-                                 workers=tc.reader_workers, seed=3)
+                                 shuffle_capacity=tc.shuffle_buffer, bucket_by_length=True, workers=workers, seed=3)
         while True:
             yield from source.batches(epoch)
             epoch += 1
 
-    results["example groups, bucketed, Petastorm"] = timed_training(spec, state, tc, petastorm_batches(), args.seconds)
+    petastorm = "example groups, bucketed, Petastorm"
+    results[f"{petastorm} ({tc.reader_workers} reader threads)"] = timed_training(
+        spec, state, tc, petastorm_batches(tc.reader_workers), args.seconds)
+    results[f"{petastorm}, training.deterministic (1 reader thread)"] = timed_training(
+        spec, state, tc, petastorm_batches(1), args.seconds)
     base = results["one row per example"]["examples_per_s"]
     lines = ["| layout and feeding | examples/s | sequences/s | steps | speed-up (examples/s) |",
              "|---|---:|---:|---:|---:|"]
@@ -203,10 +208,12 @@ def main() -> None:
             f"v{data.version} ({len(flat['seq_len']):,} rows in the one-row-per-example layout); batch "
             f"{tc.batch_size} rows; {args.seconds:.0f} s of training per setting after 3 warm-up steps; model: "
             f"`conf/local.yaml` (`training.model`), {sum(p.numel() for p in model.parameters()):,} parameters, "
-            f"torch threads {torch.get_num_threads()}.\n")
+            f"torch threads {torch.get_num_threads()}. The last row is the reproducible read order of "
+            f"`training.deterministic`: its cost is its ratio to the row above.\n")
     print(body)
     print(json.dumps(results))
-    write_result(args.out, f"python -m benchmarks.bench_training --config {args.config} --rows {args.rows} "
+    sets = "".join(f" --set {o}" for o in args.overrides)
+    write_result(args.out, f"python -m benchmarks.bench_training --config {args.config}{sets} --rows {args.rows} "
                            f"--seconds {args.seconds:.0f}", body)
 
 

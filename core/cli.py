@@ -72,6 +72,9 @@ def run_job(job: str, parser: argparse.ArgumentParser, run: Callable[[JobContext
     errors, as argparse does). The traceback is logged at DEBUG level.
     """
     args = parser.parse_args(argv)
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    if start and end and end < start:
+        parser.error(f"--end {end} is before --start {start}")
     _configure_logging(args.log_level)
     started = time.time()
     try:
@@ -115,12 +118,6 @@ def main_entry(job: str, parser: argparse.ArgumentParser, run: Callable[[JobCont
     except Exception:  # noqa: BLE001 - stopping Spark must not change the exit code
         logger.debug("spark stop failed", exc_info=True)
     sys.exit(code)
-
-
-def date_range(start: _dt.date, end: _dt.date) -> list[_dt.date]:
-    if end < start:
-        raise PlatformError(f"--end {end} is before --start {start}")
-    return [start + _dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
 def ds(day: _dt.date) -> str:

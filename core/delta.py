@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Literal, Mapping, Sequence
 from urllib.parse import unquote, urlparse
 
-from core import leases
+from core import faults, leases
 from core.errors import PlatformError, SchemaError, TableNotFound
 from core.tables import TableSpec
 
@@ -219,6 +219,7 @@ class DeltaTables(abc.ABC):
                 f"writing table {spec.name} at {self.uri(spec)} failed, nothing was committed: {storage_cause(exc)}; "
                 f"check that lake_root ({self.root}) is writable and has free space") from exc
         logger.info("wrote %s", result.describe())
+        faults.point("write.committed")
         return result
 
     def _check_writable(self, spec: TableSpec) -> None:
@@ -242,7 +243,11 @@ class DeltaTables(abc.ABC):
 
     def lease(self, spec: TableSpec, dts: str | Sequence[str], job: str, run_id: str) -> ContextManager[None]:
         """Hold the write leases of partitions ``dts`` of ``spec`` (:mod:`core.leases`): a second run
-        that wants one of them is refused at once, naming this one."""
+        that wants one of them is refused at once, naming this one. A local lake root must exist: a
+        missing one (a wrong path, an unmounted volume) is refused rather than created."""
+        if "://" not in self.root and not os.path.isdir(self.root):
+            raise PlatformError(f"lake_root {self.root} does not exist (a wrong path or an unmounted volume?): "
+                                f"fix lake_root, or create the folder and load the input tables into it")
         return leases.lease(_plain_path(self.uri(spec)), spec.name, [dts] if isinstance(dts, str) else dts,
                             job, run_id)
 
@@ -329,6 +334,9 @@ class RsDeltaTables(DeltaTables):
         try:
             return DeltaTable(self.uri(spec), version=version, storage_options=self.storage_options or None)
         except Exception as exc:  # delta-rs raises TableNotFoundError / DeltaError variants
+            if version is None and not self.exists(spec):
+                raise TableNotFound(f"table {spec.name} does not exist under lake_root {self.root}: check lake_root, "
+                                    f"or write the table first (its upstream load or job)") from exc
             raise TableNotFound(f"table {spec.name}: {str(exc).splitlines()[0]}") from exc
 
     def exists(self, spec: TableSpec) -> bool:
@@ -428,6 +436,7 @@ class RsDeltaTables(DeltaTables):
         fs = _HadoopFs(self.spark, staging)
         try:
             df.write.mode("errorifexists").partitionBy(*spec.partition_by).parquet(staging)
+            faults.point("write.staged")
             adds: list[AddAction] = []
             rows: int | None = 0
             for st in fs.list_parquet(staging):
@@ -442,6 +451,7 @@ class RsDeltaTables(DeltaTables):
                 rows = rows + n if (n is not None and rows is not None) else None
                 stats = json.dumps({"numRecords": n}) if n is not None else "{}"
                 adds.append(AddAction(rel, st.size, pvalues, st.mtime, True, stats))
+            faults.point("write.moved")  # files in the partition folders, not committed
             props = CommitProperties(custom_metadata={"userMetadata": json.dumps(metadata, default=str)})
             schema = self._delta_schema(spec)
             if not self.exists(spec):

@@ -29,8 +29,6 @@ JOB = "build_gbdt_features"
 def run(ctx: JobContext) -> str:
     cfg = ctx.cfg
     start, end = ctx.args.start, ctx.args.end
-    if end < start:
-        raise PlatformError(f"--end {end} is before --start {start}")
     days = range_days(start, end)
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)

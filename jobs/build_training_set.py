@@ -42,8 +42,6 @@ logger = logging.getLogger(__name__)
 def run(ctx: JobContext) -> str:
     cfg = ctx.cfg
     start, end = ctx.args.start, ctx.args.end
-    if end < start:
-        raise PlatformError(f"--end {end} is before --start {start}")
     days = ts.range_days(start, end)
     tables = get_tables(get_spark(cfg), cfg)
     with tables.lease(t.TRAINING_EXAMPLES, days, JOB, ctx.run_id):  # one run per date, refused early

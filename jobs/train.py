@@ -22,6 +22,7 @@ import argparse
 import datetime as _dt
 import math
 
+from core import faults
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry, parse_date
 from core.delta import get_tables
@@ -51,8 +52,6 @@ def run(ctx: JobContext) -> str:
     if args.mode == "full":
         if not (args.start and args.end):
             raise PlatformError("--mode full needs --start and --end")
-        if args.end < args.start:
-            raise PlatformError(f"--end {args.end} is before --start {args.start}")
         days, last = range_days(args.start, args.end), args.end
     else:
         if not args.date:
@@ -92,6 +91,7 @@ def run(ctx: JobContext) -> str:
             "test_days": ",".join(data.test_days), "job_run_id": ctx.run_id, "family": spec.model.family}
     with MlflowTracker(cfg.mlflow, run_name=f"{args.mode}-{days[-1]}", tags=tags) as tracker:
         result = run_training(plan, tc.num_processes, tc.use_distributor)
+        faults.point("train.trained")
         params = {"mode": args.mode, "family": spec.model.family, "tasks": ",".join(spec.tasks),
                   "architecture": spec.model.architecture, "property_in": spec.model.property_in, "esmm": spec.esmm,
                   "weighting": tc.weighting.kind, "optimizer": tc.optimizer, "lr": tc.lr,
@@ -115,6 +115,7 @@ def run(ctx: JobContext) -> str:
         test = ev.metrics(candidate_pred)
         log_test(tracker, test)
         version = registry.register(log_model(result.state), tags={"mode": args.mode, "run_id": tracker.run_id})
+        faults.point("train.registered")  # registered, not yet gated: the champion alias has not moved
         champion_pred = ev.predict(champion.model, eval_source(tc, data.test_files).batches()) \
             if champion is not None else None
         decision = decide_promotion(candidate_pred, champion_pred, tc.promotion)

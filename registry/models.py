@@ -152,7 +152,8 @@ class ModelRegistry:
         try:
             mv = self.client.get_model_version(self.name, str(version))
         except MlflowException:
-            raise PlatformError(f"registered model '{self.name}' has no version {version}") from None
+            raise PlatformError(f"registered model '{self.name}' has no version {version} ({self.versions_summary()}); "
+                                f"pass one of them to --model-version, or omit it for the champion") from None
         import mlflow
 
         local = mlflow.artifacts.download_artifacts(f"models:/{self.name}/{mv.version}")
@@ -162,6 +163,18 @@ class ModelRegistry:
         model = load_state_file(state, f"version {mv.version} of registered model '{self.name}'")
         return LoadedModel(self.name, str(mv.version), str(mv.run_id), model,
                            list(getattr(mv, "aliases", []) or []))
+
+    def versions_summary(self) -> str:
+        """'its versions: 1..7' (or 'it has no version'), for an error line."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = sorted(int(v.version) for v in self.client.search_model_versions(f"name='{self.name}'"))
+        except MlflowException:
+            found = []
+        if not found:
+            return "it has no version"
+        return f"its versions: {found[0]}" + (f"..{found[-1]}" if len(found) > 1 else "")
 
     def state_bytes(self, version: str) -> bytes:
         import mlflow

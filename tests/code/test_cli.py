@@ -64,6 +64,20 @@ def test_bad_date_is_a_usage_error() -> None:
     assert res.returncode == 2 and "expected a date YYYY-MM-DD" in res.stderr
 
 
+@pytest.mark.reliability(
+    "config",
+    "--end before --start (training set, GBDT features, training)",
+    "a usage error (exit 2) naming both dates, before any work; nothing written")
+@pytest.mark.parametrize("job", [["jobs.build_training_set"], ["jobs.build_gbdt_features"],
+                                 ["jobs.train", "--mode", "full"]])
+def test_end_before_start_is_a_usage_error(job: list[str], tmp_path: Path) -> None:
+    res = run_module([*job, "--config", "conf/local.yaml", "--set", f"lake_root={tmp_path / 'lake'}",
+                      "--start", "2026-11-05", "--end", "2026-11-04"])
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].endswith("error: --end 2026-11-04 is before --start 2026-11-05")
+    assert not (tmp_path / "lake").exists()
+
+
 def test_unexpected_errors_keep_the_inner_reason() -> None:
     from core.cli import failure_reason
 

@@ -68,6 +68,22 @@ def test_missing_champion_is_a_clear_error(tiny_pipeline, tmp_path: Path, capsys
                    "--model-version N")
 
 
+@pytest.mark.reliability(
+    "config",
+    "--model-version naming a version that does not exist",
+    "one line naming the model, the version and the versions it has; exit 1; the published table unchanged")
+def test_a_model_version_that_does_not_exist(tiny_published, capsys) -> None:
+    cfg, tables, tmp = tiny_published
+    before = tables.version(t.USER_REPRESENTATIONS)
+    assert run(publish, tmp, "--date", TINY_END, "--model-version", "99", overrides=OV, lake=cfg.lake_root) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("publish_user_representations failed: registered model 'dupn_user_model' has no "
+                             "version 99 (its versions: 1")
+    assert err[0].endswith("pass one of them to --model-version, or omit it for the champion")
+    assert tables.version(t.USER_REPRESENTATIONS) == before
+
+
 def test_the_model_is_built_once_per_process(tiny_model, spark) -> None:
     from registry.models import ModelRegistry
     from training import inference

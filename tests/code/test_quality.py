@@ -113,6 +113,12 @@ def test_bad_item_rows_are_quarantined_and_their_events_kept(spark, tmp_path: Pa
     assert sorted(row.seq_category[:7])[-1] != sorted(row.seq_category[:7])[0]   # item 1's category is known
 
 
+@pytest.mark.reliability(
+    "inputs",
+    "null ids, labels outside their values, a purchase without a click, tiers outside 1..7, labels dated after "
+    "the run's date, rank_features of the wrong length or NaN, in raw/impressions, raw/follows, raw/ppp_labels "
+    "and raw/shop_prefs",
+    "each row quarantined with its reason and counted; input rows = kept + quarantined")
 def test_other_tables_reasons(spark) -> None:
     day = dt.date(2026, 11, 2)
     good = {"user_id": 1, "item_id": 1, "scene": "search", "query": "q", "event_time": ts("2026-11-02T08:00:00"),
@@ -139,6 +145,24 @@ def test_other_tables_reasons(spark) -> None:
     shop = frame(spark, t.SHOP_PREFS, [{"user_id": 1, "shop_id": 3, "event_time": ts("2026-11-02T01:00:00"),
                                         "label": -1, "dt": "2026-11-02"}])
     assert validated(shop, t.SHOP_PREFS, day).counts == {"bad_label": 1}
+
+
+INPUT_TABLES = [t.EVENTS, t.ITEMS, t.USERS, t.IMPRESSIONS, t.FOLLOWS, t.PPP_LABELS, t.SHOP_PREFS]
+
+
+@pytest.mark.reliability(
+    "inputs",
+    "a missing column and a column of the wrong type, in each input table of CONTRACT.md",
+    "one line naming the table, the column, the types and the fix, before any row is read")
+@pytest.mark.parametrize("spec", INPUT_TABLES, ids=[s.name for s in INPUT_TABLES])
+def test_every_input_table_names_a_missing_or_mistyped_column(spark, spec) -> None:  # noqa: ANN001
+    empty = spark.createDataFrame([], spec.schema)
+    key = spec.schema.fields[0].name
+    with pytest.raises(SchemaError, match=f"^table {spec.name}: missing column '{key}' .*; fix the writer of "):
+        validated(empty.drop(key), spec, dt.date(2026, 11, 2))
+    with pytest.raises(SchemaError, match=f"^table {spec.name}: column '{key}' has type string, expected bigint; "
+                                          f"cast it in the writer of {spec.name}$"):
+        validated(empty.withColumn(key, F.col(key).cast("string")), spec, dt.date(2026, 11, 2))
 
 
 @pytest.mark.reliability(

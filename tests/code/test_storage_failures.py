@@ -96,3 +96,18 @@ def test_a_full_disk(spark, tmp_path: Path) -> None:
         assert "space" in message.lower(), message
         _assert_unchanged(tables)
         assert not any((Path(tables.uri(t.EVENTS)) / "_staging").glob("*"))
+
+
+@pytest.mark.reliability(
+    "faults", "a lake root that does not exist (a wrong path, an unmounted volume)",
+    "one line naming the first input table, the root and the fix; nothing created there")
+def test_a_missing_lake_root(spark, tmp_path: Path, capsys) -> None:
+    from jobs import build_sequences
+    from tests.helpers import run
+
+    root = tmp_path / "not" / "mounted"
+    assert run(build_sequences, tmp_path, "--date", "2026-11-02", lake=str(root)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"build_sequences failed: lake_root {root} does not exist (a wrong path or an unmounted volume?): "
+                   f"fix lake_root, or create the folder and load the input tables into it"]
+    assert not root.exists()
