@@ -82,6 +82,7 @@ def test_publish_job_fails_with_one_line(tmp_path: Path, capsys: pytest.CaptureF
     from tests.helpers import run
 
     uri = dead_uri()
+    (tmp_path / "lake").mkdir()  # a lake root that exists: the registry is the only thing missing
     code = run(publish, tmp_path, "--date", "2026-11-08",
                overrides=(f"mlflow.tracking_uri={uri}", "mlflow.request_timeout_s=2", "mlflow.max_retries=0"))
     err = capsys.readouterr().err.strip().splitlines()
