@@ -14,8 +14,12 @@ initialisation and the read order change; the split does not) and reported as me
 Writes ``comparison.md`` and ``comparison.json`` (``--out-dir``, default ``benchmarks/results``) and
 logs one MLflow parent run with a child run per row. Prerequisites (the demo world's training set,
 statistics and GBDT features) are built when missing. Finished runs are cached in
-``benchmarks/_work/comparison`` keyed by the row's resolved settings, the training-set version
-and the seed, so an interrupted benchmark resumes; ``--fresh`` ignores the cache.
+``--cache-dir`` (default ``benchmarks/_work/comparison``) keyed by the row's resolved settings, the
+training-set version and the seed, so an interrupted benchmark resumes; ``--fresh`` ignores the cache.
+Each cached run records where it came from (the commit, its date, the machine, and a fingerprint of
+the training set: its rows per day); a run whose fingerprint differs from the data at hand is not used.
+A cache directory kept in the repository (``benchmarks/results/comparison_runs``) lets a table that
+needs more training than one sitting be filled over several, each run with the commit that made it.
 """
 from __future__ import annotations
 
@@ -130,6 +134,31 @@ def prepare(config: str, overrides: Sequence[str], cfg: Config, tables: DeltaTab
 
 
 # ---------------------------------------------------------------------- running
+def data_fingerprint(data: TrainingData) -> str:
+    """The training set's rows per split and day (Parquet footers only), hashed: equal for the same
+    demo world built by the same code, whatever its file names."""
+    import pyarrow.parquet as pq
+
+    rows: dict[str, int] = {}
+    for split, files in (("train", data.train_files), ("valid", data.valid_files), ("test", data.test_files)):
+        for f in files:
+            day = next((p[3:] for p in f.split("/") if p.startswith("dt=")), "?")
+            key = f"{split}/{day}"
+            rows[key] = rows.get(key, 0) + pq.ParquetFile(f.removeprefix("file://")).metadata.num_rows
+    text = json.dumps(sorted(rows.items()))
+    return f"{sum(rows.values())} rows, sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def commit() -> str:
+    """This checkout's short commit, with ``+changes`` when its tracked files differ from it."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "-uno") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int) -> str:
     text = json.dumps({"row": row.key, "resolved": resolved, "version": version, "seed": seed}, sort_keys=True,
                       default=str)
@@ -140,31 +169,46 @@ class NotRun(Exception):
     """A (row, seed) outcome that is not in the cache, under ``--cached-only``."""
 
 
+class RunCache:
+    """Finished runs, one JSON file per (row settings, data version, seed) key, each stamped with where
+    it came from; a run made from other data (another fingerprint) is not used."""
+
+    def __init__(self, folder: Path, fingerprint: str, fresh: bool = False, cached_only: bool = False) -> None:
+        self.folder, self.fingerprint, self.fresh, self.cached_only = folder, fingerprint, fresh, cached_only
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.commits: set[str] = set()  # of the runs used
+
+    def get(self, key: str, make: Callable[[], RunOutcome]) -> RunOutcome:
+        path = self.folder / f"{key}.json"
+        if path.exists() and not self.fresh:
+            record = json.loads(path.read_text())
+            made = record.pop("provenance", {})
+            if made.get("data", self.fingerprint) == self.fingerprint:
+                self.commits.add(made.get("commit", "unknown"))
+                return RunOutcome.from_dict(record)
+            logger.warning("%s: made from other data (%s, now %s): not used", path, made.get("data"), self.fingerprint)
+        if self.cached_only:
+            raise NotRun(key)
+        outcome = make()
+        made = {"commit": commit(), "date": dt.date.today().isoformat(), "machine": machine(),
+                "data": self.fingerprint}
+        path.write_text(json.dumps({**outcome.as_dict(), "provenance": made}, default=float))
+        self.commits.add(made["commit"])
+        return outcome
+
+
 class Runner:
     """Runs (or takes from the cache) every (row, seed) outcome."""
 
     def __init__(self, config: str, cfg: Config, tables: DeltaTables, data: TrainingData, stats: Statistics,
-                 fresh: bool, overrides: Sequence[str], cached_only: bool = False) -> None:
+                 fresh: bool, overrides: Sequence[str], cached_only: bool = False, cache: Path | None = None) -> None:
         self.config, self.cfg, self.tables, self.data, self.stats = config, cfg, tables, data, stats
-        self.cache = WORK / "comparison"
-        self.cache.mkdir(parents=True, exist_ok=True)
-        self.fresh = fresh
-        self.cached_only = cached_only
+        self.cache = RunCache(cache or WORK / "comparison", data_fingerprint(data), fresh, cached_only)
         self.overrides = list(overrides)
         self._gbdt_data: tuple[Any, Any, Any, Any] | None = None
 
     def row_config(self, row: Row, extra: Sequence[str] = ()) -> Config:
         return load_config(self.config, [*self.overrides, *row.overrides, *extra])
-
-    def _cached(self, key: str, make: Callable[[], RunOutcome]) -> RunOutcome:
-        path = self.cache / f"{key}.json"
-        if path.exists() and not self.fresh:
-            return RunOutcome.from_dict(json.loads(path.read_text()))
-        if self.cached_only:
-            raise NotRun(key)
-        outcome = make()
-        path.write_text(json.dumps(outcome.as_dict(), default=float))
-        return outcome
 
     def neural(self, row: Row, seed: int, tasks: Sequence[str] | None = None, name: str | None = None) -> RunOutcome:
         extra = [f"training.tasks=[{','.join(tasks)}]"] if tasks else []
@@ -174,7 +218,7 @@ class Runner:
                                      category_log_price=self.stats.category_log_price)
         resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json")}
         key = _cache_key(row, resolved, self.data.version, seed)
-        return self._cached(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))
+        return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))
 
     def gbdt(self, row: Row, seed: int) -> RunOutcome:
         from features.gbdt import gbdt_spec, task_features
@@ -203,7 +247,7 @@ class Runner:
                               train_seconds=res.train_seconds, train_samples=res.train_examples,
                               train_rows=res.train_examples, stopped_early=True, parameters=0,
                               extra={"trees": res.rounds, "importance": res.importance})
-        return self._cached(key, make)
+        return self.cache.get(key, make)
 
     def stl(self, row: Row, seed: int) -> RunOutcome:
         parts = {task: self.neural(row, seed, [task], name=f"{row.key}_{task}") for task in self.data.tasks}
@@ -274,7 +318,9 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         f"Machine: {context['machine']}; date {context['date']}; training time summed over the runs "
         f"{context['train_minutes']:.0f} min (this invocation: {context['wall_minutes']:.0f} min wall"
         f"{', from the cache' if context.get('cached_only') else ''}).  ",
-        f"Data: {context['data']}.  ",
+        f"Data: {context['data']}"
+        + (f" (fingerprint: {context['data_fingerprint']})" if context.get("data_fingerprint") else "") + ".  ",
+        *([f"Runs made at commit(s): {', '.join(context['runs_made_at'])}.  "] if context.get("runs_made_at") else []),
         f"Protocol: {context['protocol']}  ",
         f"Budget: {context['budget']}", *([f"Note: {context['note']}"] if context.get("note") else []), "",
         "Each cell: test mean ± std over the seeds " + ", ".join(str(s) for s in context["seeds"]) + ". In a column, "
@@ -369,6 +415,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="comparison", help="results file names (<name>.md, <name>.json)")
     p.add_argument("--fresh", action="store_true", help="ignore cached runs")
+    p.add_argument("--cache-dir", type=Path, default=WORK / "comparison",
+                   help="where finished runs are kept (e.g. benchmarks/results/comparison_runs, kept in git)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--note", default="", help="a line printed under the table's header (how the runs were made)")
     p.add_argument("--cached-only", action="store_true",
@@ -389,7 +437,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     from features.oracle import oracle_scores
 
     oracle = oracle_scores(tables, data.test_days, cfg.training_set)
-    runner = Runner(args.config, cfg, tables, data, stats, args.fresh, args.overrides, args.cached_only)
+    runner = Runner(args.config, cfg, tables, data, stats, args.fresh, args.overrides, args.cached_only,
+                    args.cache_dir)
 
     def run_seeds(row: Row) -> list[RunOutcome]:
         outcomes = []
@@ -438,6 +487,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"scorings per epoch, patience {tc.early_stopping.patience}) within {tc.epochs} epochs; the GBDT "
                   f"adds trees until validation stops improving (50 rounds patience, at most 1,500).",
         "note": args.note,
+        "runs_made_at": sorted(runner.cache.commits),
+        "data_fingerprint": runner.cache.fingerprint,
     }
     payload = {
         "context": context, "oracle": oracle,

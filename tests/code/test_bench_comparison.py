@@ -38,3 +38,27 @@ def test_table_marks_best_noise_missing_seeds_and_runs_still_improving() -> None
 def test_lift_share() -> None:
     assert abs(lift_share(0.8, 0.9) - 0.75) < 1e-12
     assert lift_share(0.6, 0.5) != lift_share(0.6, 0.5)  # nan: the oracle has no lift
+
+
+def test_run_cache_stamps_runs_and_refuses_runs_of_other_data(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    import pytest
+
+    from benchmarks.bench_comparison import NotRun, RunCache
+
+    made = []
+
+    def make() -> RunOutcome:
+        made.append(1)
+        return outcome("wide", 0, 0.7)
+
+    cache = RunCache(tmp_path, "100 rows, sha256 aaa")
+    assert cache.get("k", make).test["ctr_auc"] == 0.7 and len(made) == 1
+    record = json.loads((tmp_path / "k.json").read_text())
+    assert record["provenance"]["data"] == "100 rows, sha256 aaa" and record["provenance"]["commit"]
+    assert cache.get("k", make).test["ctr_auc"] == 0.7 and len(made) == 1      # from the cache
+    assert cache.commits == {record["provenance"]["commit"]}
+    with pytest.raises(NotRun):                                                # another world: not used
+        RunCache(tmp_path, "90 rows, sha256 bbb", cached_only=True).get("k", make)
+    assert RunCache(tmp_path, "90 rows, sha256 bbb").get("k", make) and len(made) == 2
