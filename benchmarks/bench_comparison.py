@@ -159,9 +159,42 @@ def commit() -> str:
         return "unknown"
 
 
-def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int) -> str:
-    text = json.dumps({"row": row.key, "resolved": resolved, "version": version, "seed": seed}, sort_keys=True,
-                      default=str)
+# Model settings added after runs were cached, with their default and the families that read them:
+# left out of a run's key where they cannot change the model (at their default, or in a family that
+# does not read them), so the runs made before they existed stay valid.
+LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
+    "recency_interests": (0, frozenset({"dupn"})),
+}
+
+
+def _without_later_fields(part: Any) -> Any:
+    """A resolved spec or training config without the model settings that cannot change its model."""
+    model = part.get("model") if isinstance(part, dict) else None
+    if not isinstance(model, dict):
+        return part
+    return {**part, "model": {k: v for k, v in model.items() if k not in LATER_MODEL_FIELDS or (
+        v != LATER_MODEL_FIELDS[k][0] and model.get("family") in LATER_MODEL_FIELDS[k][1])}}
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 10 significant digits, and 0 below 1e-9: statistics computed by Spark differ in their
+    last bits with the order of a sum (e.g. after a change of the query plan; a mean of 2e-17 or
+    1.9e-17 is a mean of 0), which must not make a run another run."""
+    if isinstance(value, float):
+        return 0.0 if abs(value) < 1e-9 else float(f"{value:.10g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int, exact: bool = False) -> str:
+    """The run's key. ``exact``: with the floats unrounded, the key of the runs cached before
+    2026-12-02 (:meth:`RunCache.get` renames such a file to its key)."""
+    resolved = {k: _without_later_fields(v) for k, v in resolved.items()}
+    text = json.dumps({"row": row.key, "resolved": resolved if exact else _rounded(resolved), "version": version,
+                       "seed": seed}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -178,8 +211,12 @@ class RunCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.commits: set[str] = set()  # of the runs used
 
-    def get(self, key: str, make: Callable[[], RunOutcome]) -> RunOutcome:
+    def get(self, key: str, make: Callable[[], RunOutcome], exact_key: str | None = None) -> RunOutcome:
         path = self.folder / f"{key}.json"
+        earlier = self.folder / f"{exact_key}.json"
+        if exact_key and not path.exists() and earlier.exists():
+            earlier.rename(path)
+            logger.info("%s: the run cached under its unrounded key %s, renamed", path.name, exact_key)
         if path.exists() and not self.fresh:
             record = json.loads(path.read_text())
             made = record.pop("provenance", {})
@@ -217,8 +254,9 @@ class Runner:
                                      norm=self.stats.norm, logit_offsets=self.data.logit_offsets,
                                      category_log_price=self.stats.category_log_price)
         resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json")}
-        key = _cache_key(row, resolved, self.data.version, seed)
-        return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))
+        key, exact = (_cache_key(row, resolved, self.data.version, seed, x) for x in (False, True))
+        return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed),
+                              exact)
 
     def gbdt(self, row: Row, seed: int) -> RunOutcome:
         from features.gbdt import gbdt_spec, task_features
@@ -230,7 +268,7 @@ class Runner:
         spec = gbdt_spec(rank_dim)
         version = self.tables.version(spec)
         resolved = {"params": params.__dict__, "features": features, "gbdt_version": version}
-        key = _cache_key(row, resolved, self.data.version, seed)
+        key, exact = (_cache_key(row, resolved, self.data.version, seed, x) for x in (False, True))
 
         def make() -> RunOutcome:
             if self._gbdt_data is None:
@@ -247,7 +285,7 @@ class Runner:
                               train_seconds=res.train_seconds, train_samples=res.train_examples,
                               train_rows=res.train_examples, stopped_early=True, parameters=0,
                               extra={"trees": res.rounds, "importance": res.importance})
-        return self.cache.get(key, make)
+        return self.cache.get(key, make, exact)
 
     def stl(self, row: Row, seed: int) -> RunOutcome:
         parts = {task: self.neural(row, seed, [task], name=f"{row.key}_{task}") for task in self.data.tasks}

@@ -221,6 +221,9 @@ class ModelConfig(_Strict):
     attention_heads: int = Field(4, ge=1, description="attention distributions over the behaviours; each also "
                                  "pools the behaviours' interest keys into the representation")
     match_features: bool = Field(True, description="heads read the user-target match of the pooled interests")
+    recency_interests: int = Field(0, ge=0, description="time-decay pools of the behaviours' interest keys (a "
+                                   "learned weight per age bucket, not normalised), beside the attention's: each "
+                                   "adds an interest and the log of its decayed behaviour count")
     ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "
                                                   "(0 = the paper's linear softmax only)")
     l2r_item_score: bool = Field(True, description="the L2R score adds an MLP score of the user-item match to "

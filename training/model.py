@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
-    AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, UserProfile, bag_mean,
-    embedding, embedding_bag, match_scores, mlp, required_match, valid_mask)
+    AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, RecencyPooling, UserProfile,
+    bag_mean, embedding, embedding_bag, match_scores, mlp, required_match, valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
 
 if TYPE_CHECKING:
@@ -84,8 +84,10 @@ class UserTower(nn.Module):
     Linear -> ReLU -> the dense part (B, R). Each attention head also pools the behaviours' interest
     keys (category ‖ tag embeddings, :meth:`ItemEmbedding.key`) and their normalised price relative to
     the category: the K **interests** (B, K, Dk + 1) are the second part of the representation, the
-    behaviour-type prices (with properties) the third: (B, R + K·(Dk + 1) + 8) in all. Heads match a
-    target's key against
+    behaviour-type prices (with properties) the third. With ``model.recency_interests`` = P > 0,
+    P time-decay pools (:class:`training.modules.RecencyPooling`) add P interests after the
+    attention's and, last, the log of their decayed behaviour counts: (B, R + (K + P)·(Dk + 1) + 8 + P)
+    in all. Heads match a target's key against
     the interests (:func:`training.modules.match_scores`), so "how much of this user's (recent,
     bought, queried) behaviour is in the target's category / style" is a dot product in one shared
     space rather than a mapping each head must learn. ``projection`` (the dense part's last layer) is
@@ -117,27 +119,44 @@ class UserTower(nn.Module):
         self.key_dim = self.items.key_dim
         # each interest: the pooled key (category ‖ tags) and the pooled relative price of its behaviours
         self.interest_dim = self.key_dim + 1
-        self.out_dim = m.representation_dim + self.heads * self.interest_dim + 2 * self.behaviour_prices
-        self.price_dim = 2 * self.behaviour_prices + self.heads if self.behaviour_prices else 0
+        self.recency_pools = m.recency_interests
+        self.recency = RecencyPooling(spec.vocab["time_bucket"], m.recency_interests) if m.recency_interests \
+            else None
+        self.n_interests = self.heads + self.recency_pools
+        self._prices_at = m.representation_dim + self.n_interests * self.interest_dim
+        self.out_dim = self._prices_at + 2 * self.behaviour_prices + self.recency_pools
+        self.price_dim = 2 * self.behaviour_prices + self.n_interests if self.behaviour_prices else 0
+        # match features: category and tag cosines of every interest, and for each time-decay pool its
+        # category cosine times log(1 + its mass) (decayed activity in the target's category)
+        self.match_dim = 2 * self.n_interests + self.recency_pools
+        self.category_match_dim = self.n_interests + self.recency_pools
 
     def price_features(self, representation: Tensor) -> Tensor:
-        """(B, 8 + K): the behaviour-type prices and counts, and each interest's mean relative price."""
-        return torch.cat([representation[:, self.out_dim - 2 * self.behaviour_prices:],
+        """(B, 8 + K + P): the behaviour-type prices and counts, and each interest's mean relative price."""
+        return torch.cat([representation[:, self._prices_at:self._prices_at + 2 * self.behaviour_prices],
                           self.interests(representation)[..., -1]], dim=-1)
 
     def interests(self, representation: Tensor) -> Tensor:
-        """The K interests (B, K, Dk + 1) inside a representation: pooled key, then the pooled
+        """The K + P interests (B, K + P, Dk + 1) inside a representation: pooled key, then the pooled
         normalised relative price."""
         start = self.dense_dim
-        flat = representation[:, start:start + self.heads * self.interest_dim]
-        return flat.reshape(representation.shape[0], self.heads, self.interest_dim)
+        flat = representation[:, start:start + self.n_interests * self.interest_dim]
+        return flat.reshape(representation.shape[0], self.n_interests, self.interest_dim)
 
     def match(self, representation: Tensor, category: Tensor, tags: Tensor | None = None) -> Tensor:
-        """User-target match features (N, G, 2K) of representations (N, ·) and targets (N, G) (+ tags
-        (N, G, K_tags)): see :func:`training.modules.match_scores`."""
+        """User-target match features (N, G, ``match_dim``) of representations (N, ·) and targets
+        (N, G) (+ tags (N, G, K_tags)): the category cosines of the K + P interests, their tag cosines
+        (with tags; :func:`training.modules.match_scores`), then the P time-decay pools' category
+        cosines times log(1 + their mass). Without tags: (N, G, ``category_match_dim``), no tag part."""
         keys = self.items.key(category, tags)
         interests = self.interests(representation)[..., :self.key_dim]
-        return match_scores(interests, keys, self.items.category.embedding_dim)
+        scores = match_scores(interests, keys, self.items.category.embedding_dim)
+        if tags is None:
+            scores = scores[..., :self.n_interests]  # a zero tag key has no tag match
+        if not self.recency_pools:
+            return scores
+        mass = representation[:, self.out_dim - self.recency_pools:].unsqueeze(1)  # (N, 1, P)
+        return torch.cat([scores, scores[..., self.heads:self.n_interests] * mass], dim=-1)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Representation of each row's user.
@@ -180,6 +199,11 @@ class UserTower(nn.Module):
         pooled, weights = self.attention(states, seq_len, q, u, p if self.property_in_attention else None)
         keys = torch.cat([self.items.key(seq("seq_category"), seq_tags), x[..., -1:]], dim=-1)  # + relative price
         interests = torch.bmm(weights, keys)  # (B, K, Dk + 1)
+        masses = []
+        if self.recency is not None:
+            recent, mass = self.recency(keys, seq("seq_time_bucket"), valid_mask(seq_len, n))
+            interests = torch.cat([interests, recent], dim=1)  # (B, K + P, Dk + 1)
+            masses = [mass]
         pooled = self.pool_projection(pooled.reshape(b, -1))
         parts = [pooled, u]
         prices = []
@@ -189,7 +213,7 @@ class UserTower(nn.Module):
         attention = weights.mean(dim=1)
         if n < seq_l:
             attention = torch.nn.functional.pad(attention, (0, seq_l - n))
-        representation = torch.cat([dense, interests.reshape(b, -1), *prices], dim=-1)
+        representation = torch.cat([dense, interests.reshape(b, -1), *prices, *masses], dim=-1)
         return {"representation": representation, "attention": attention, "pooled": pooled, "query": q}
 
 
@@ -586,7 +610,8 @@ class DUPNModel(TaskModel):
         qd = m.query_dim if m.query_in_heads else 0
         # the user-target match features need a tower with interests (DUPN's)
         self.matches = m.match_features and hasattr(self.tower, "match")
-        k2 = 2 * getattr(self.tower, "heads", 0) if self.matches else 0
+        k2 = cast(UserTower, self.tower).match_dim if self.matches else 0
+        k1 = cast(UserTower, self.tower).category_match_dim if self.matches else 0
         for name in spec.head_names:
             if name in ("ctr", "cvr"):
                 heads[name] = ItemHead(d, item_dim, m.head_hidden, m.dropout,
@@ -596,7 +621,7 @@ class DUPNModel(TaskModel):
                                       qd, k2, item_dim if m.l2r_item_score else 0)
             elif name == "follow":
                 heads[name] = FollowHead(d, spec.vocab["talent"], m.talent_dim, self.tower.items.category,
-                                         m.head_hidden, m.dropout, k2 // 2)
+                                         m.head_hidden, m.dropout, k1)
             elif name == "ppp":
                 price_dim = getattr(self.tower, "price_dim", 0)
                 heads[name] = PPPHead(d, m.dropout, m.ppp_hidden, price_dim)
@@ -648,8 +673,7 @@ class DUPNModel(TaskModel):
             if self.matches:
                 assert representation is not None
                 tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
-                k = tower.heads
-                match = tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0, :k]
+                match = tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0]
             logit = self.heads["follow"](task_in["follow"].index_select(0, rows),
                                          need(batch, "talent", "the follow head").index_select(0, rows), category,
                                          match)

@@ -377,6 +377,39 @@ class AttentionPooling(nn.Module):
         return pooled, weights
 
 
+class RecencyPooling(nn.Module):
+    """Time-decay pools of the behaviours: ``w_{r,t} = exp(a_r[age bucket of t])``, R pools.
+
+    Unlike attention, the weights are not normalised over the sequence and depend on the age only:
+    pool r's total weight (its *mass*) is a decayed count of the user's behaviours, and a weighted
+    mean of the behaviours' keys under it says which categories that recent activity was in. Heads
+    read both (:meth:`training.model.UserTower.match`), which is what "the hours since the user's
+    last event in the target's category" and "the user's decayed share of events there" say. The
+    log-weights start as ``-λ_r · (bucket - 1)`` (λ from fast to slow decay) and are learned, capped
+    at ``max_log_weight``.
+
+    Args:
+        buckets: the time-bucket vocabulary (0 = padding).
+        pools: R.
+    """
+
+    def __init__(self, buckets: int, pools: int, max_log_weight: float = 2.0) -> None:
+        super().__init__()
+        rates = torch.logspace(0.0, -1.0, pools) if pools > 1 else torch.ones(1)
+        age = torch.arange(buckets, dtype=torch.float32).clamp_min(1.0) - 1.0
+        self.log_weight = nn.Parameter(-rates.unsqueeze(1) * age.unsqueeze(0))  # (R, buckets)
+        self.max_log_weight = max_log_weight
+
+    def forward(self, keys: Tensor, time_bucket: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        """keys (B, L, D), time_bucket (B, L) int64, valid (B, L) bool -> pooled (B, R, D), the
+        weighted means of the keys (zeros without behaviours), and log(1 + mass) (B, R)."""
+        log_w = self.log_weight.clamp(max=self.max_log_weight)[:, time_bucket]  # (R, B, L)
+        w = torch.exp(log_w).permute(1, 0, 2) * valid.unsqueeze(1).to(keys.dtype)  # (B, R, L)
+        mass = w.sum(dim=2)
+        pooled = torch.bmm(w, keys) / mass.clamp_min(1e-6).unsqueeze(-1)
+        return pooled, torch.log1p(mass)
+
+
 class UserProfile(nn.Module):
     """The user profile vector u: age, gender and city embeddings plus normalised dense features.
 

@@ -15,7 +15,8 @@ from core.tables import KIND_IDS
 from tests.model.conftest import G, random_batch, tiny_spec
 from training.losses import task_losses
 from training.model import (
-    DUPNModel, GateStats, TaskModel, attach_gate_stats, build_model, last_shared_layer, rows_of_kind, scatter_rows)
+    DUPNModel, GateStats, TaskModel, UserTower, attach_gate_stats, build_model, last_shared_layer, rows_of_kind,
+    scatter_rows)
 from training.spec import SPEC_VERSION, ModelSpec
 
 ARCHITECTURES = ("shared_bottom", "mmoe", "cgc", "ple", "cross_stitch")
@@ -42,11 +43,11 @@ def _total(model: DUPNModel, batch: Batch) -> torch.Tensor:
     return torch.stack(list(losses.values())).sum()
 
 
-@pytest.mark.parametrize("esmm", [True, False])
+@pytest.mark.parametrize("esmm,recency", [(True, 0), (False, 0), (True, 2)])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_every_design_trains(make_spec: Callable[..., ModelSpec], make_batch: Callable[..., Batch],
-                             architecture: str, esmm: bool) -> None:
-    spec = make_spec(architecture=architecture, esmm=esmm, dropout=0.1)
+                             architecture: str, esmm: bool, recency: int) -> None:
+    spec = make_spec(architecture=architecture, esmm=esmm, dropout=0.1, recency_interests=recency)
     torch.manual_seed(0)
     model = build_model(spec)
     assert ("cvr" in model.heads) == esmm
@@ -85,11 +86,12 @@ def test_heads_exist_only_for_enabled_tasks(make_spec: Callable[..., ModelSpec],
     assert "ctr_logit" not in out and "follow_logit" not in out and "l2r_score" in out
 
 
-@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("architecture,recency", [(a, 0) for a in ARCHITECTURES] + [("shared_bottom", 2)])
 def test_serving_split_agrees_with_the_full_model(make_spec: Callable[..., ModelSpec],
-                                                  make_batch: Callable[..., Batch], architecture: str) -> None:
+                                                  make_batch: Callable[..., Batch], architecture: str,
+                                                  recency: int) -> None:
     torch.manual_seed(0)
-    spec = ModelSpec(**{**make_spec(architecture=architecture, dropout=0.3).__dict__,
+    spec = ModelSpec(**{**make_spec(architecture=architecture, dropout=0.3, recency_interests=recency).__dict__,
                         "logit_offsets": {"ctr": -1.5}})
     model = build_model(spec).eval()
     assert isinstance(model, DUPNModel)
@@ -384,3 +386,30 @@ def test_every_model_is_a_task_model() -> None:
     for family in FAMILIES:
         model = build_model(_small(family))
         assert isinstance(model, TaskModel) and model.spec.model.family == family
+
+
+def test_recency_interests_add_pools_masses_and_match_features() -> None:
+    """With P time-decay pools the representation grows by P interests and P masses, the item heads
+    read 2(K + P) + P match features and the follow head K + 2P; a user's pools see only their own
+    behaviours' ages (changing another row's ages changes nothing)."""
+    torch.manual_seed(0)
+    base, recent = build_model(tiny_spec()), build_model(tiny_spec(recency_interests=2))
+    assert isinstance(base, DUPNModel) and isinstance(recent, DUPNModel)
+    tower, k = recent.tower, base.tower.heads  # type: ignore[union-attr]
+    assert isinstance(tower, UserTower)
+    assert recent.embedding_dim - base.embedding_dim == 2 * tower.interest_dim + 2
+    assert (tower.match_dim, tower.category_match_dim) == (2 * (k + 2) + 2, k + 4)
+    batch = random_batch(n=10, seed=3)
+    rep = recent.eval()(batch)["representation"]
+    masses = rep[:, -2:]
+    # log(1 + mass): 0 exactly for a user without behaviours, > 0 for one with
+    assert torch.all(masses[batch["seq_len"] == 0] == 0) and torch.all(masses[batch["seq_len"] > 0] > 0)
+    changed = dict(batch)
+    changed["seq_time_bucket"] = batch["seq_time_bucket"].clone()
+    # row 1 holds a full sequence: make all of its behaviours old
+    changed["seq_time_bucket"][1] = torch.where(batch["seq_time_bucket"][1] > 0, 8, 0)
+    with torch.no_grad():
+        after = recent(changed)["representation"]
+    others = torch.arange(10) != 1
+    torch.testing.assert_close(after[others], rep[others].detach())
+    assert torch.all(after[1, -2:] < masses[1])  # older behaviours weigh less in every pool
