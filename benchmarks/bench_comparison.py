@@ -164,6 +164,7 @@ def commit() -> str:
 # does not read them), so the runs made before they existed stay valid.
 LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "recency_interests": (0, frozenset({"dupn"})),
+    "recency_by_behavior": (False, frozenset({"dupn"})),
 }
 
 

@@ -224,6 +224,8 @@ class ModelConfig(_Strict):
     recency_interests: int = Field(0, ge=0, description="time-decay pools of the behaviours' interest keys (a "
                                    "learned weight per age bucket, not normalised), beside the attention's: each "
                                    "adds an interest and the log of its decayed behaviour count")
+    recency_by_behavior: bool = Field(False, description="each time-decay pool also learns a weight per behaviour "
+                                      "type (click, fav, cart, buy), e.g. to follow recent purchases")
     ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "
                                                   "(0 = the paper's linear softmax only)")
     l2r_item_score: bool = Field(True, description="the L2R score adds an MLP score of the user-item match to "

@@ -64,17 +64,22 @@ def published_layout(model: Any) -> list[Block]:
     dim = int(model.embedding_dim)
     index = torch.arange(dim, dtype=torch.float64).unsqueeze(0)  # (1, D): each column holds its own index
     with torch.no_grad():
-        interests = tower.interests(index)  # (1, K, Dk + 1)
+        interests = tower.interests(index)  # (1, K + P, Dk + 1)
         prices = tower.price_features(index).reshape(-1)
-    heads, width = int(interests.shape[1]), int(interests.shape[2])
+        activity = tower.activity(index).reshape(-1) if hasattr(tower, "activity") else index[0, :0]
+    n, width = int(interests.shape[1]), int(interests.shape[2])
+    pools = int(activity.shape[0])
     dense = np.arange(int(tower.dense_dim), dtype=np.int64)
     interest_cols = np.sort(interests.reshape(-1).long().numpy())
-    price_cols = np.setdiff1d(prices.long().numpy(), interest_cols)
+    price_cols = np.union1d(np.setdiff1d(prices.long().numpy(), interest_cols), activity.long().numpy())
+    who = f"the {n - pools} attention heads' and {pools} time-decay pools'" if pools else \
+        f"the {n} attention heads'"
     blocks = [Block("dense", f"dense part ({column_runs(dense)})", dense),
-              Block("interests", f"the {heads} attention heads' interests ({heads} x ({width - 1} key + 1 price), "
+              Block("interests", f"{who} interests ({n} x ({width - 1} key + 1 price), "
                                  f"{column_runs(interest_cols)})", interest_cols)]
     if len(price_cols):
-        blocks.append(Block("prices", f"behaviour-type prices and counts ({column_runs(price_cols)})", price_cols))
+        label = "behaviour-type prices and counts" + (", the pools' decayed counts" if pools else "")
+        blocks.append(Block("prices", f"{label} ({column_runs(price_cols)})", price_cols))
     _check_partition(blocks, dim, "the user tower's blocks")
     return blocks
 

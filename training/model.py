@@ -27,6 +27,7 @@ from training.modules import (
 from training.spec import PPP_CLASSES, ModelSpec
 
 if TYPE_CHECKING:
+    from core.config import ModelConfig
     from training.baselines import BagTower, CNNMaxTower
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,12 @@ def behaviour_prices(rel_price: Tensor, behavior: Tensor, valid: Tensor) -> Tens
     return torch.stack(out, dim=1)
 
 
+def interest_layout(m: "ModelConfig") -> tuple[int, int, int]:
+    """Where a DUPN representation holds its interests: (first column, count K + P, width Dk + 1); the
+    first ``category_dim`` columns of each interest are in the item categories' space."""
+    return m.representation_dim, m.attention_heads + m.recency_interests, m.category_dim + m.tag_dim + 1
+
+
 class UserTower(nn.Module):
     """Behaviour sequence + profile (+ query) -> the universal user representation.
 
@@ -118,10 +125,12 @@ class UserTower(nn.Module):
         self.dense_dim = m.representation_dim
         self.key_dim = self.items.key_dim
         # each interest: the pooled key (category ‖ tags) and the pooled relative price of its behaviours
-        self.interest_dim = self.key_dim + 1
+        _, _, self.interest_dim = interest_layout(m)
+        assert self.interest_dim == self.key_dim + 1
         self.recency_pools = m.recency_interests
-        self.recency = RecencyPooling(spec.vocab["time_bucket"], m.recency_interests) if m.recency_interests \
-            else None
+        self.recency = RecencyPooling(spec.vocab["time_bucket"], m.recency_interests,
+                                      behaviors=spec.vocab["behavior"] if m.recency_by_behavior else 0) \
+            if m.recency_interests else None
         self.n_interests = self.heads + self.recency_pools
         self._prices_at = m.representation_dim + self.n_interests * self.interest_dim
         self.out_dim = self._prices_at + 2 * self.behaviour_prices + self.recency_pools
@@ -135,6 +144,10 @@ class UserTower(nn.Module):
         """(B, 8 + K + P): the behaviour-type prices and counts, and each interest's mean relative price."""
         return torch.cat([representation[:, self._prices_at:self._prices_at + 2 * self.behaviour_prices],
                           self.interests(representation)[..., -1]], dim=-1)
+
+    def activity(self, representation: Tensor) -> Tensor:
+        """(B, P): log(1 + the decayed behaviour count) of each time-decay pool ((B, 0) without pools)."""
+        return representation[:, self.out_dim - self.recency_pools:self.out_dim]
 
     def interests(self, representation: Tensor) -> Tensor:
         """The K + P interests (B, K + P, Dk + 1) inside a representation: pooled key, then the pooled
@@ -155,7 +168,7 @@ class UserTower(nn.Module):
             scores = scores[..., :self.n_interests]  # a zero tag key has no tag match
         if not self.recency_pools:
             return scores
-        mass = representation[:, self.out_dim - self.recency_pools:].unsqueeze(1)  # (N, 1, P)
+        mass = self.activity(representation).unsqueeze(1)  # (N, 1, P)
         return torch.cat([scores, scores[..., self.heads:self.n_interests] * mass], dim=-1)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
@@ -201,7 +214,7 @@ class UserTower(nn.Module):
         interests = torch.bmm(weights, keys)  # (B, K, Dk + 1)
         masses = []
         if self.recency is not None:
-            recent, mass = self.recency(keys, seq("seq_time_bucket"), valid_mask(seq_len, n))
+            recent, mass = self.recency(keys, seq("seq_time_bucket"), valid_mask(seq_len, n), seq("seq_behavior"))
             interests = torch.cat([interests, recent], dim=1)  # (B, K + P, Dk + 1)
             masses = [mass]
         pooled = self.pool_projection(pooled.reshape(b, -1))

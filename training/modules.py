@@ -388,22 +388,34 @@ class RecencyPooling(nn.Module):
     log-weights start as ``-λ_r · (bucket - 1)`` (λ from fast to slow decay) and are learned, capped
     at ``max_log_weight``.
 
+    With ``behaviors`` > 0, each pool also learns a log-weight per behaviour type (starting at 0), so
+    a pool can follow, e.g., the recent purchases: ``w_{r,t} = exp(a_r[age_t] + b_r[behaviour_t])``.
+
     Args:
         buckets: the time-bucket vocabulary (0 = padding).
         pools: R.
+        behaviors: the behaviour-type vocabulary, or 0 for weights by age only.
     """
 
-    def __init__(self, buckets: int, pools: int, max_log_weight: float = 2.0) -> None:
+    def __init__(self, buckets: int, pools: int, max_log_weight: float = 2.0, behaviors: int = 0) -> None:
         super().__init__()
         rates = torch.logspace(0.0, -1.0, pools) if pools > 1 else torch.ones(1)
         age = torch.arange(buckets, dtype=torch.float32).clamp_min(1.0) - 1.0
         self.log_weight = nn.Parameter(-rates.unsqueeze(1) * age.unsqueeze(0))  # (R, buckets)
+        self.behavior_log_weight = nn.Parameter(torch.zeros(pools, behaviors)) if behaviors else None
         self.max_log_weight = max_log_weight
 
-    def forward(self, keys: Tensor, time_bucket: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """keys (B, L, D), time_bucket (B, L) int64, valid (B, L) bool -> pooled (B, R, D), the
-        weighted means of the keys (zeros without behaviours), and log(1 + mass) (B, R)."""
-        log_w = self.log_weight.clamp(max=self.max_log_weight)[:, time_bucket]  # (R, B, L)
+    def forward(self, keys: Tensor, time_bucket: Tensor, valid: Tensor,
+                behavior: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """keys (B, L, D), time_bucket (B, L) int64, valid (B, L) bool (, behavior (B, L) int64, needed
+        with behaviour weights) -> pooled (B, R, D), the weighted means of the keys (zeros without
+        behaviours), and log(1 + mass) (B, R)."""
+        log_w = self.log_weight[:, time_bucket]  # (R, B, L)
+        if self.behavior_log_weight is not None:
+            if behavior is None:
+                raise ValueError("this RecencyPooling weighs behaviour types; pass behavior=(B, L)")
+            log_w = log_w + self.behavior_log_weight[:, behavior]
+        log_w = log_w.clamp(max=self.max_log_weight)
         w = torch.exp(log_w).permute(1, 0, 2) * valid.unsqueeze(1).to(keys.dtype)  # (B, R, L)
         mass = w.sum(dim=2)
         pooled = torch.bmm(w, keys) / mass.clamp_min(1e-6).unsqueeze(-1)

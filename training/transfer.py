@@ -47,7 +47,7 @@ from core.errors import DataQualityError, PlatformError
 from features.transfer import FINGERPRINT_MOD, SHOP_DENSE, SHOP_FIELDS, SPLITS, OriginalData, TransferFiles
 from training import evaluation
 from training.data import TRAIN_FIELDS, USER_FIELDS, Batch, PetastormSource
-from training.model import DUPNModel, TaskModel, UserTower, build_model, last_shared_layer
+from training.model import DUPNModel, TaskModel, UserTower, build_model, interest_layout, last_shared_layer
 from training.modules import embedding, match_scores, mlp, required_match
 from training.spec import ModelSpec
 from training.step import TrainTask
@@ -131,19 +131,19 @@ class RepresentationTransfer(ShopScorer):
     category embeddings.
 
     When the publishing model is DUPN with interests, the published vector's layout is known from its
-    spec (the dense part, then K interests whose first ``category_dim`` columns are in category space):
-    the head then also gets the similarity of each interest with a fresh, learned direction per
-    shop category (``match``), which a downstream team can learn from its own labels.
+    spec (:func:`training.model.interest_layout`: the dense part, then K interests whose first
+    ``category_dim`` columns are in category space, then the price features): the head then also gets
+    the similarity of each interest with a fresh, learned direction per shop category (``match``),
+    which a downstream team can learn from its own labels.
     """
 
     def __init__(self, rep_dim: int, spec: ModelSpec) -> None:
         super().__init__()
         m = spec.model
-        self.heads = m.attention_heads if (m.family == "dupn" and m.match_features) else 0
-        self.dense_dim = m.representation_dim
-        self.interest_dim = m.category_dim + m.tag_dim + 1
-        if self.heads and rep_dim != self.dense_dim + self.heads * self.interest_dim:
-            self.heads = 0  # another layout: treat the vector as opaque
+        self.dense_dim, heads, self.interest_dim = interest_layout(m)
+        self.heads = heads if (m.family == "dupn" and m.match_features) else 0
+        if self.heads and rep_dim < self.dense_dim + self.heads * self.interest_dim:
+            self.heads = 0  # not this spec's vectors: treat them as opaque
         self.cat_dim = m.category_dim
         self.head = ShopHead(rep_dim, embedding(spec.vocab["shop"], m.shop_dim),
                              embedding(spec.vocab["category"], m.category_dim), m.head_hidden, m.dropout,
@@ -154,7 +154,8 @@ class RepresentationTransfer(ShopScorer):
         rep = batch["embedding"].float()
         match = None
         if self.heads:
-            interests = rep[:, self.dense_dim:].reshape(rep.shape[0], self.heads, self.interest_dim)
+            end = self.dense_dim + self.heads * self.interest_dim
+            interests = rep[:, self.dense_dim:end].reshape(rep.shape[0], self.heads, self.interest_dim)
             direction = self.head.category(batch["shop_category"]).unsqueeze(1)
             match = match_scores(interests[..., :self.cat_dim], direction, self.cat_dim)[:, 0]
         return self.head(rep, batch, match)

@@ -180,3 +180,17 @@ def test_published_layout_is_read_off_the_user_tower() -> None:
     counts = rep[:, blocks[2].columns[1::2]]  # log(1 + behaviours of each type)
     assert (counts >= 0).all() and np.allclose(np.expm1(counts), np.round(np.expm1(counts)), atol=1e-4)
     assert published_layout(build_model(tiny_spec(family="cnn_max"))) == []
+
+
+def test_published_layout_covers_the_time_decay_pools() -> None:
+    """With P time-decay pools, the interests block holds K + P interests and the prices block the
+    pools' decayed counts (the last P floats) too; the blocks still partition the published floats."""
+    spec = tiny_spec(recency_interests=2)
+    model = build_model(spec).eval()
+    blocks = published_layout(model)
+    m = spec.model
+    r, width, n = m.representation_dim, m.category_dim + m.tag_dim + 1, m.attention_heads + 2
+    assert [b.key for b in blocks] == ["dense", "interests", "prices"]
+    assert (blocks[1].columns == np.arange(r, r + n * width)).all()
+    assert (blocks[2].columns == np.arange(r + n * width, model.embedding_dim)).all()
+    assert len(blocks[2].columns) == 8 + 2 and "time-decay pools" in blocks[1].label

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
 
+from tests.model.conftest import tiny_spec
 from training.model import FollowHead, ItemHead, L2RHead
 from training.modules import FrozenNorm, embedding
 
@@ -80,3 +82,19 @@ def test_follow_head_reads_the_category_table_it_is_given() -> None:
     assert grad is not None
     touched = grad.abs().sum(1) > 0
     assert touched.tolist() == [i in (7, 9) for i in range(12)]  # the given rows, never padding
+
+
+@pytest.mark.parametrize("recency", [0, 2])
+def test_representation_transfer_reads_the_interests_where_the_tower_writes_them(recency: int) -> None:
+    """RT's match features use the published vector's interests block, the one the user tower writes
+    (the behaviour-type prices that follow it do not make the vector opaque)."""
+    from training.layout import published_layout
+    from training.model import build_model
+    from training.transfer import RepresentationTransfer
+
+    spec = tiny_spec(recency_interests=recency)
+    model = build_model(spec)
+    interests = published_layout(model)[1].columns
+    rt = RepresentationTransfer(model.embedding_dim, spec)
+    assert rt.heads == spec.model.attention_heads + recency
+    assert (np.arange(rt.dense_dim, rt.dense_dim + rt.heads * rt.interest_dim) == interests).all()

@@ -393,7 +393,7 @@ def test_recency_interests_add_pools_masses_and_match_features() -> None:
     read 2(K + P) + P match features and the follow head K + 2P; a user's pools see only their own
     behaviours' ages (changing another row's ages changes nothing)."""
     torch.manual_seed(0)
-    base, recent = build_model(tiny_spec()), build_model(tiny_spec(recency_interests=2))
+    base, recent = build_model(tiny_spec()), build_model(tiny_spec(recency_interests=2, recency_by_behavior=True))
     assert isinstance(base, DUPNModel) and isinstance(recent, DUPNModel)
     tower, k = recent.tower, base.tower.heads  # type: ignore[union-attr]
     assert isinstance(tower, UserTower)

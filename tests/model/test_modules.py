@@ -9,7 +9,7 @@ import torch
 
 from core.config import ModelConfig
 from training.model import DUPNModel, build_model
-from training.modules import AttentionPooling, FrozenNorm, ItemEmbedding, PropertyGatedLSTM
+from training.modules import AttentionPooling, FrozenNorm, ItemEmbedding, PropertyGatedLSTM, RecencyPooling
 from training.spec import ModelSpec
 
 PROPERTY_KEYS = ("seq_behavior", "seq_scene", "seq_time_bucket")
@@ -226,3 +226,23 @@ def test_property_gradients_flow_through_the_lstm_gates_alone(
     for table in (model.tower.properties.behavior, model.tower.properties.scene, model.tower.properties.time_bucket):
         assert table.weight.grad is not None and table.weight.grad[1:].abs().sum() > 0
         assert torch.all(table.weight.grad[0] == 0)  # padding row never trained
+
+
+def test_recency_pooling_weighs_behaviours_by_age_and_type_without_normalising() -> None:
+    pool = RecencyPooling(buckets=5, pools=2, behaviors=4)
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # (1, 3, 2); the third is padding
+    bucket = torch.tensor([[1, 4, 2]])
+    valid = torch.tensor([[True, True, False]])
+    behavior = torch.tensor([[2, 3, 2]])
+    with torch.no_grad():
+        pool.log_weight.copy_(torch.tensor([[0.0, 0.0, -1.0, -2.0, -3.0], [0.0, 0.0, 0.0, 0.0, 0.0]]))
+        pool.behavior_log_weight.copy_(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, -9.0, 1.0]]))
+    pooled, log_mass = pool(keys, bucket, valid, behavior)
+    w = torch.tensor([[1.0, float(torch.exp(torch.tensor(-3.0)))], [float(torch.exp(torch.tensor(-9.0))), 2.0]])
+    w[1, 1] = min(float(torch.exp(torch.tensor(1.0))), float(torch.exp(torch.tensor(2.0))))  # capped at e^2
+    torch.testing.assert_close(log_mass, torch.log1p(w.sum(dim=1)).unsqueeze(0))
+    torch.testing.assert_close(pooled[0], w / w.sum(dim=1, keepdim=True))  # keys are the unit vectors
+    with pytest.raises(ValueError, match="behaviour types"):
+        pool(keys, bucket, valid)
+    empty, none = pool(keys, bucket, torch.zeros_like(valid), behavior)
+    assert (empty == 0).all() and (none == 0).all()
