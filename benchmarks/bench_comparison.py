@@ -79,15 +79,19 @@ ROWS: tuple[Row, ...] = (
     Row("dssm", "DSSM (profile + bag of items; item tower)", "baselines", ("training.model.family=dssm",)),
     Row("cnn_max", "CNN-max", "baselines", ("training.model.family=cnn_max",)),
     Row("gbdt", "GBDT (LightGBM, hand-crafted point-in-time features)", "baselines", kind="gbdt"),
-    Row("dupn_nobp", "DUPN-nobp (no behaviour properties)", "DUPN ablations", ("training.model.property_in=none",)),
-    Row("dupn_bplstm", "DUPN-bplstm (properties in the LSTM)", "DUPN ablations", ("training.model.property_in=lstm",)),
+    Row("dupn_nobp", "DUPN-nobp (no behaviour properties)", "DUPN ablations",
+        ("training.model.property_in=none", "training.model.recency_interests=0")),
+    Row("dupn_bplstm", "DUPN-bplstm (properties in the LSTM)", "DUPN ablations",
+        ("training.model.property_in=lstm", "training.model.recency_interests=0")),
     Row("dupn_bpatt", "DUPN-bpatt (properties in the attention)", "DUPN ablations",
         ("training.model.property_in=attention",)),
     Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",)),
+    Row("dupn_nopools", "DUPN-all without the time-decay pools (the platform's model before them)", "DUPN ablations",
+        ("training.model.recency_interests=0",)),
     Row("dupn_paper", "DUPN-all with the paper's heads (one attention, no match features, linear tier and "
         "ranking heads)", "DUPN ablations",
         ("training.model.attention_heads=1", "training.model.match_features=false", "training.model.ppp_hidden=0",
-         "training.model.l2r_item_score=false")),
+         "training.model.l2r_item_score=false", "training.model.recency_interests=0")),
     Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task", kind="stl"),
     Row("mtl_shared_bottom", "shared-bottom", "sharing designs", ("training.model.architecture=shared_bottom",)),
     Row("mtl_mmoe", "MMoE", "sharing designs", ("training.model.architecture=mmoe",)),
@@ -248,7 +252,9 @@ class Runner:
     def row_config(self, row: Row, extra: Sequence[str] = ()) -> Config:
         return load_config(self.config, [*self.overrides, *row.overrides, *extra])
 
-    def neural(self, row: Row, seed: int, tasks: Sequence[str] | None = None, name: str | None = None) -> RunOutcome:
+    def neural_setup(self, row: Row, seed: int, tasks: Sequence[str] | None = None) \
+            -> tuple[Config, ModelSpec, str, str]:
+        """A neural row's config, spec, and cache keys (rounded, exact) for one seed."""
         extra = [f"training.tasks=[{','.join(tasks)}]"] if tasks else []
         cfg = self.row_config(row, extra)
         spec = ModelSpec.from_config(cfg, tasks=[x for x in cfg.training.tasks if x in self.data.tasks],
@@ -256,6 +262,10 @@ class Runner:
                                      category_log_price=self.stats.category_log_price)
         resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json")}
         key, exact = (_cache_key(row, resolved, self.data.version, seed, x) for x in (False, True))
+        return cfg, spec, key, exact
+
+    def neural(self, row: Row, seed: int, tasks: Sequence[str] | None = None, name: str | None = None) -> RunOutcome:
+        cfg, spec, key, exact = self.neural_setup(row, seed, tasks)
         return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed),
                               exact)
 

@@ -239,6 +239,14 @@ class ModelConfig(_Strict):
     cnn_kernel_sizes: list[int] = Field(default_factory=lambda: [2, 3, 5])
     wide_buckets: int = Field(1 << 20, ge=16, description="wide / wide_deep: hashed one-hot and cross features")
 
+    @model_validator(mode="after")
+    def _pools_need_properties(self) -> "ModelConfig":
+        if self.family == "dupn" and self.recency_interests and self.property_in not in ("all", "attention"):
+            raise ValueError(f"recency_interests ({self.recency_interests}) pools behaviours by their properties "
+                             f"(age, behaviour type), which property_in={self.property_in!r} leaves out; use "
+                             f"property_in all or attention, or recency_interests: 0")
+        return self
+
 
 class WeightingConfig(_Strict):
     """How the task losses are combined (``training/weighting.py``).

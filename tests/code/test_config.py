@@ -64,6 +64,9 @@ def test_override_unknown_or_bad_value() -> None:
         load_config(ROOT / "conf" / "local.yaml", ["delta.engine=duckdb"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(ROOT / "conf" / "local.yaml", ["training.batch_size"])
+    with pytest.raises(ConfigError, match="recency_interests.*property_in='none'"):
+        load_config(ROOT / "conf" / "local.yaml", ["training.model.recency_interests=2",
+                                                   "training.model.property_in=none"])
 
 
 @pytest.mark.reliability(
