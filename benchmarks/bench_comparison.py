@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks.common import ROOT, WORK, machine
+from benchmarks.common import ROOT, WORK, commit, machine
 from core import tables as t
 from core.config import Config, load_config
 from core.delta import DeltaTables, get_tables
@@ -151,16 +151,6 @@ def data_fingerprint(data: TrainingData) -> str:
             rows[key] = rows.get(key, 0) + pq.ParquetFile(f.removeprefix("file://")).metadata.num_rows
     text = json.dumps(sorted(rows.items()))
     return f"{sum(rows.values())} rows, sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]}"
-
-
-def commit() -> str:
-    """This checkout's short commit, with ``+changes`` when its tracked files differ from it."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "-uno") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 # Model settings added after runs were cached, with their default and the families that read them:

@@ -34,6 +34,18 @@ def put(spark: SparkSession, tables: DeltaTables, spec: TableSpec, rows: Iterabl
     tables.write(frame(spark, spec, rows), spec, "overwrite")
 
 
+def item_and_users_lake(spark: SparkSession, tmp: Path, users: Iterable[int] = (1,)) -> DeltaTables:
+    """A fresh lake under ``tmp`` (the test config) holding item 1 (price 2.0) and the given users."""
+    from core import tables as t
+    from core.delta import get_tables
+    from tests.conftest import make_config
+
+    tables = get_tables(spark, make_config(tmp))
+    put(spark, tables, t.ITEMS, [{"item_id": 1, "price": 2.0}])
+    put(spark, tables, t.USERS, [{"user_id": u} for u in users])
+    return tables
+
+
 def event(user: int, item: int, when: str, behavior: str = "click", scene: str | None = "recommend",
           query: str | None = None, day: str | None = None) -> dict[str, Any]:
     t = ts(when)

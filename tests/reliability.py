@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
+from benchmarks.common import commit
+
 ENV = "RELIABILITY_REPORT"
-ROOT = Path(__file__).resolve().parents[1]
 
 # (area, case, why it is not tested yet): the issue's cases without a test in this suite.
 NOT_TESTED: tuple[tuple[str, str, str], ...] = ()  # every case of the issue has a test now
@@ -59,14 +59,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> 
         _outcomes[key] = Outcome(area, case, promise, key, report.outcome, detail)
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def render(outcomes: list[Outcome], command: str, commit: str, today: str) -> str:
     """The report's markdown."""
     passed = sum(o.outcome == "passed" for o in outcomes)
@@ -96,5 +88,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not target or not _outcomes:
         return
     command = "make reliability"
-    text = render(list(_outcomes.values()), command, _commit(), dt.date.today().isoformat())
+    text = render(list(_outcomes.values()), command, commit(), dt.date.today().isoformat())
     Path(target).write_text(text)

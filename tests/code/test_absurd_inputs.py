@@ -9,12 +9,11 @@ import pytest
 from pyspark.sql import functions as F
 
 from core import tables as t
-from core.delta import get_tables
 from features import encoding as enc
 from features.quality import quarantine_spec
 from jobs import build_sequences, build_training_set
 from tests.conftest import make_config
-from tests.helpers import event, put, run, ts
+from tests.helpers import event, item_and_users_lake, put, run, ts
 
 MAX_LEN = 20
 OV = (f"sequences.max_len={MAX_LEN}", "sequences.lookback_days=2", "quality.max_quarantine_share=0.9")
@@ -22,10 +21,7 @@ OV = (f"sequences.max_len={MAX_LEN}", "sequences.lookback_days=2", "quality.max_
 
 @pytest.fixture()
 def lake(spark, tmp_path: Path):
-    tables = get_tables(spark, make_config(tmp_path))
-    put(spark, tables, t.ITEMS, [{"item_id": 1, "price": 2.0}])
-    put(spark, tables, t.USERS, [{"user_id": 1}, {"user_id": 2}])
-    return tables
+    return item_and_users_lake(spark, tmp_path, users=(1, 2))
 
 
 @pytest.mark.reliability(

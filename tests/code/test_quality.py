@@ -8,22 +8,17 @@ import pytest
 from pyspark.sql import functions as F
 
 from core import tables as t
-from core.delta import get_tables
 from core.errors import SchemaError
 from features.quality import quarantine_spec, validated
 from jobs import build_sequences
-from tests.conftest import make_config
-from tests.helpers import event, frame, put, run, ts
+from tests.helpers import event, frame, item_and_users_lake, put, run, ts
 
 OV = ("sequences.max_len=5", "sequences.lookback_days=2", "quality.max_quarantine_share=0.9")
 
 
 @pytest.fixture()
 def lake(spark, tmp_path: Path):
-    tables = get_tables(spark, make_config(tmp_path))
-    put(spark, tables, t.ITEMS, [{"item_id": 1, "price": 2.0}])
-    put(spark, tables, t.USERS, [{"user_id": 1}])
-    return tables
+    return item_and_users_lake(spark, tmp_path)
 
 
 def bad_events() -> list[dict]:
