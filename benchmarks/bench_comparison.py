@@ -160,15 +160,24 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "recency_interests": (0, frozenset({"dupn"})),
     "recency_by_behavior": (False, frozenset({"dupn"})),
 }
+# Training settings added later, with the value that reproduces the runs made before them.
+LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
 
 
 def _without_later_fields(part: Any) -> Any:
-    """A resolved spec or training config without the model settings that cannot change its model."""
-    model = part.get("model") if isinstance(part, dict) else None
-    if not isinstance(model, dict):
+    """A resolved spec or training config without the settings added later that cannot change its run."""
+    if not isinstance(part, dict):
         return part
-    return {**part, "model": {k: v for k, v in model.items() if k not in LATER_MODEL_FIELDS or (
-        v != LATER_MODEL_FIELDS[k][0] and model.get("family") in LATER_MODEL_FIELDS[k][1])}}
+    out = dict(part)
+    model = part.get("model")
+    if isinstance(model, dict):
+        out["model"] = {k: v for k, v in model.items() if k not in LATER_MODEL_FIELDS or (
+            v != LATER_MODEL_FIELDS[k][0] and model.get("family") in LATER_MODEL_FIELDS[k][1])}
+    stopping = part.get("early_stopping")
+    if isinstance(stopping, dict):
+        out["early_stopping"] = {k: v for k, v in stopping.items()
+                                 if k not in LATER_EARLY_STOPPING_FIELDS or v != LATER_EARLY_STOPPING_FIELDS[k]}
+    return out
 
 
 def _rounded(value: Any) -> Any:

@@ -284,6 +284,9 @@ class EarlyStoppingConfig(_Strict):
     evals_per_epoch: int = Field(2, ge=1)
     patience: int = Field(3, ge=1)
     min_delta: float = Field(0.0005, ge=0)
+    min_rows: int = Field(1000, ge=0, description="a metric scored on fewer validation rows (e.g. PPP accuracy on "
+                          "a few hundred unseen users: a standard error of several points) does not steer selection, "
+                          "unless no metric has that many; 0 = every metric counts")
 
 
 TaskName = Literal["ctr", "l2r", "follow", "ppp"]

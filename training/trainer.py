@@ -257,7 +257,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
             batches = data["valid"].batches() if data is not None and "valid" in data \
                 else eval_source(cfg, plan.valid_files, spec.tasks).batches()
             scores, _ = evaluate_split(unwrap(model), batches, attention if last else None)
-            score = ev.selection_score(scores)
+            score = ev.selection_score(scores, cfg.early_stopping.min_rows)
             row = {"step": float(step), "epoch": float(epoch), "epoch_fraction": step / steps_per_epoch,
                    "selection_score": score, "eval_seconds": time.perf_counter() - t0,
                    **{f"valid_{k}": v for k, v in scores.items()}}

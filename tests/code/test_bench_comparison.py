@@ -93,3 +93,14 @@ def test_last_bit_differences_give_one_key_and_earlier_keys_are_renamed(tmp_path
     cached = RunCache(tmp_path, "fp", cached_only=True).get(key, lambda: outcome("wide", 0, 0.1), exact)
     assert cached.test["ctr_auc"] == 0.7 and (tmp_path / f"{key}.json").exists()
     assert not (tmp_path / f"{exact}.json").exists()
+
+
+def test_a_training_setting_added_later_keeps_earlier_keys_at_the_value_that_reproduces_them() -> None:
+    from benchmarks.bench_comparison import _cache_key
+
+    def key(**stopping: int) -> str:
+        training = {"lr": 0.002, "early_stopping": {"patience": 2, **stopping}}
+        return _cache_key(row("wide"), {"spec": {}, "training": training}, 3, 0)
+
+    assert key(min_rows=0) == key()          # selection as before the setting existed
+    assert key(min_rows=1000) != key()       # another selection rule: runs made before it are not used

@@ -101,6 +101,21 @@ def test_selection_score_averages_the_models_selection_metrics() -> None:
     assert math.isnan(ev.selection_score({"l2r_ndcg10": 0.5}))
 
 
+def test_selection_leaves_out_metrics_scored_on_few_rows_while_another_has_enough() -> None:
+    """The demo world's case: CTR on 100k validation rows, PPP accuracy on 307 unseen users."""
+    scores = {"ctr_auc": 0.81, "ctr_rows": 100_000, "follow_auc": 0.72, "follow_rows": 10_000,
+              "ppp_accuracy": 0.73, "ppp_rows": 307}
+    assert ev.selection_score(scores) == pytest.approx((0.81 + 0.72 + 0.73) / 3)      # every metric counts
+    assert ev.selection_score(scores, min_rows=1000) == pytest.approx((0.81 + 0.72) / 2)
+    # a checkpoint better on every large metric wins however the small one moves
+    worse = {**scores, "ctr_auc": 0.80, "follow_auc": 0.70, "ppp_accuracy": 0.79}
+    assert ev.selection_score(scores, 1000) > ev.selection_score(worse, 1000)
+    assert ev.selection_score(scores) < ev.selection_score(worse)                     # the noise would decide
+    # tiny data: no metric has enough rows, so every metric still counts
+    tiny = {"ctr_auc": 0.6, "ctr_rows": 50, "ppp_accuracy": 0.4, "ppp_rows": 10}
+    assert ev.selection_score(tiny, min_rows=1000) == pytest.approx(0.5)
+
+
 def test_bootstrap_gate_promotes_a_clearly_better_model_and_blocks_a_clearly_worse_one() -> None:
     cfg = PromotionConfig(resamples=200, confidence=0.95, seed=1)
     good, bad = _pred(quality=1.5, seed=1), _pred(quality=0.3, seed=2)
