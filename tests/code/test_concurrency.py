@@ -81,12 +81,21 @@ def test_a_second_run_of_a_date_is_refused_at_its_start(tiny_published, capsys) 
     "concurrency", "two nightly runs of one date started together",
     "one runs and commits, the other is refused at its start; exactly one copy of the partition; the history "
     "shows one commit, by the run that ran")
-def test_two_runs_of_one_date_started_together(tiny_published, monkeypatch, capsys) -> None:
+def _publish_together(tiny_published, monkeypatch, days: tuple[str, str], commit_s: float) \
+        -> tuple[list[int], dict[str, int], int]:  # noqa: ANN001
+    """Two nightly runs of ``days`` started together, commits slowed by ``commit_s``: their exit
+    codes, the published rows per day before them, and the table's version before them."""
     cfg, tables, tmp = tiny_published
-    users = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).count()
+    sizes = {d: tables.read(t.USER_REPRESENTATIONS, dt=d).count() for d in days}
     before = tables.version(t.USER_REPRESENTATIONS)
-    _slow_commits(monkeypatch)
-    codes = _together(_publish(cfg, tmp, TINY_END), _publish(cfg, tmp, TINY_END))
+    _slow_commits(monkeypatch, commit_s)
+    return _together(*(_publish(cfg, tmp, d) for d in days)), sizes, before
+
+
+def test_two_runs_of_one_date_started_together(tiny_published, monkeypatch, capsys) -> None:
+    _, tables, _ = tiny_published
+    codes, sizes, before = _publish_together(tiny_published, monkeypatch, (TINY_END, TINY_END), 3.0)
+    users = sizes[TINY_END]
     assert sorted(codes) == [0, 1]
     err = capsys.readouterr().err
     assert err.count(f"outputs/user_representations dt={TINY_END} is being written by publish_user_representations "
@@ -100,11 +109,9 @@ def test_two_runs_of_one_date_started_together(tiny_published, monkeypatch, caps
     "concurrency", "two nightly runs of different dates started together",
     "both land: two commits, each partition complete, once")
 def test_two_dates_published_together_both_land(tiny_published, monkeypatch) -> None:
-    cfg, tables, tmp = tiny_published
-    sizes = {d: tables.read(t.USER_REPRESENTATIONS, dt=d).count() for d in (OTHER_DAY, TINY_END)}
-    before = tables.version(t.USER_REPRESENTATIONS)
-    _slow_commits(monkeypatch, 1.0)
-    assert _together(_publish(cfg, tmp, OTHER_DAY), _publish(cfg, tmp, TINY_END)) == [0, 0]
+    _, tables, _ = tiny_published
+    codes, sizes, before = _publish_together(tiny_published, monkeypatch, (OTHER_DAY, TINY_END), 1.0)
+    assert codes == [0, 0]
     assert tables.version(t.USER_REPRESENTATIONS) == before + 2
     assert sorted(c.metadata["dt"] for c in tables.history(t.USER_REPRESENTATIONS, limit=2)) == sorted(sizes)
     for day, users in sizes.items():
