@@ -193,12 +193,10 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int, exact: bool = False) -> str:
-    """The run's key. ``exact``: with the floats unrounded, the key of the runs cached before
-    2026-12-02 (:meth:`RunCache.get` renames such a file to its key)."""
-    resolved = {k: _without_later_fields(v) for k, v in resolved.items()}
-    text = json.dumps({"row": row.key, "resolved": resolved if exact else _rounded(resolved), "version": version,
-                       "seed": seed}, sort_keys=True, default=str)
+def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int) -> str:
+    resolved = _rounded({k: _without_later_fields(v) for k, v in resolved.items()})
+    text = json.dumps({"row": row.key, "resolved": resolved, "version": version, "seed": seed}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -215,12 +213,8 @@ class RunCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.commits: set[str] = set()  # of the runs used
 
-    def get(self, key: str, make: Callable[[], RunOutcome], exact_key: str | None = None) -> RunOutcome:
+    def get(self, key: str, make: Callable[[], RunOutcome]) -> RunOutcome:
         path = self.folder / f"{key}.json"
-        earlier = self.folder / f"{exact_key}.json"
-        if exact_key and not path.exists() and earlier.exists():
-            earlier.rename(path)
-            logger.info("%s: the run cached under its unrounded key %s, renamed", path.name, exact_key)
         if path.exists() and not self.fresh:
             record = json.loads(path.read_text())
             made = record.pop("provenance", {})
@@ -251,22 +245,15 @@ class Runner:
     def row_config(self, row: Row, extra: Sequence[str] = ()) -> Config:
         return load_config(self.config, [*self.overrides, *row.overrides, *extra])
 
-    def neural_setup(self, row: Row, seed: int, tasks: Sequence[str] | None = None) \
-            -> tuple[Config, ModelSpec, str, str]:
-        """A neural row's config, spec, and cache keys (rounded, exact) for one seed."""
+    def neural(self, row: Row, seed: int, tasks: Sequence[str] | None = None, name: str | None = None) -> RunOutcome:
         extra = [f"training.tasks=[{','.join(tasks)}]"] if tasks else []
         cfg = self.row_config(row, extra)
         spec = ModelSpec.from_config(cfg, tasks=[x for x in cfg.training.tasks if x in self.data.tasks],
                                      norm=self.stats.norm, logit_offsets=self.data.logit_offsets,
                                      category_log_price=self.stats.category_log_price)
         resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json")}
-        key, exact = (_cache_key(row, resolved, self.data.version, seed, x) for x in (False, True))
-        return cfg, spec, key, exact
-
-    def neural(self, row: Row, seed: int, tasks: Sequence[str] | None = None, name: str | None = None) -> RunOutcome:
-        cfg, spec, key, exact = self.neural_setup(row, seed, tasks)
-        return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed),
-                              exact)
+        key = _cache_key(row, resolved, self.data.version, seed)
+        return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))
 
     def gbdt(self, row: Row, seed: int) -> RunOutcome:
         from features.gbdt import gbdt_spec, task_features
@@ -278,7 +265,7 @@ class Runner:
         spec = gbdt_spec(rank_dim)
         version = self.tables.version(spec)
         resolved = {"params": params.__dict__, "features": features, "gbdt_version": version}
-        key, exact = (_cache_key(row, resolved, self.data.version, seed, x) for x in (False, True))
+        key = _cache_key(row, resolved, self.data.version, seed)
 
         def make() -> RunOutcome:
             if self._gbdt_data is None:
@@ -295,7 +282,7 @@ class Runner:
                               train_seconds=res.train_seconds, train_samples=res.train_examples,
                               train_rows=res.train_examples, stopped_early=True, parameters=0,
                               extra={"trees": res.rounds, "importance": res.importance})
-        return self.cache.get(key, make, exact)
+        return self.cache.get(key, make)
 
     def stl(self, row: Row, seed: int) -> RunOutcome:
         parts = {task: self.neural(row, seed, [task], name=f"{row.key}_{task}") for task in self.data.tasks}
