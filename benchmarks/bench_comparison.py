@@ -29,14 +29,13 @@ import hashlib
 import json
 import logging
 import math
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from benchmarks.common import ROOT, WORK, commit, machine
+from benchmarks.common import ROOT, WORK, commit, machine, run_job
 from core import tables as t
 from core.config import Config, load_config
 from core.delta import DeltaTables, get_tables
@@ -105,14 +104,6 @@ ROWS: tuple[Row, ...] = (
 
 
 # ---------------------------------------------------------------------- preparation
-def _run_job(config: str, overrides: Sequence[str], module: str, *args: str) -> None:
-    sets = [a for o in overrides for a in ("--set", o)]
-    cmd = [sys.executable, "-m", module, "--config", config, *sets, "--log-level", "WARNING", *args]
-    logger.info("preparing: %s", " ".join(cmd[1:]))
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-        raise SystemExit(f"bench_comparison: preparation step {module} failed")
-
-
 def prepare(config: str, overrides: Sequence[str], cfg: Config, tables: DeltaTables) -> None:
     """Build the demo world's training set, statistics and GBDT features where missing."""
     from features.gbdt import gbdt_spec
@@ -122,19 +113,20 @@ def prepare(config: str, overrides: Sequence[str], cfg: Config, tables: DeltaTab
     start = (first + dt.timedelta(days=4)).isoformat()
     end = last.isoformat()
     if not tables.exists(t.EVENTS):
-        _run_job(config, overrides, "jobs.generate_demo_world")
+        run_job("bench_comparison", config, overrides, "jobs.generate_demo_world")
     if not tables.exists(t.USER_SEQUENCES) or end not in tables.partitions(t.USER_SEQUENCES):
-        _run_job(config, overrides, "jobs.build_sequences", "--date", end)
+        run_job("bench_comparison", config, overrides, "jobs.build_sequences", "--date", end)
     if not tables.exists(t.TRAINING_EXAMPLES) or not (tables.last_metadata(t.TRAINING_EXAMPLES).get("splits")):
-        _run_job(config, overrides, "jobs.build_training_set", "--start", start, "--end", end)
+        run_job("bench_comparison", config, overrides, "jobs.build_training_set", "--start", start, "--end", end)
     if not tables.exists(t.FEATURE_STATS) or end not in tables.partitions(t.FEATURE_STATS):
-        _run_job(config, overrides, "jobs.feature_stats", "--date", end, "--training-start", start,
-                 "--training-end", end)
+        run_job("bench_comparison", config, overrides, "jobs.feature_stats", "--date", end,
+                "--training-start", start, "--training-end", end)
     spec = gbdt_spec(cfg.inputs.rank_features_dim)
     version = tables.version(t.TRAINING_EXAMPLES)
     if not tables.exists(spec) or tables.last_metadata(spec).get("training_examples_version") != version:
         days = tables.partitions(t.TRAINING_EXAMPLES, version)
-        _run_job(config, overrides, "jobs.build_gbdt_features", "--start", days[0], "--end", days[-1])
+        run_job("bench_comparison", config, overrides, "jobs.build_gbdt_features", "--start", days[0],
+                "--end", days[-1])
 
 
 # ---------------------------------------------------------------------- running

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,10 +12,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import psutil
 
+logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / "_work"
 
@@ -68,6 +70,15 @@ def run_worker(module: str, args: list[str],
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = peak / 2**20
     return result
+
+
+def run_job(bench: str, config: str, overrides: Sequence[str], module: str, *args: str) -> None:
+    """Run a platform job (``python -m module``) as a benchmark's preparation step; exit when it fails."""
+    sets = [a for o in overrides for a in ("--set", o)]
+    cmd = [sys.executable, "-m", module, "--config", config, *sets, "--log-level", "WARNING", *args]
+    logger.info("preparing: %s", " ".join(cmd[1:]))
+    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+        raise SystemExit(f"{bench}: preparation step {module} failed")
 
 
 def machine() -> str:

@@ -340,6 +340,90 @@ class TransferConfig(_Strict):
     ra_mix: int = Field(4, ge=1)
 
 
+class TabularTask(_Strict):
+    """One label of a tabular table: ``binary`` (1 when the column's value is ``positive``) or
+    ``multiclass`` (the index of the value in ``classes``). A value outside ``classes`` is an error."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    column: str
+    kind: Literal["binary", "multiclass"] = "binary"
+    classes: list[str] = Field(min_length=2, description="every value the column may hold, as text")
+    positive: str | None = Field(None, description="binary: the value that is the positive class")
+
+    @model_validator(mode="after")
+    def _positive_is_a_class(self) -> "TabularTask":
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"task {self.name}: classes repeat a value")
+        if self.kind == "binary":
+            if len(self.classes) < 2 or self.positive is None or self.positive not in self.classes:
+                raise ValueError(f"task {self.name}: a binary task names its positive value, one of its classes")
+        elif self.positive is not None:
+            raise ValueError(f"task {self.name}: positive is for binary tasks only")
+        return self
+
+    @property
+    def n_outputs(self) -> int:
+        """1 logit (binary) or one per class."""
+        return 1 if self.kind == "binary" else len(self.classes)
+
+
+class TabularSplit(_Strict):
+    """How the rows are split. ``permutation``: ``numpy.random.default_rng(seed).permutation(n)`` over
+    the rows in ``id_column`` order (which must be 0..n-1; the driver holds n integers): test = its first
+    n * test_frac rows, validation the next n * valid_frac, training the rest. ``hash``: a row's split
+    from a hash of its id and the seed (any ids, any size)."""
+
+    method: Literal["permutation", "hash"] = "permutation"
+    seed: int = 2026
+    test_frac: float = Field(0.2, gt=0, lt=1)
+    valid_frac: float = Field(0.1, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _leaves_training(self) -> "TabularSplit":
+        if self.test_frac + self.valid_frac >= 1:
+            raise ValueError("test_frac + valid_frac must leave rows for training")
+        return self
+
+
+class TabularConfig(_Strict):
+    """Multi-task training on an ordinary feature table (``jobs/build_tabular_set.py``,
+    ``jobs/train_tabular.py``): its categorical and dense columns, its labels and the model's sizes.
+    The multi-task design, weighting, optimiser and early stopping are ``training``'s."""
+
+    name: str = Field("census", pattern=r"^[a-z][a-z0-9_]*$", description="names the encoded table "
+                      "features/tabular_<name>")
+    table: str = Field("raw/census_income", description="the source Delta table, relative to lake_root")
+    id_column: str = "row_id"
+    categorical: list[str] = Field(default_factory=list)
+    dense: list[str] = Field(default_factory=list)
+    dense_log: list[str] = Field(default_factory=list, description="dense columns taken as sign(x) log(1 + |x|) "
+                                 "before standardisation (heavy-tailed amounts)")
+    tasks: list[TabularTask] = Field(default_factory=list)
+    split: TabularSplit = Field(default_factory=TabularSplit)
+    max_vocab: int = Field(10_000, ge=1, description="most frequent training values kept per categorical column")
+    min_count: int = Field(1, ge=1, description="training rows a value needs to get its own embedding")
+    embedding_dim: int = Field(8, ge=1)
+    bottom_hidden: list[int] = Field(default_factory=lambda: [256, 128], description="shared_bottom: the shared "
+                                     "MLP; the other designs put their experts on the embedded input")
+    tower_hidden: list[int] = Field(default_factory=lambda: [64], description="each task's tower MLP")
+
+    @model_validator(mode="after")
+    def _columns(self) -> "TabularConfig":
+        declared = self.categorical + self.dense
+        if len(set(declared)) != len(declared):
+            raise ValueError("a column is declared twice among categorical and dense")
+        stray = [c for c in self.dense_log if c not in self.dense]
+        if stray:
+            raise ValueError(f"dense_log names columns that are not dense: {stray}")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("two tasks share a name")
+        leaks = [t.column for t in self.tasks if t.column in declared]
+        if leaks:
+            raise ValueError(f"label columns are also declared as inputs: {leaks}")
+        return self
+
+
 class Config(_Strict):
     """The whole platform configuration (one YAML file plus ``--set`` overrides)."""
 
@@ -356,6 +440,7 @@ class Config(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     publish: PublishConfig = Field(default_factory=PublishConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
+    tabular: TabularConfig = Field(default_factory=TabularConfig)
     source: str = Field("<defaults>", exclude=True, description="file the config came from")
 
     @model_validator(mode="after")

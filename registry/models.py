@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
 
 import pandas as pd
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from training.evaluation import Predictions
     from training.model import TaskModel
     from training.spec import ModelSpec
+    from training.tabular import TabularPredictions, TabularSpec
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +68,29 @@ def signature() -> Any:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def log_model(state: bytes) -> str:
-    """Log the model (pyfunc user part + full state) to the active run; returns its ``runs:/`` URI."""
+def _tabular_python_model() -> Any:
+    import mlflow.pyfunc
+
+    base: Any = mlflow.pyfunc.PythonModel
+
+    class TabularMultiTaskModel(base):
+        """pyfunc: raw rows of the training table's columns -> ``<task>_prob`` / ``<task>_probs``."""
+
+        def load_context(self, context: Any) -> None:
+            self.model = load_state_file(context.artifacts[STATE_ARTIFACT])
+
+        def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) \
+                -> pd.DataFrame:
+            from training.tabular import TabularModel, predict_frame
+
+            return predict_frame(cast("TabularModel", self.model), model_input)
+
+    return TabularMultiTaskModel()
+
+
+def log_model(state: bytes, tabular: bool = False) -> str:
+    """Log the model (pyfunc + full state) to the active run; returns its ``runs:/`` URI. A DUPN-family
+    model's pyfunc is its user part; a tabular model's (``tabular``) scores raw rows of its table."""
     import mlflow
     import mlflow.pyfunc
 
@@ -76,9 +98,10 @@ def log_model(state: bytes) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model_state.pt"
         path.write_bytes(state)
-        info = mlflow.pyfunc.log_model(name="model", python_model=_python_model(),
-                                       artifacts={STATE_ARTIFACT: str(path)}, signature=signature(),
-                                       code_paths=code, pip_requirements=[])
+        python_model = _tabular_python_model() if tabular else _python_model()
+        info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts={STATE_ARTIFACT: str(path)},
+                                       signature=None if tabular else signature(), code_paths=code,
+                                       pip_requirements=[])
     run = mlflow.active_run()
     return f"runs:/{run.info.run_id}/model" if run is not None else str(info.model_uri)
 
@@ -218,9 +241,13 @@ def decide_promotion(candidate: "Predictions", champion: "Predictions | None", c
     if champion is None:
         return Decision(True, "no current champion", (), label)
     intervals = tuple(paired_bootstrap(candidate, champion, cfg.resamples, cfg.confidence, cfg.seed))
-    have = metrics(candidate)
-    old = metrics(champion)
-    missing = [m for m in GATED_METRICS if not math.isnan(old.get(m, math.nan)) and math.isnan(have.get(m, math.nan))]
+    return gate(intervals, metrics(candidate), metrics(champion), GATED_METRICS, label)
+
+
+def gate(intervals: tuple[Interval, ...], have: Mapping[str, float], old: Mapping[str, float],
+         gated: Sequence[str], label: str) -> Decision:
+    """Block when the candidate lacks a gated metric the champion has, or is worse beyond an interval."""
+    missing = [m for m in gated if not math.isnan(old.get(m, math.nan)) and math.isnan(have.get(m, math.nan))]
     if missing:
         return Decision(False, f"candidate lacks {', '.join(missing)} that the champion has", intervals, label)
     worse = [i for i in intervals if i.worse]
@@ -230,3 +257,21 @@ def decide_promotion(candidate: "Predictions", champion: "Predictions | None", c
     better = sum(1 for i in intervals if i.low > 0)
     return Decision(True, f"no metric worse beyond its interval ({better} of {len(intervals)} better beyond it)",
                     intervals, label)
+
+
+def decide_tabular_promotion(candidate: "TabularPredictions", champion: "TabularPredictions | None",
+                             spec: "TabularSpec", cfg: PromotionConfig) -> Decision:
+    """The same gate for a tabular model: a paired bootstrap over the test rows of every task's main
+    metric (AUC or accuracy); ``champion`` None promotes."""
+    from training.tabular import bootstrap, main_metric
+
+    label = f"{cfg.confidence:.0%} CI, {cfg.resamples} row resamples"
+    if champion is None:
+        return Decision(True, "no current champion", (), label)
+    intervals = tuple(bootstrap(candidate, champion, spec, cfg.resamples, cfg.confidence, cfg.seed))
+    have = {main_metric(spec, t): 0.0 for t in candidate.probs}
+    have.update({i.metric: i.candidate for i in intervals})
+    dropped = [t for t in champion.probs if t not in candidate.probs]
+    old = {f"{t}_dropped": 0.0 for t in dropped}  # a task the champion has and the candidate lacks blocks
+    old.update({i.metric: i.champion for i in intervals})
+    return gate(intervals, have, old, [*have, *old], label)

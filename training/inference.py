@@ -76,21 +76,19 @@ def load_state_file(path: "str | Path", what: str = "model") -> "TaskModel":
     """
     import torch
 
-    from training.model import build_model
-    from training.spec import ModelSpec
+    from training.trainer import workload_of
 
     import pickle
 
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-        spec = ModelSpec.from_dict(state["spec"])
+        model = workload_of(state["spec"]).build()  # a DUPN-family or a tabular model
     except PlatformError:
         raise
     except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
         first = (str(exc).splitlines() or ["no detail"])[0][:200]
         raise PlatformError(f"{what}: cannot read {path} ({type(exc).__name__}: {first}); the artifact is missing "
                             f"or corrupt: re-register the model or pick another version") from None
-    model = build_model(spec)
     model.load_state_dict(state["weights"])
     return model.eval()
 

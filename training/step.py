@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from training.model import unwrap
 from training.weighting import TaskWeighting
 
 logger = logging.getLogger(__name__)
+
+LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], Iterable[str]], dict[str, Tensor]]
+CountFn = Callable[[Mapping[str, Tensor], Iterable[str]], dict[str, int]]
 
 
 def build_optimizer(model_params: Iterable[nn.Parameter], cfg: TrainingConfig,
@@ -61,12 +64,16 @@ class TrainTask:
         cfg: optimiser, learning rate and weight decay.
         loss_names: losses to train on; default the model spec's ``loss_names``.
         max_grad_norm: clip the global gradient norm to this (None = no clipping).
+        losses: ``(outputs, batch, names) -> {name: scalar loss}`` (DUPN's by default).
+        counts: ``(batch, names) -> {name: rows holding that task}`` (DUPN's by default).
     """
 
     def __init__(self, model: nn.Module, weighting: TaskWeighting, cfg: TrainingConfig,
-                 loss_names: Sequence[str] | None = None, max_grad_norm: float | None = None) -> None:
+                 loss_names: Sequence[str] | None = None, max_grad_norm: float | None = None,
+                 losses: LossFn = task_losses, counts: CountFn = row_counts) -> None:
         self.model = model
         self.weighting = weighting
+        self.losses, self.counts = losses, counts
         self.loss_names = tuple(loss_names) if loss_names is not None else unwrap(model).spec.loss_names
         missing = [t for t in weighting.task_names if t not in self.loss_names]
         if missing:
@@ -88,8 +95,8 @@ class TrainTask:
         self.weighting.train()
         self.optimizer.zero_grad(set_to_none=True)
         outputs = self.model(batch)
-        losses = task_losses(outputs, batch, self.loss_names)
-        counts = row_counts(batch, self.loss_names)
+        losses = self.losses(outputs, batch, self.loss_names)
+        counts = self.counts(batch, self.loss_names)
         extra = self.extra_losses(outputs, batch)
         total = self.weighting.combine(losses, counts)
         for value in extra.values():

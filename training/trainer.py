@@ -20,17 +20,18 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
+from torch import Tensor, nn
 
 from core.config import TrainingConfig
 from core.errors import PlatformError
 from core.tables import KIND_IDS, KIND_OF_TASK
 from training import evaluation as ev
 from training.data import EVAL_FIELDS, TRAIN_FIELDS, Batch, PetastormSource, TensorBatches, rows_of
-from training.losses import row_counts
+from training.losses import LOSS_NAMES, row_counts, task_losses
 from training.model import TaskModel, build_model, last_shared_layer, unwrap
 from training.progress import Progress, ensure_output
 from training.spec import ModelSpec
@@ -112,9 +113,9 @@ def load_state(data: bytes) -> dict[str, Any]:
 
 
 def model_from_state(data: bytes) -> TaskModel:
-    """The model (eval mode) of :func:`dump_state` bytes."""
+    """The model (eval mode) of :func:`dump_state` bytes (a DUPN-family or a tabular model)."""
     state = load_state(data)
-    model = build_model(ModelSpec.from_dict(state["spec"]))
+    model = workload_of(state["spec"]).build()
     model.load_state_dict(state["weights"])
     return model.eval()
 
@@ -184,6 +185,96 @@ def evaluate_split(model: TaskModel, batches: Iterable[Batch],
     return ev.metrics(pred), pred
 
 
+class Workload(Protocol):
+    """What :func:`train_process` needs from a kind of model besides the loop itself: how to build
+    it, read its splits, compute its losses and score validation."""
+
+    loss_names: tuple[str, ...]
+    known_losses: tuple[str, ...]
+
+    def build(self) -> TaskModel: ...
+
+    def train_source(self, cfg: TrainingConfig, files: Sequence[str], rank: int = 0, world: int = 1) \
+        -> PetastormSource: ...
+
+    def eval_source(self, cfg: TrainingConfig, files: Sequence[str]) -> PetastormSource: ...
+
+    def losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor], names: Iterable[str]) \
+        -> dict[str, Tensor]: ...
+
+    def counts(self, batch: Mapping[str, Tensor], names: Iterable[str]) -> dict[str, int]: ...
+
+    def examples(self, batch: Batch) -> int: ...
+
+    def score(self, model: nn.Module, batches: Iterable[Batch], analyse: bool = False) -> dict[str, float]: ...
+
+    def selection_score(self, values: Mapping[str, float], cfg: TrainingConfig) -> float: ...
+
+    def shown(self, values: Mapping[str, float]) -> dict[str, float]: ...
+
+    def analyse(self, model: nn.Module, batches: Iterable[Batch]) -> None: ...
+
+    def report(self, result: "TrainResult") -> None: ...
+
+
+class DUPNWorkload:
+    """DUPN and its baselines on ``features/training_examples`` (one row per example group)."""
+
+    known_losses: tuple[str, ...] = LOSS_NAMES
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.loss_names = spec.loss_names
+        self.attention = AttentionByProperty(spec.vocab["behavior"], spec.vocab["time_bucket"], relative=True)
+
+    def build(self) -> TaskModel:
+        return build_model(self.spec)
+
+    def train_source(self, cfg: TrainingConfig, files: Sequence[str], rank: int = 0, world: int = 1) -> PetastormSource:
+        return train_source(cfg, files, rank, world, self.spec.tasks)
+
+    def eval_source(self, cfg: TrainingConfig, files: Sequence[str]) -> PetastormSource:
+        return eval_source(cfg, files, self.spec.tasks)
+
+    def losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor], names: Iterable[str]) \
+            -> dict[str, Tensor]:
+        return task_losses(outputs, batch, names)
+
+    def counts(self, batch: Mapping[str, Tensor], names: Iterable[str]) -> dict[str, int]:
+        return row_counts(batch, names)
+
+    def examples(self, batch: Batch) -> int:
+        return examples_in(batch, self.loss_names)
+
+    def score(self, model: nn.Module, batches: Iterable[Batch], analyse: bool = False) -> dict[str, float]:
+        scores, _ = evaluate_split(unwrap(model), batches, self.attention if analyse else None)
+        return scores
+
+    def selection_score(self, values: Mapping[str, float], cfg: TrainingConfig) -> float:
+        return ev.selection_score(values, cfg.early_stopping.min_rows)
+
+    def shown(self, values: Mapping[str, float]) -> dict[str, float]:
+        return {k: round(v, 4) for k, v in values.items() if k in ev.REPORTED_METRICS}
+
+    def analyse(self, model: nn.Module, batches: Iterable[Batch]) -> None:
+        """The attention analysis of the selected weights (on validation)."""
+        evaluate_split(unwrap(model), batches, self.attention)
+
+    def report(self, result: "TrainResult") -> None:
+        mean, counts = self.attention.result()
+        result.attention_mean = [[None if math.isnan(x) else float(x) for x in r] for r in mean]
+        result.attention_counts = counts.tolist()
+
+
+def workload_of(spec: Mapping[str, Any]) -> Workload:
+    """The workload of a stored spec: a tabular model's (``kind: tabular``) or the DUPN family's."""
+    if spec.get("kind") == "tabular":
+        from training.tabular import TabularSpec, TabularWorkload
+
+        return TabularWorkload(TabularSpec.from_dict(spec))
+    return DUPNWorkload(ModelSpec.from_dict(spec))
+
+
 class _Selector:
     """Keeps the best validation score's weights and counts scorings without improvement."""
 
@@ -207,13 +298,16 @@ class _Selector:
         return self.stale >= self.patience
 
 
-def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = None) -> TrainResult | None:
+def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = None,
+                  work: Workload | None = None) -> TrainResult | None:
     """Train in this process (one rank). Returns the result on rank 0, None on the others.
 
     Args:
         plan: what to train.
         data: in-memory ``{"train": ..., "valid": ...}`` batches instead of Petastorm (single
             process only: tests and benchmarks).
+        work: the workload, when it is not the one of ``plan.spec`` (:func:`workload_of`): e.g. a
+            study's other objective for the same model (in-process calls only; the plan ships none).
     """
     rank, world = _distributed()
     cfg = plan.training
@@ -222,42 +316,44 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // world)
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed + rank)
-    spec = ModelSpec.from_dict(plan.spec)
-    model: torch.nn.Module = build_model(spec)
+    work = work if work is not None else workload_of(plan.spec)
+    model: torch.nn.Module = work.build()
     if plan.init_state is not None:
         model.load_state_dict(load_state(plan.init_state)["weights"])
         logger.info("warm start from the given weights")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    weighting = build_weighting(cfg.weighting, spec.loss_names, last_shared_layer(model))
-    task = TrainTask(model, weighting, cfg)
+    weighting = build_weighting(cfg.weighting, work.loss_names, last_shared_layer(model), work.known_losses)
+    task = TrainTask(model, weighting, cfg, work.loss_names, losses=work.losses, counts=work.counts)
     result = TrainResult(state=b"", world_size=world)
     if data is None and plan.preload:
-        data = {"train": TensorBatches.collect(train_source(cfg, plan.train_files, rank, world, spec.tasks))}
+        data = {"train": TensorBatches.collect(work.train_source(cfg, plan.train_files, rank, world))}
         if rank == 0 and plan.valid_files:
-            data["valid"] = TensorBatches.collect(eval_source(cfg, plan.valid_files, spec.tasks))
+            data["valid"] = TensorBatches.collect(work.eval_source(cfg, plan.valid_files))
     has_valid = bool(plan.valid_files) or (data is not None and "valid" in data)
     rows_total = data["train"].count_rows() if data is not None \
-        else train_source(cfg, plan.train_files, tasks=spec.tasks).count_rows()
+        else work.train_source(cfg, plan.train_files).count_rows()
     steps_per_epoch = max(1, math.ceil(rows_total / world / cfg.batch_size))
     if plan.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, max(plan.max_steps_per_epoch, 1))
     evals = max(1, cfg.early_stopping.evals_per_epoch) if plan.select else 1
     eval_every = max(1, math.ceil(steps_per_epoch / evals))
     selector = _Selector(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
-    attention = AttentionByProperty(spec.vocab["behavior"], spec.vocab["time_bucket"], relative=True)
     progress = Progress("train", steps_per_epoch * plan.epochs, unit="examples", every_s=cfg.progress_every_s,
                         enabled=plan.progress and rank == 0)
+
+    def valid_batches() -> Iterator[Batch]:
+        if data is not None and "valid" in data:
+            return data["valid"].batches()
+        return work.eval_source(cfg, plan.valid_files).batches()
 
     def validate(epoch: int, step: int, last: bool) -> bool:
         """Score validation on rank 0; True when every rank should stop."""
         stop = False
         if rank == 0 and has_valid:
             t0 = time.perf_counter()
-            batches = data["valid"].batches() if data is not None and "valid" in data \
-                else eval_source(cfg, plan.valid_files, spec.tasks).batches()
-            scores, _ = evaluate_split(unwrap(model), batches, attention if last else None)
-            score = ev.selection_score(scores, cfg.early_stopping.min_rows)
+            scores = work.score(unwrap(model), valid_batches(), analyse=last)
+            score = work.selection_score(scores, cfg)
             row = {"step": float(step), "epoch": float(epoch), "epoch_fraction": step / steps_per_epoch,
                    "selection_score": score, "eval_seconds": time.perf_counter() - t0,
                    **{f"valid_{k}": v for k, v in scores.items()}}
@@ -266,7 +362,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
                 selector.offer(score, unwrap(model), row)
                 stop = selector.exhausted
             progress.log.info("validation at step %d (epoch %.2f): score %.4f %s%s", step, step / steps_per_epoch,
-                              score, {k: round(v, 4) for k, v in scores.items() if k in ev.REPORTED_METRICS},
+                              score, work.shown(scores),
                               " (best so far)" if plan.select and selector.stale == 0 else "")
         return _broadcast_flag(stop, world)
 
@@ -276,7 +372,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     for epoch in range(plan.epochs):
         n_steps = 0
         batches = (data["train"].batches(epoch) if data is not None
-                   else train_source(cfg, plan.train_files, rank, world, spec.tasks).batches(epoch))
+                   else work.train_source(cfg, plan.train_files, rank, world).batches(epoch))
         it = iter(batches)
         while True:
             batch = next(it, None)
@@ -286,7 +382,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
                 break
             assert batch is not None  # every rank has one (checked collectively above)
             stats = task.step(batch)
-            examples = examples_in(batch, spec.loss_names)
+            examples = work.examples(batch)
             result.train_samples += examples * world
             result.train_rows += rows_of(batch) * world
             step += 1
@@ -323,16 +419,11 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     if plan.select and selector.best_state is not None:
         final.load_state_dict(selector.best_state)
         result.selected = dict(selector.best_row)
-        # the attention analysis of the selected weights, on validation
-        if has_valid:
-            batches = data["valid"].batches() if data is not None and "valid" in data \
-                else eval_source(cfg, plan.valid_files, spec.tasks).batches()
-            evaluate_split(final, batches, attention)
+        if has_valid:  # e.g. DUPN's attention analysis of the selected weights, on validation
+            work.analyse(final, valid_batches())
     elif result.evals:
         result.selected = dict(result.evals[-1])
-    mean, counts = attention.result()
-    result.attention_mean = [[None if math.isnan(x) else float(x) for x in r] for r in mean]
-    result.attention_counts = counts.tolist()
+    work.report(result)
     result.state = dump_state(final)
     progress.log.info("trained %d examples (%d rows) in %.0fs (%.0f examples/s)%s; selected %s",
                       result.train_samples, result.train_rows, result.train_seconds,

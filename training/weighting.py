@@ -30,14 +30,15 @@ logger = logging.getLogger(__name__)
 class TaskWeighting(nn.Module):
     """Base class: the task names and the shared plumbing. See the module docstring."""
 
-    def __init__(self, task_names: Iterable[str]) -> None:
+    def __init__(self, task_names: Iterable[str], known: Iterable[str] = LOSS_NAMES) -> None:
         super().__init__()
         self.task_names = tuple(task_names)
+        self.known = tuple(known)
         if not self.task_names:
             raise ValueError("task weighting needs at least one task")
-        unknown = [t for t in self.task_names if t not in LOSS_NAMES]
+        unknown = [t for t in self.task_names if t not in self.known]
         if unknown:
-            raise ValueError(f"unknown task (loss) names {unknown}; known: {list(LOSS_NAMES)}")
+            raise ValueError(f"unknown task (loss) names {unknown}; known: {list(self.known)}")
 
     def _check(self, losses: Mapping[str, Tensor]) -> None:
         missing = [t for t in self.task_names if t not in losses]
@@ -66,12 +67,13 @@ class TaskWeighting(nn.Module):
 class FixedWeighting(TaskWeighting):
     """``total = Σ w_k L_k`` with constant weights (default 1.0 each)."""
 
-    def __init__(self, task_names: Iterable[str], weights: Mapping[str, float] | None = None) -> None:
-        super().__init__(task_names)
+    def __init__(self, task_names: Iterable[str], weights: Mapping[str, float] | None = None,
+                 known: Iterable[str] = LOSS_NAMES) -> None:
+        super().__init__(task_names, known)
         given = dict(weights or {})
-        unknown = [t for t in given if t not in LOSS_NAMES]
+        unknown = [t for t in given if t not in self.known]
         if unknown:
-            raise ValueError(f"fixed weights for unknown tasks {unknown}; known: {list(LOSS_NAMES)}")
+            raise ValueError(f"fixed weights for unknown tasks {unknown}; known: {list(self.known)}")
         ignored = [t for t in given if t not in self.task_names]
         if ignored:
             logger.info("fixed weights for tasks that are not enabled are ignored: %s", ignored)
@@ -105,8 +107,9 @@ class UncertaintyWeighting(TaskWeighting):
     2 -> 21 in four epochs). The bound keeps every weight within e^±max_log_var.
     """
 
-    def __init__(self, task_names: Iterable[str], max_log_var: float = 2.0) -> None:
-        super().__init__(task_names)
+    def __init__(self, task_names: Iterable[str], max_log_var: float = 2.0, known: Iterable[str] = LOSS_NAMES) \
+            -> None:
+        super().__init__(task_names, known)
         if not max_log_var > 0:
             raise ValueError(f"uncertainty_max_log_var must be > 0, got {max_log_var}")
         self.max_log_var = float(max_log_var)
@@ -161,8 +164,8 @@ class GradNorm(TaskWeighting):
     initial_losses: Tensor
 
     def __init__(self, task_names: Iterable[str], shared_params: Sequence[Tensor], alpha: float = 1.5,
-                 lr: float = 0.025) -> None:
-        super().__init__(task_names)
+                 lr: float = 0.025, known: Iterable[str] = LOSS_NAMES) -> None:
+        super().__init__(task_names, known)
         self.shared_params = list(shared_params)
         if not self.shared_params:
             raise ValueError("GradNorm needs the shared parameters (pass training.model.last_shared_layer(model))")
@@ -232,21 +235,23 @@ class GradNorm(TaskWeighting):
 
 
 def build_weighting(cfg: WeightingConfig, task_names: Iterable[str],
-                    shared_params: Sequence[Tensor] | None = None) -> TaskWeighting:
+                    shared_params: Sequence[Tensor] | None = None, known: Iterable[str] = LOSS_NAMES) \
+        -> TaskWeighting:
     """The configured task weighting.
 
     Args:
         cfg: ``training.weighting``.
         task_names: the weighted losses (``ModelSpec.loss_names``).
         shared_params: the last shared layer, required by GradNorm.
+        known: every loss name the model family has (DUPN's by default; a tabular model's are its tasks).
     """
     names = tuple(task_names)
     if cfg.kind == "fixed":
-        return FixedWeighting(names, cfg.fixed)
+        return FixedWeighting(names, cfg.fixed, known)
     if cfg.kind == "uncertainty":
-        return UncertaintyWeighting(names, cfg.uncertainty_max_log_var)
+        return UncertaintyWeighting(names, cfg.uncertainty_max_log_var, known)
     if cfg.kind == "gradnorm":
         if not shared_params:
             raise ValueError("weighting.kind=gradnorm needs shared_params=training.model.last_shared_layer(model)")
-        return GradNorm(names, shared_params, cfg.gradnorm_alpha, cfg.gradnorm_lr)
+        return GradNorm(names, shared_params, cfg.gradnorm_alpha, cfg.gradnorm_lr, known)
     raise ValueError(f"unknown weighting kind '{cfg.kind}'; choose fixed, uncertainty or gradnorm")
