@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -38,22 +38,33 @@ logger = logging.getLogger(__name__)
 STATE_ARTIFACT = "model_state"
 
 
+def _outputs(model: "TaskModel", frame: pd.DataFrame) -> pd.DataFrame:
+    """What a registered version's pyfunc returns: a DUPN-family model's user part (embedding,
+    ppp_probs, ppp_tier per user row) or a tabular model's task probabilities per raw row."""
+    from training.tabular import TabularModel, predict_frame
+
+    if isinstance(model, TabularModel):
+        return predict_frame(model, frame)
+    return user_outputs(model, frame)
+
+
 def _python_model() -> Any:
     import mlflow.pyfunc
 
     base: Any = mlflow.pyfunc.PythonModel
 
-    class UserRepresentationModel(base):
-        """pyfunc: user-side columns of ``features/user_sequences`` -> embedding, ppp_probs, ppp_tier."""
+    class PlatformModel(base):
+        """pyfunc: user-side columns of ``features/user_sequences`` -> embedding, ppp_probs, ppp_tier (DUPN
+        family); raw rows of the training table -> ``<task>_prob`` / ``<task>_probs`` (tabular models)."""
 
         def load_context(self, context: Any) -> None:
             self.model = load_state_file(context.artifacts[STATE_ARTIFACT])
 
         def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) \
                 -> pd.DataFrame:
-            return user_outputs(self.model, model_input)
+            return _outputs(self.model, model_input)
 
-    return UserRepresentationModel()
+    return PlatformModel()
 
 
 def signature() -> Any:
@@ -68,26 +79,6 @@ def signature() -> Any:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def _tabular_python_model() -> Any:
-    import mlflow.pyfunc
-
-    base: Any = mlflow.pyfunc.PythonModel
-
-    class TabularMultiTaskModel(base):
-        """pyfunc: raw rows of the training table's columns -> ``<task>_prob`` / ``<task>_probs``."""
-
-        def load_context(self, context: Any) -> None:
-            self.model = load_state_file(context.artifacts[STATE_ARTIFACT])
-
-        def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) \
-                -> pd.DataFrame:
-            from training.tabular import TabularModel, predict_frame
-
-            return predict_frame(cast("TabularModel", self.model), model_input)
-
-    return TabularMultiTaskModel()
-
-
 def log_model(state: bytes, tabular: bool = False) -> str:
     """Log the model (pyfunc + full state) to the active run; returns its ``runs:/`` URI. A DUPN-family
     model's pyfunc is its user part; a tabular model's (``tabular``) scores raw rows of its table."""
@@ -98,8 +89,8 @@ def log_model(state: bytes, tabular: bool = False) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model_state.pt"
         path.write_bytes(state)
-        python_model = _tabular_python_model() if tabular else _python_model()
-        info = mlflow.pyfunc.log_model(name="model", python_model=python_model, artifacts={STATE_ARTIFACT: str(path)},
+        info = mlflow.pyfunc.log_model(name="model", python_model=_python_model(),
+                                       artifacts={STATE_ARTIFACT: str(path)},
                                        signature=None if tabular else signature(), code_paths=code,
                                        pip_requirements=[])
     run = mlflow.active_run()

@@ -79,7 +79,7 @@ def row_counts(batch: Mapping[str, Tensor], loss_names: Iterable[str]) -> dict[s
     return {name: int((example_weights(batch, name) > 0).sum()) for name in loss_names}
 
 
-def _weighted_mean(values: Tensor, weights: Tensor, norm: Tensor | None = None) -> Tensor:
+def weighted_mean(values: Tensor, weights: Tensor, norm: Tensor | None = None) -> Tensor:
     """Σ w·v / Σ norm (norm defaults to w); masked entries (w = 0) cannot bring a NaN in."""
     total = torch.where(weights > 0, values * weights, torch.zeros_like(values)).sum()
     return total / (weights if norm is None else norm).sum().clamp_min(_EPS)
@@ -103,24 +103,24 @@ def task_losses(outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor],
         if name == "ctr":
             values = F.binary_cross_entropy_with_logits(outputs["ctr_logit"], batch["label_click"].float(),
                                                         reduction="none")
-            out[name] = _weighted_mean(values, w)
+            out[name] = weighted_mean(values, w)
         elif name == "ctcvr":
             if "cvr_logit" not in outputs:
                 raise KeyError("the ctcvr loss needs the ESMM head; build the model with model.esmm = true")
-            out[name] = _weighted_mean(ctcvr_nll(outputs["ctr_logit"], outputs["cvr_logit"],
-                                                 batch["label_buy"].float()), w)
+            out[name] = weighted_mean(ctcvr_nll(outputs["ctr_logit"], outputs["cvr_logit"],
+                                                batch["label_buy"].float()), w)
         elif name == "l2r":
             y = 2.0 * batch["label_click"].float() - 1.0
             values = F.softplus(-y * outputs["l2r_score"])
-            out[name] = _weighted_mean(values, w * batch["l2r_gain"].float(), norm=w)
+            out[name] = weighted_mean(values, w * batch["l2r_gain"].float(), norm=w)
         elif name == "follow":
             values = F.binary_cross_entropy_with_logits(outputs["follow_logit"], batch["label_follow"].float(),
                                                         reduction="none")
-            out[name] = _weighted_mean(values, w)
+            out[name] = weighted_mean(values, w)
         elif name == "ppp":
             tier = torch.where(w > 0, batch["label_tier"].long(), torch.full_like(batch["label_tier"].long(), -1))
             values = F.cross_entropy(outputs["ppp_logits"], tier, ignore_index=-1, reduction="none")
-            out[name] = _weighted_mean(values, w)
+            out[name] = weighted_mean(values, w)
         else:
             raise KeyError(f"unknown loss '{name}'; known: {list(LOSS_NAMES)}")
     return out
