@@ -162,7 +162,8 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
             names = mine[0].gates.keys()
             entry["gates"] = {g: np.mean([r.gates[g] for r in mine if g in r.gates], axis=0).round(3).tolist()
                               for g in names}
-            entry["collapsed_gates"] = sorted({g for r in mine for g in r.collapsed})
+            entry["collapsed_gates"] = {g: sum(g in r.collapsed for r in mine) for g in names
+                                        if any(g in r.collapsed for r in mine)}
         out[model] = entry
     return out
 
@@ -194,7 +195,9 @@ def table(summary: dict[str, dict[str, Any]], command: str, notes: dict[str, Any
     for model, e in summary.items():
         gates = "; ".join(f"{g}: {', '.join(f'{x:.2f}' for x in w)}" for g, w in e.get("gates", {}).items())
         if e.get("collapsed_gates"):
-            gates += f" — **collapsed: {', '.join(e['collapsed_gates'])}**"
+            n = len(e["seeds"])
+            gates += " — **collapsed onto one expert in " + ", ".join(
+                f"{k}/{n} seeds: {g}" for g, k in e["collapsed_gates"].items()) + "**"
         name = f"**{model}**" if model == best else model
         lines.append(f"| {name} | {cell(e, 'income')} | {cell(e, 'never_married')} | {e['samples_per_s']:,.0f} | "
                      f"{e['epochs']:.1f} | {gates} |")
@@ -213,9 +216,22 @@ def table(summary: dict[str, dict[str, Any]], command: str, notes: dict[str, Any
     ]
     lines += ["", "Goal (issue 11), checked by this benchmark:", "", "| goal | met | measured |", "|---|---|---|"]
     lines += [f"| {g} | {'yes' if ok else '**no**'} | {v} |" for g, ok, v in checks]
-    lines += ["", "A gate is *collapsed* when its mean weight on one expert exceeds 0.9 "
-              "(`training.model.GateStats.COLLAPSE`). Single-task trains one model per task (no weighting)."]
+    lines += ["", "Gate utilisation is the mean weight per expert on the validation split, averaged over the seeds; a "
+              "gate is *collapsed* in a run when its mean weight on one expert exceeds 0.9 "
+              "(`training.model.GateStats.COLLAPSE`), which the average over seeds can hide. Single-task trains one "
+              "model per task (no weighting)."]
     return "\n".join(lines)
+
+
+def render(results: Path, out: Path) -> None:
+    """The table of an earlier run, from its JSON (the summary is recomputed from the runs)."""
+    data = json.loads(results.read_text())
+    runs = [Run(**{k: v for k, v in r.items() if k != "samples_per_s"}) for r in data["runs"]]
+    notes = {k: data[k] for k in ("machine", "date", "commit", "load", "data", "split", "rows", "epochs_cap",
+                                  "patience", "seeds", "training")}
+    summary = summarize(runs)
+    results.write_text(json.dumps({**data, "summary": summary}, indent=1, default=float))
+    write_result(out, data["command"], table(summary, data["command"], notes))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -231,8 +247,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "census.json"), help="the JSON results")
     p.add_argument("--table", default=str(ROOT / "benchmarks" / "results" / "census.md"), help="the Markdown table")
+    p.add_argument("--render", metavar="JSON", help="write --table again from the runs of a results JSON of this "
+                   "benchmark (its command and notes are kept), without training")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.render:
+        render(Path(args.render), Path(args.table))
+        return
     from features.census import DEFAULT_FOLDER
 
     folder = Path(args.source) if args.source else DEFAULT_FOLDER
