@@ -145,8 +145,7 @@ class StudyWorkload(DUPNWorkload):
         return row_counts(batch, ["ctr"])["ctr"]
 
     def selection_score(self, values: Mapping[str, float], cfg: TrainingConfig) -> float:
-        got = [float(values[k]) for k in self.selection_metrics if k in values and not math.isnan(float(values[k]))]
-        return float(np.mean(got)) if got else math.nan
+        return ev.finite_mean(values, self.selection_metrics)
 
     def analyse(self, model: nn.Module, batches: Iterable[Batch]) -> None:
         """No attention analysis in this study."""

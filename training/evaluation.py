@@ -307,11 +307,17 @@ def selection_score(values: Mapping[str, float], min_rows: int = 0) -> float:
     many: on the demo world's validation day PPP accuracy rests on about 300 unseen users (a standard
     error near 0.025), and weighed like the AUCs of 10k-100k rows it chose the checkpoint by noise
     (docs/evaluation.md)."""
-    got = {k: float(values[k]) for k in SELECTION_METRICS if k in values and not math.isnan(float(values[k]))}
+    got = [k for k in SELECTION_METRICS if k in values and not math.isnan(float(values[k]))]
     if min_rows:
-        big = {k: v for k, v in got.items() if float(values.get(SELECTION_ROWS[k], math.inf)) >= min_rows}
+        big = [k for k in got if float(values.get(SELECTION_ROWS[k], math.inf)) >= min_rows]
         got = big or got
-    return float(np.mean(list(got.values()))) if got else NAN
+    return finite_mean(values, got)
+
+
+def finite_mean(values: Mapping[str, float], names: Sequence[str]) -> float:
+    """Mean of the metrics ``names`` that ``values`` has and that are not NaN; NaN if none."""
+    got = [float(values[k]) for k in names if k in values and not math.isnan(float(values[k]))]
+    return float(np.mean(got)) if got else NAN
 
 
 # ====================================================================== paired bootstrap
@@ -416,13 +422,21 @@ def paired_bootstrap(candidate: Predictions, champion: Predictions, resamples: i
         w = rng.poisson(1.0, len(users)).astype(np.float64)
         for name, a, b, _, _ in pairs:
             deltas[name][i] = a.value(w) - b.value(w)
-    alpha = (1.0 - confidence) / 2.0
     out = []
     for name, _, _, va, vb in pairs:
-        d = deltas[name][~np.isnan(deltas[name])]
-        lo, hi = (np.quantile(d, alpha), np.quantile(d, 1 - alpha)) if len(d) else (NAN, NAN)
-        out.append(Interval(name, va, vb, va - vb, float(lo), float(hi)))
+        lo, hi = percentile_interval(deltas[name], confidence)
+        out.append(Interval(name, va, vb, va - vb, lo, hi))
     return out
+
+
+def percentile_interval(deltas: np.ndarray, confidence: float) -> tuple[float, float]:
+    """The central ``confidence`` percentile interval of bootstrap differences (NaN ones left out)."""
+    d = np.asarray(deltas, dtype=np.float64)
+    d = d[~np.isnan(d)]
+    if not len(d):
+        return NAN, NAN
+    alpha = (1.0 - confidence) / 2.0
+    return float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))
 
 
 # ====================================================================== seeds

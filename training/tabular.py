@@ -282,9 +282,7 @@ def main_metric(spec: TabularSpec, task: str) -> str:
 
 def selection_score(spec: TabularSpec, values: Mapping[str, float]) -> float:
     """The mean of every task's main validation metric (NaN ones left out)."""
-    scores = [values.get(main_metric(spec, t), math.nan) for t in spec.tasks]
-    finite = [s for s in scores if not math.isnan(s)]
-    return float(np.mean(finite)) if finite else math.nan
+    return ev.finite_mean(values, [main_metric(spec, t) for t in spec.tasks])
 
 
 def _main_values(kind: str, y: np.ndarray, probs: np.ndarray) -> tuple[str, np.ndarray]:
@@ -314,7 +312,6 @@ def bootstrap(candidate: TabularPredictions, champion: TabularPredictions, spec:
         kind, a = _main_values(t["kind"], y, candidate.probs[name])
         _, b = _main_values(t["kind"], y, champion.probs[name])
         pairs.append((f"{name}_{kind}", kind, y, a, b))
-    alpha = (1.0 - confidence) / 2.0
     out = []
     for metric, kind, y, a, b in pairs:
         ones = np.ones(len(y))
@@ -323,8 +320,7 @@ def bootstrap(candidate: TabularPredictions, champion: TabularPredictions, spec:
         for _ in range(resamples):
             w = rng.poisson(1.0, len(y)).astype(np.float64)
             deltas.append(_weighted(kind, a, y, w) - _weighted(kind, b, y, w))
-        d = np.asarray([x for x in deltas if not math.isnan(x)])
-        lo, hi = (float(np.quantile(d, alpha)), float(np.quantile(d, 1 - alpha))) if len(d) else (math.nan, math.nan)
+        lo, hi = ev.percentile_interval(np.asarray(deltas), confidence)
         out.append(ev.Interval(metric, va, vb, va - vb, lo, hi))
     return out
 
@@ -401,14 +397,14 @@ class TabularWorkload:
 
     def train_source(self, cfg: TrainingConfig, files: Sequence[str], rank: int = 0, world: int = 1) \
             -> PetastormSource:
-        return PetastormSource(files=tuple(files), fields=FIELDS, batch_size=cfg.batch_size, shard=rank,
-                               shard_count=world, shuffle=True, shuffle_capacity=cfg.shuffle_buffer,
-                               bucket_by_length=False, workers=1 if cfg.deterministic else cfg.reader_workers,
-                               seed=cfg.seed)
+        from training.trainer import train_source
+
+        return train_source(cfg, files, rank, world, fields=FIELDS, bucket=False)
 
     def eval_source(self, cfg: TrainingConfig, files: Sequence[str]) -> PetastormSource:
-        return PetastormSource(files=tuple(files), fields=FIELDS, batch_size=cfg.eval_batch_size, shuffle=False,
-                               bucket_by_length=False, workers=1 if cfg.deterministic else cfg.reader_workers)
+        from training.trainer import eval_source
+
+        return eval_source(cfg, files, fields=FIELDS)
 
     def losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor], names: Iterable[str]) \
             -> dict[str, Tensor]:

@@ -155,18 +155,21 @@ def kinds_of(tasks: Iterable[str]) -> tuple[int, ...] | None:
 
 
 def train_source(cfg: TrainingConfig, files: Iterable[str], rank: int = 0, world: int = 1,
-                 tasks: Iterable[str] | None = None) -> PetastormSource:
-    """The shuffled, length-bucketed training reader of one rank (rows of ``tasks``' kinds only)."""
-    return PetastormSource(files=tuple(files), fields=TRAIN_FIELDS, batch_size=cfg.batch_size, shard=rank,
+                 tasks: Iterable[str] | None = None, fields: Sequence[str] = TRAIN_FIELDS,
+                 bucket: bool | None = None) -> PetastormSource:
+    """The shuffled training reader of one rank (rows of ``tasks``' kinds only), length-bucketed as
+    ``training.bucket_by_length`` says unless ``bucket`` is given (False for rows without a sequence)."""
+    return PetastormSource(files=tuple(files), fields=tuple(fields), batch_size=cfg.batch_size, shard=rank,
                            shard_count=world, shuffle=True, shuffle_capacity=cfg.shuffle_buffer,
-                           bucket_by_length=cfg.bucket_by_length,
+                           bucket_by_length=cfg.bucket_by_length if bucket is None else bucket,
                            workers=1 if cfg.deterministic else cfg.reader_workers, seed=cfg.seed,
                            kinds=kinds_of(tasks) if tasks is not None else None)
 
 
-def eval_source(cfg: TrainingConfig, files: Iterable[str], tasks: Iterable[str] | None = None) -> PetastormSource:
+def eval_source(cfg: TrainingConfig, files: Iterable[str], tasks: Iterable[str] | None = None,
+                fields: Sequence[str] = EVAL_FIELDS) -> PetastormSource:
     """An in-order reader of a validation or test split (with the keys the metrics group by)."""
-    return PetastormSource(files=tuple(files), fields=EVAL_FIELDS, batch_size=cfg.eval_batch_size, shuffle=False,
+    return PetastormSource(files=tuple(files), fields=tuple(fields), batch_size=cfg.eval_batch_size, shuffle=False,
                            bucket_by_length=False, workers=1 if cfg.deterministic else cfg.reader_workers,
                            kinds=kinds_of(tasks) if tasks is not None else None)
 
