@@ -36,7 +36,7 @@ import logging
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -276,8 +276,15 @@ class Finding:
     """One of the paper's claims checked on the results."""
 
     claim: str
-    holds: bool
+    holds: bool  # the claim holds in the means
     detail: str
+    decisive: bool = False  # ... and every difference it rests on is beyond noise
+
+    @property
+    def verdict(self) -> str:
+        if not self.holds:
+            return "does not hold"
+        return "holds beyond noise" if self.decisive else "holds in the means, within noise"
 
 
 def per_seed_loss(results: Sequence[RunResult]) -> dict[tuple[str, float], dict[int, float]]:
@@ -322,7 +329,7 @@ def falls_with_correlation(results: Sequence[RunResult]) -> Finding:
     """(a) every model's mean test loss falls at each step up in p (each step's per-seed difference is
     reported with whether it is beyond noise)."""
     loss = per_seed_loss(results)
-    lines, holds = [], True
+    lines, holds, sure = [], True, True
     for kind in dict.fromkeys(r.model for r in results):
         ps = sorted(p for k, p in loss if k == kind)
         steps = []
@@ -331,10 +338,11 @@ def falls_with_correlation(results: Sequence[RunResult]) -> Finding:
             diff = paired(loss[(kind, lo)], loss[(kind, hi)])
             falls = diff.mean > 0
             holds &= falls
+            sure &= falls and beyond_noise(diff)
             steps.append(f"p {lo:g}→{hi:g}: {a.mean:.4f}→{b.mean:.4f} {'falls' if falls else '**does not fall**'} "
                          f"(per-seed drop {diff.describe()}, {_noise(diff)})")
         lines.append(f"{LABELS.get(kind, kind)}: " + "; ".join(steps))
-    return Finding("(a) every model's test loss falls as p rises", holds, "  \n".join(lines))
+    return Finding("(a) every model's test loss falls as p rises", holds, "  \n".join(lines), holds and sure)
 
 
 def degrades_most(results: Sequence[RunResult], worst: str = "shared_bottom") -> Finding:
@@ -351,7 +359,7 @@ def degrades_most(results: Sequence[RunResult], worst: str = "shared_bottom") ->
     detail = (f"test loss at p = {lo:g} minus at p = {hi:g}, per seed: "
               + ", ".join(f"{LABELS.get(k, k)} {v.describe()}" for k, v in deltas.items())
               + f". {name} minus the largest other ({other}): {gap.describe()}, {_noise(gap)}.")
-    return Finding(f"(b) {name} degrades most as p falls", holds, detail)
+    return Finding(f"(b) {name} degrades most as p falls", holds, detail, holds and beyond_noise(gap))
 
 
 # ---------------------------------------------------------------------- reporting
@@ -428,7 +436,7 @@ def markdown(results: Sequence[RunResult], baseline: dict[float, ev.Summary], fi
               "every p and model) and *within noise* when |mean of the per-seed differences| ≤ 2 standard "
               "errors (std / √n).", ""]
     for f in findings:
-        lines += [f"**{f.claim}: {'holds' if f.holds else 'does not hold'}.**  ", f.detail, ""]
+        lines += [f"**{f.claim}: {f.verdict}.**  ", f.detail, ""]
     lines += [f"![test loss against p]({context['plot']})"]
     return "\n".join(lines) + "\n"
 
@@ -474,7 +482,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--patience", type=int, default=TrainSettings.patience)
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="mmoe_synthetic", help="results file names (<name>.md, .json, .png)")
+    p.add_argument("--render", metavar="JSON", type=Path,
+                   help="write the results files of a results JSON of this benchmark again from its runs (no training)")
     args = p.parse_args(argv)
+    if args.render:
+        render(args.render)
+        return
     if "shared_bottom" not in args.models or len(args.models) < 2 or len(set(args.correlations)) < 2:
         p.error("the findings need shared_bottom and another model, and at least two correlations")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -503,7 +516,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                             "elapsed %s, ETA %s", len(results), total, kind, corr, seed, r.test_loss,
                             ", ".join(f"{h} {v:.4f}" for h, v in r.test_mse.items()), r.best_epoch, r.epochs_run,
                             r.seconds, _clock(elapsed), _clock(eta))
-    findings = [falls_with_correlation(results), degrades_most(results)]
     command = ("python -m benchmarks.bench_mmoe_synthetic " +
                " ".join(argv if argv is not None else sys.argv[1:])).strip()
     context: dict[str, Any] = {
@@ -513,23 +525,41 @@ def main(argv: Sequence[str] | None = None) -> None:
         "settings": {**asdict(settings), "sizes": args.sizes, "dim": DIM, "scale": SCALE, "sine_terms": SINE_TERMS,
                      "noise_var": NOISE_VAR, "tower_hidden": TOWER_HIDDEN, "widths": widths},
     }
-    base = {c: ev.summarize(v) for c, v in baseline.items()}
+    write(results, {c: ev.summarize(v) for c, v in baseline.items()}, context, args.out_dir, args.name)
+
+
+def write(results: Sequence[RunResult], base: dict[float, ev.Summary], context: dict[str, Any], out_dir: Path,
+          name: str) -> None:
+    """The findings, then ``<name>.json``, ``.png`` and ``.md`` in ``out_dir``."""
+    findings = [falls_with_correlation(results), degrades_most(results)]
     total_summary = summaries(results, lambda r: r.test_loss)
     payload = {
         "context": context,
         "test_loss": {k: {f"{c:g}": s.as_dict() for c, s in by_p.items()} for k, by_p in total_summary.items()},
         "mean_predictor_test_loss": {f"{c:g}": s.as_dict() for c, s in base.items()},
         "loss_increase_lowest_to_highest_p": {k: s.as_dict() for k, s in paired_deltas(results).items()},
-        "findings": [asdict(f) for f in findings],
+        "findings": [{**asdict(f), "verdict": f.verdict} for f in findings],
         "runs": [{**asdict(r), "test_loss": r.test_loss} for r in results],
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"{args.name}.json").write_text(json.dumps(payload, indent=1))
-    plot(results, args.out_dir / f"{args.name}.png")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.json").write_text(json.dumps(payload, indent=1))
+    plot(results, out_dir / f"{name}.png")
     text = markdown(results, base, findings, context)
-    (args.out_dir / f"{args.name}.md").write_text(
-        f"<!-- generated by: {command} ({context['date']}, {context['machine']}); do not edit -->\n" + text)
+    (out_dir / f"{name}.md").write_text(
+        f"<!-- generated by: {context['command']} ({context['date']}, {context['machine']}); do not edit -->\n"
+        + text)
     print(text)
+
+
+def render(path: Path) -> None:
+    """Write the results files of ``path`` (a results JSON of this benchmark) again from its runs: the
+    findings and tables are recomputed, the runs and their context (command, date, commit) kept."""
+    payload = json.loads(path.read_text())
+    names = {f.name for f in fields(RunResult)}
+    results = [RunResult(**{k: v for k, v in run.items() if k in names}) for run in payload["runs"]]
+    base = {float(c): ev.summarize(s["values"])
+            for c, s in payload["mean_predictor_test_loss"].items()}
+    write(results, base, payload["context"], path.parent, path.stem)
 
 
 if __name__ == "__main__":

@@ -2,15 +2,18 @@
 multi-task designs learning it, and the checks of the paper's findings."""
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 
 from benchmarks.bench_mmoe_synthetic import (
-    MODELS, RunResult, TrainSettings, beyond_noise, build_model, degrades_most, falls_with_correlation, make_tasks,
-    matched_widths, mean_predictor_mse, paired_deltas, parameters, run_one, split, task_mse, train_and_test)
+    MODELS, RunResult, TrainSettings, beyond_noise, build_model, degrades_most, falls_with_correlation, main,
+    make_tasks, matched_widths, mean_predictor_mse, paired_deltas, parameters, run_one, split, task_mse,
+    train_and_test, write)
 from training import evaluation as ev
 
 
@@ -133,13 +136,40 @@ def test_the_findings_follow_the_numbers() -> None:
     assert not b.holds and "largest other (MMoE): -0.2500 ± 0.0000, beyond noise" in b.detail
 
 
+def test_render_writes_the_same_results_again_from_the_json(tmp_path) -> None:
+    """``--render`` rebuilds the tables and findings from a results JSON's runs, with its context kept."""
+    runs = [_run(m, p, s, v + 0.01 * s) for (m, p), v in {("shared_bottom", 0.5): 1.0, ("shared_bottom", 1.0): 0.2,
+                                                          ("mmoe", 0.5): 0.3, ("mmoe", 1.0): 0.2}.items()
+            for s in range(3)]
+    context = {"command": "python -m benchmarks.bench_mmoe_synthetic --seeds 0 1 2", "date": "2026-01-01",
+               "machine": "m", "commit": "abc", "wall_minutes": 1.0, "cpu_minutes": 1.0, "seeds": [0, 1, 2],
+               "correlations": [0.5, 1.0], "plot": "study.png",
+               "settings": {**asdict(TrainSettings()), "sizes": [10, 1, 1], "dim": 100, "scale": 1.0,
+                            "sine_terms": 10, "noise_var": 0.01, "tower_hidden": 8,
+                            "widths": {"shared_bottom": 1, "mmoe": 1}}}
+    write(runs, {0.5: ev.summarize([4.0, 5.0]), 1.0: ev.summarize([4.0, 5.0])}, context, tmp_path, "study")
+    first = (tmp_path / "study.md").read_text()
+    assert "**(b) Shared-Bottom degrades most as p falls: holds beyond noise.**" in first
+    (tmp_path / "study.md").unlink()
+    main(["--render", str(tmp_path / "study.json")])
+    assert (tmp_path / "study.md").read_text() == first
+    assert json.loads((tmp_path / "study.json").read_text())["findings"][1]["verdict"] == "holds beyond noise"
+
+
 def test_paired_differences_separate_what_the_spread_of_seeds_hides() -> None:
     """Seeds whose losses differ a lot (each draws another pair of tasks) but whose drop from p = 0.5 to
     p = 1 is steady: the drop is beyond noise once paired; a drop that changes sign is not."""
     steady = [_run("mmoe", p, s, (1.0 + s) + (0.1 if p == 0.5 else 0.0)) for p in (0.5, 1.0) for s in range(4)]
     finding = falls_with_correlation(steady)
     assert finding.holds and "beyond noise" in finding.detail
+    assert finding.verdict == "holds beyond noise"
     flipping = [_run("mmoe", p, s, (1.0 + s) + (0.1 * (-1) ** s if p == 0.5 else 0.0))
                 for p in (0.5, 1.0) for s in range(4)]
     assert "within noise" in falls_with_correlation(flipping).detail
+    # a mean drop (0.1 - 0.1 + 0.1 - 0.05 > 0) made of drops that change sign holds only in the means
+    mixed = [_run("mmoe", p, s, (1.0 + s) + ((0.1, -0.1, 0.1, -0.05)[s] if p == 0.5 else 0.0))
+             for p in (0.5, 1.0) for s in range(4)]
+    assert falls_with_correlation(mixed).verdict == "holds in the means, within noise"
+    rising = [_run("mmoe", p, s, 1.0 + s + (0.0 if p == 0.5 else 0.1)) for p in (0.5, 1.0) for s in range(4)]
+    assert falls_with_correlation(rising).verdict == "does not hold"
     assert beyond_noise(ev.summarize([0.1, 0.11, 0.09])) and not beyond_noise(ev.summarize([0.1]))
