@@ -68,8 +68,9 @@ class Row:
     label: str
     group: str
     overrides: tuple[str, ...] = ()
-    kind: str = "neural"  # neural | gbdt | stl
+    kind: str = "neural"  # neural | gbdt | stl | heuristic
     note: str = ""
+    feature: str = ""  # heuristic rows: the features/gbdt_examples column that scores
 
 
 ROWS: tuple[Row, ...] = (
@@ -78,6 +79,10 @@ ROWS: tuple[Row, ...] = (
     Row("dssm", "DSSM (profile + bag of items; item tower)", "baselines", ("training.model.family=dssm",)),
     Row("cnn_max", "CNN-max", "baselines", ("training.model.family=cnn_max",)),
     Row("gbdt", "GBDT (LightGBM, hand-crafted point-in-time features)", "baselines", kind="gbdt"),
+    Row("popularity", "Popularity (the item's events in the 7 days before; nothing learned)", "baselines",
+        kind="heuristic", feature="item_events_prev"),
+    Row("recent_category", "Recently interacted category (the user's share of events in the target's category, "
+        "1-day half-life; nothing learned)", "baselines", kind="heuristic", feature="cat_decayed_share_1d"),
     Row("dupn_nobp", "DUPN-nobp (no behaviour properties)", "DUPN ablations",
         ("training.model.property_in=none", "training.model.recency_interests=0")),
     Row("dupn_bplstm", "DUPN-bplstm (properties in the LSTM)", "DUPN ablations",
@@ -104,16 +109,34 @@ ROWS: tuple[Row, ...] = (
 
 
 # ---------------------------------------------------------------------- preparation
-def prepare(config: str, overrides: Sequence[str], cfg: Config, tables: DeltaTables) -> None:
-    """Build the demo world's training set, statistics and GBDT features where missing."""
-    from features.gbdt import gbdt_spec
+WORLDS = ("demo", "taobao")
+# the rows the Taobao log supports (issue: follows and PPP tiers do not exist there), in run order
+TAOBAO_ROWS = ("dupn_all", "gbdt", "popularity", "recent_category", "wide_deep", "dssm", "cnn_max", "dupn_nobp",
+               "dupn_bplstm", "dupn_bpatt", "dupn_stl")
 
+
+def world_days(world: str, cfg: Config) -> tuple[str, str]:
+    """The first and last day of the world's training set (training days, validation day, test day)."""
+    if world == "taobao":
+        from features.taobao import ImportSettings
+        from scripts.taobao import HISTORY_DAYS
+
+        days = ImportSettings().label_days()
+        return days[HISTORY_DAYS].isoformat(), days[-1].isoformat()
     first = cfg.demo.start_date
     last = first + dt.timedelta(days=cfg.demo.days - 1)
-    start = (first + dt.timedelta(days=4)).isoformat()
-    end = last.isoformat()
+    return (first + dt.timedelta(days=4)).isoformat(), last.isoformat()
+
+
+def prepare(config: str, overrides: Sequence[str], cfg: Config, tables: DeltaTables, world: str = "demo") -> None:
+    """Build the world's input tables (the demo world's generator, or the Taobao import from its default
+    source), its training set, statistics and GBDT features where missing."""
+    from features.gbdt import gbdt_spec
+
+    start, end = world_days(world, cfg)
     if not tables.exists(t.EVENTS):
-        run_job("bench_comparison", config, overrides, "jobs.generate_demo_world")
+        run_job("bench_comparison", config, overrides,
+                "jobs.import_taobao_userbehavior" if world == "taobao" else "jobs.generate_demo_world")
     if not tables.exists(t.USER_SEQUENCES) or end not in tables.partitions(t.USER_SEQUENCES):
         run_job("bench_comparison", config, overrides, "jobs.build_sequences", "--date", end)
     if not tables.exists(t.TRAINING_EXAMPLES) or not (tables.last_metadata(t.TRAINING_EXAMPLES).get("splits")):
@@ -247,9 +270,31 @@ class Runner:
         key = _cache_key(row, resolved, self.data.version, seed)
         return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))
 
+    def _gbdt_splits(self, cols: Sequence[str]) -> tuple[Any, Any, Any]:
+        """The GBDT examples' training, validation and test splits (columns ``cols`` and the keys), read once."""
+        from features.gbdt import gbdt_spec
+        from training.gbdt import load_split
+
+        if self._gbdt_data is None:
+            spec = gbdt_spec(self.cfg.inputs.rank_features_dim)
+            version = self.tables.version(spec)
+            files = {s: self.tables.files(spec, list(days), version)
+                     for s, days in (("train", self.data.train_days), ("valid", self.data.valid_days),
+                                     ("test", self.data.test_days))}
+            self._gbdt_data = (load_split(files["train"], cols), load_split(files["valid"], cols),
+                               load_split(files["test"], cols), cols)
+        train, valid, test, _ = self._gbdt_data
+        return train, valid, test
+
+    def _gbdt_columns(self) -> list[str]:
+        from features.gbdt import task_features
+
+        rank_dim = self.cfg.inputs.rank_features_dim
+        return sorted({c for task in ("ctr", "cvr", "l2r", "follow", "ppp") for c in task_features(task, rank_dim)})
+
     def gbdt(self, row: Row, seed: int) -> RunOutcome:
         from features.gbdt import gbdt_spec, task_features
-        from training.gbdt import GBDTParams, load_split, run_gbdt
+        from training.gbdt import GBDTParams, run_gbdt
 
         params = GBDTParams()
         rank_dim = self.cfg.inputs.rank_features_dim
@@ -260,14 +305,7 @@ class Runner:
         key = _cache_key(row, resolved, self.data.version, seed)
 
         def make() -> RunOutcome:
-            if self._gbdt_data is None:
-                cols = sorted({c for v in features.values() for c in v})
-                files = {s: self.tables.files(spec, list(days), version)
-                         for s, days in (("train", self.data.train_days), ("valid", self.data.valid_days),
-                                         ("test", self.data.test_days))}
-                self._gbdt_data = (load_split(files["train"], cols), load_split(files["valid"], cols),
-                                   load_split(files["test"], cols), cols)
-            train, valid, test, _ = self._gbdt_data
+            train, valid, test = self._gbdt_splits(self._gbdt_columns())
             res = run_gbdt(train, valid, test, features, self.data.tasks, params, seed)
             return RunOutcome(name=row.key, seed=seed, test=ev.metrics(res.test), valid=ev.metrics(res.valid),
                               selected_step=math.nan, selected_epoch=math.nan, evals=[],
@@ -275,6 +313,20 @@ class Runner:
                               train_rows=res.train_examples, stopped_early=True, parameters=0,
                               extra={"trees": res.rounds, "importance": res.importance})
         return self.cache.get(key, make)
+
+    def heuristic(self, row: Row, seed: int) -> RunOutcome:
+        """A one-feature score, nothing learned: the same for every seed (computed, never cached)."""
+        from training.gbdt import heuristic_metrics, heuristic_predictions
+
+        _, valid, test = self._gbdt_splits(self._gbdt_columns())
+        started = time.perf_counter()
+        tasks = [x for x in self.data.tasks if x in ("ctr", "l2r")]
+        scored = {name: heuristic_metrics(heuristic_predictions(split, row.feature, tasks))
+                  for name, split in (("valid", valid), ("test", test))}
+        return RunOutcome(name=row.key, seed=seed, test=scored["test"], valid=scored["valid"],
+                          selected_step=math.nan, selected_epoch=math.nan, evals=[],
+                          train_seconds=time.perf_counter() - started, train_samples=0, train_rows=0,
+                          stopped_early=True, parameters=0, extra={"feature": row.feature})
 
     def stl(self, row: Row, seed: int) -> RunOutcome:
         parts = {task: self.neural(row, seed, [task], name=f"{row.key}_{task}") for task in self.data.tasks}
@@ -294,6 +346,8 @@ class Runner:
             return self.gbdt(row, seed)
         if row.kind == "stl":
             return self.stl(row, seed)
+        if row.kind == "heuristic":
+            return self.heuristic(row, seed)
         return self.neural(row, seed)
 
 
@@ -354,7 +408,9 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         "**bold** is the best row, and `≈` marks a row within noise of it (|Δ mean| ≤ 2 standard errors of the seeds; "
         "`training/evaluation.py:within_noise`). PPP accuracy is on users whose tier labels never reached training; "
         "the seen users' accuracy is beside it.", ""]
-    cols = list(COLUMNS)
+    # columns no row and no oracle has (a task the world lacks) are left out
+    cols = [c for c in COLUMNS if c in oracle or any(r.summary[c].n for r in results)]
+    marked = [c for c in COLUMNS[:7] if c in cols]
     best: dict[str, RowResult] = {}
     for c in cols:
         cands = [r for r in results if not math.isnan(r.summary[c].mean)]
@@ -383,11 +439,12 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         cap = f"{r.at_cap()}/{len(r.outcomes)}" if r.outcomes and r.row.kind == "neural" else "–"
         lines.append(f"| {r.row.group} | {label} | " + " | ".join(cells) +
                      f" | {_fmt(r.seconds(), 0)} | {_fmt(r.rate(), 0)} | {_fmt(r.epochs(), 2)} | {cap} |")
-    lines.append("| oracle | the world's own probabilities | " +
-                 " | ".join(f"{oracle[c]:.4f}" if c in oracle else "–" for c in cols) + " | | | | |")
+    if oracle:
+        lines.append("| oracle | the world's own probabilities | " +
+                     " | ".join(f"{oracle[c]:.4f}" if c in oracle else "–" for c in cols) + " | | | | |")
     lines += ["", "*best at cap*: runs whose best validation scoring was their last one, i.e. still improving "
               "when the epoch cap stopped them."]
-    if ref is not None:
+    if ref is not None and oracle:
         lines += ["", "## DUPN-all against the targets", "",
                   "| metric | DUPN-all | oracle | share of the oracle's lift over chance | target |",
                   "|---|---:|---:|---:|---|"]
@@ -399,14 +456,15 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         if ref.summary["ppp_accuracy"].n:
             lines.append(f"| {HEAD['ppp_accuracy']} | {_fmt(ref.summary['ppp_accuracy'])} | "
                          f"{oracle.get('ppp_accuracy', math.nan):.4f} | | ≥ 0.85 |")
+    if ref is not None:
         lines += ["", "## DUPN-all against every other row", "",
                   "`>` better beyond noise, `<` worse beyond noise, `≈` within noise.", "",
-                  "| model | " + " | ".join(HEAD[c] for c in cols[:7]) + " |", "|---|" + "---|" * 7]
+                  "| model | " + " | ".join(HEAD[c] for c in marked) + " |", "|---|" + "---|" * len(marked)]
         for r in results:
             if r is ref or r.same_as:
                 continue
             marks = []
-            for c in cols[:7]:
+            for c in marked:
                 a, b = ref.summary[c], r.summary[c]
                 marks.append(ev.compare(a, b) if a.n and b.n else "")
             lines.append(f"| {r.row.label} | " + " | ".join(marks) + " |")
@@ -434,8 +492,9 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="conf/local.yaml")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every row (e.g. training.epochs=2)")
+    p.add_argument("--world", choices=WORLDS, default="demo",
+                   help="demo: the synthetic world (with its oracle); taobao: the real Taobao log "
+                        "(--config conf/taobao.yaml; docs/taobao.md), its supported rows by default")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS],
                    help="a subset of the rows, run in this order")
@@ -456,14 +515,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = load_config(args.config, args.overrides)
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
-    prepare(args.config, args.overrides, cfg, tables)
+    prepare(args.config, args.overrides, cfg, tables, args.world)
     meta = tables.last_metadata(t.TRAINING_EXAMPLES)
     splits = meta["splits"]
     data = training_data(tables, splits["train"], cfg.training.tasks)
     stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
-    from features.oracle import oracle_scores
+    oracle: dict[str, float] = {}
+    if args.world == "demo":
+        from features.oracle import oracle_scores
 
-    oracle = oracle_scores(tables, data.test_days, cfg.training_set)
+        oracle = oracle_scores(tables, data.test_days, cfg.training_set)
     runner = Runner(args.config, cfg, tables, data, stats, args.fresh, args.overrides, args.cached_only,
                     args.cache_dir)
 
@@ -477,7 +538,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return outcomes
 
     # rows run in the order given (so the most important finish first); the table keeps ROWS' order
-    rows = [next(r for r in ROWS if r.key == k) for k in dict.fromkeys(args.rows)] if args.rows else list(ROWS)
+    keys = args.rows or (TAOBAO_ROWS if args.world == "taobao" else [r.key for r in ROWS])
+    rows = [next(r for r in ROWS if r.key == k) for k in dict.fromkeys(keys)]
     # rows whose resolved model and training equal the reference's are the reference itself
     ref_cfg = runner.row_config(next(r for r in ROWS if r.key == REFERENCE))
     results: list[RowResult] = []
@@ -506,8 +568,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "train_minutes": sum(o.train_seconds for r in results if not r.same_as for o in r.outcomes) / 60,
         "cached_only": bool(args.cached_only),
         "seeds": args.seeds,
-        "data": f"features/training_examples v{data.version} of the demo world (seed {cfg.demo.seed}, "
-                f"{cfg.demo.n_users:,} users): {data.describe()}",
+        "data": (f"features/training_examples v{data.version} of the demo world (seed {cfg.demo.seed}, "
+                 f"{cfg.demo.n_users:,} users): {data.describe()}" if args.world == "demo" else
+                 f"features/training_examples v{data.version} of the Taobao log (docs/taobao.md: next-day "
+                 f"interaction lists; CTR = next-day interaction, CTCVR = next-day purchase, L2R = the lists' "
+                 f"ranking): {data.describe()}"),
         "protocol": "train on the training days, select on the validation day, score the test day once; PPP on the "
                     f"held-out test users ({cfg.training_set.ppp_test_user_share:.0%} of users by hash).",
         "budget": f"every neural model trains until validation stops improving ({tc.early_stopping.evals_per_epoch} "

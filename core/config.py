@@ -161,7 +161,9 @@ class TrainingSetConfig(_Strict):
     per-user constants, so they are also split by user: the labels of a hash share
     ``ppp_validation_user_share`` / ``ppp_test_user_share`` of users never reach training and
     score the validation / test splits ("unseen users"). ``group_size``: impressions of one
-    list (one user at one instant) per row; longer lists take several rows.
+    list (one user at one instant) per row; longer lists take several rows. ``l2r_lists``: which
+    lists with a click train and score the ranking task: ``search`` (scene ``search`` with a query,
+    the paper's setting) or ``all`` (every list, e.g. the next-day lists of a log without searches).
     """
 
     validation_days: int = Field(1, ge=1)
@@ -169,6 +171,7 @@ class TrainingSetConfig(_Strict):
     ppp_validation_user_share: float = Field(0.1, ge=0, lt=1)
     ppp_test_user_share: float = Field(0.2, gt=0, lt=1)
     group_size: int = Field(10, ge=1, le=512)
+    l2r_lists: Literal["search", "all"] = "search"
     ctr: TaskSampling = Field(default_factory=TaskSampling)
     l2r: TaskSampling = Field(default_factory=TaskSampling)
     follow: TaskSampling = Field(default_factory=TaskSampling)

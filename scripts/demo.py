@@ -73,6 +73,21 @@ def report(config: str) -> None:
     print("oracle: " + " ".join(f"{k}={oracle[k]:.4f}" for k in REPORTED if k in oracle))
 
 
+def run_steps(steps: list[list[str]], name: str) -> None:
+    """Run each step as its own process (``python -m <module> <args>``) with its time; exit at the first
+    failure with the step's exit code."""
+    for step in steps:
+        cmd = [sys.executable, "-m", step[0], *(["--log-level", "WARNING"] if step[0].startswith("jobs.") else []),
+               *step[1:]]
+        print(f"\n$ python -m {' '.join(shlex.quote(a) for a in step)}", flush=True)
+        t0 = time.time()
+        res = subprocess.run(cmd)
+        if res.returncode != 0:
+            print(f"{name} stopped: step {step[0]} failed (exit {res.returncode})", file=sys.stderr)
+            sys.exit(res.returncode)
+        print(f"  ({time.time() - t0:.0f}s)", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", default="conf/local.yaml")
@@ -85,16 +100,7 @@ def main() -> None:
     first = cfg.demo.start_date
     last = first + dt.timedelta(days=cfg.demo.days - 1)
     started = time.time()
-    for step in steps(args.config, first, last):
-        cmd = [sys.executable, "-m", step[0], *(["--log-level", "WARNING"] if step[0].startswith("jobs.") else []),
-               *step[1:]]
-        print(f"\n$ python -m {' '.join(shlex.quote(a) for a in step)}", flush=True)
-        t0 = time.time()
-        res = subprocess.run(cmd)
-        if res.returncode != 0:
-            print(f"demo stopped: step {step[0]} failed (exit {res.returncode})", file=sys.stderr)
-            sys.exit(res.returncode)
-        print(f"  ({time.time() - t0:.0f}s)", flush=True)
+    run_steps(steps(args.config, first, last), "demo")
     print(f"\ndemo finished in {time.time() - started:.0f}s; lake under {cfg.lake_root}, MLflow in "
           f"{cfg.mlflow.tracking_uri}\nbrowse the runs: .venv/bin/mlflow ui --backend-store-uri "
           f"{cfg.mlflow.tracking_uri}")

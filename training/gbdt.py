@@ -196,3 +196,39 @@ def run_gbdt(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], t
                             key=lambda kv: -kv[1])[:10] for t, b in boosters.items()}
     return GBDTResult(test=predictions(boosters, test, features), valid=predictions(boosters, valid, features),
                       rounds=rounds, train_seconds=seconds, train_examples=examples, importance=importance)
+
+
+def heuristic_predictions(data: Mapping[str, np.ndarray], feature: str, tasks: Sequence[str]) -> Predictions:
+    """:class:`Predictions` of one split that score every impression by one hand-crafted feature of
+    ``features/gbdt_examples`` (a heuristic with nothing learned: e.g. ``item_events_prev``, the item's
+    popularity on earlier days, or ``cat_decayed_share_1d``, how recently and often the user touched the
+    target's category). A missing value scores below every present one (the features are >= 0).
+
+    Only rankings are meaningful: the CTR ``prob`` is the score, not a probability (its log loss and
+    calibration are not reported by :func:`heuristic_metrics`); CVR and CTCVR rank by the same score.
+    """
+    out = Predictions()
+
+    def score(rows: np.ndarray) -> np.ndarray:
+        x = np.asarray(data[feature], dtype=np.float64)[rows]
+        return np.where(np.isnan(x), -1.0, x)
+
+    if "ctr" in tasks:
+        rows = _rows(data, "ctr", False)
+        s = score(rows)
+        out.ctr = {"prob": s, "cvr_prob": s, "ctcvr_prob": s, "click": data["label_click"][rows],
+                   "buy": data["label_buy"][rows], "user": data["user_id"][rows]}
+    if "l2r" in tasks:
+        rows = _rows(data, "l2r", False)
+        out.l2r = {"score": score(rows), "click": data["label_click"][rows], "gain": data["l2r_gain"][rows],
+                   "list_id": data["list_id"][rows], "user": data["user_id"][rows]}
+    return out
+
+
+def heuristic_metrics(pred: Predictions) -> dict[str, float]:
+    """The ranking metrics of :func:`heuristic_predictions` (no log loss or calibration: a score is not a
+    probability)."""
+    from training.evaluation import metrics
+
+    return {k: v for k, v in metrics(pred).items()
+            if k not in ("ctr_logloss", "ctr_ece", "ctr_mean_prob")}

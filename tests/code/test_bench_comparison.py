@@ -98,3 +98,22 @@ def test_a_training_setting_added_later_keeps_earlier_keys_at_the_value_that_rep
 
     assert key(min_rows=0) == key()          # selection as before the setting existed
     assert key(min_rows=1000) != key()       # another selection rule: runs made before it are not used
+
+
+def test_a_world_without_oracle_or_follow_task_drops_those_parts() -> None:
+    """On a real log (no oracle, no follow or PPP task) the table keeps only the columns some row has,
+    prints no oracle row and no target table, and still compares DUPN-all with every row."""
+    def bare(key: str, seed: int, ctr: float) -> RunOutcome:
+        return RunOutcome(name=key, seed=seed, test={"ctr_auc": ctr, "l2r_ndcg10": 0.5}, valid={},
+                          selected_step=1.0, selected_epoch=0.5, evals=[], train_seconds=1.0, train_samples=10,
+                          train_rows=10, stopped_early=True, parameters=1)
+    ref = RowResult(row(REFERENCE), [bare(REFERENCE, s, 0.70 + 0.001 * s) for s in (0, 1, 2)])
+    pop = RowResult(row("popularity"), [bare("popularity", s, 0.60) for s in (0, 1, 2)])
+    text = markdown([pop, ref], {}, CONTEXT)
+    header = next(line for line in text.splitlines() if line.startswith("| group | model |"))
+    assert "CTR AUC" in header and "L2R NDCG@10" in header
+    assert "follow AUC" not in header and "PPP acc." not in header
+    assert "| oracle |" not in text and "DUPN-all against the targets" not in text
+    vs = text.split("## DUPN-all against every other row")[1]
+    assert any(line.startswith("| Popularity") and line.count("|") == 4 and "| > |" in line
+               for line in vs.splitlines())
