@@ -137,6 +137,18 @@ def test_one_row_per_example_group_with_its_point_in_time_sequence(spark, tmp_pa
     assert meta["logit_offsets"] == {"ctr": 0.0, "follow": 0.0}       # unsampled: no correction
 
 
+def test_every_list_with_a_click_ranks_when_l2r_lists_is_all(spark, tmp_path: Path, world) -> None:
+    """``training_set.l2r_lists=all`` (a log without searches): the recommendation list with a click is
+    an L2R list too; the lists without a click still are not."""
+    tables = world
+    assert run(build_training_set, tmp_path, *RANGE, overrides=(*OV, "training_set.l2r_lists=all")) == 0
+    imp = [r for r in tables.read(t.TRAINING_EXAMPLES).collect() if r.kind == "impressions"]
+    by_time = {(r.event_time, r.group_id): r.l2r for r in imp}
+    assert {v for (when, _), v in by_time.items() if when == ts("2026-11-02T15:00:00")} == {1}
+    assert {v for (when, _), v in by_time.items() if when == ts("2026-11-02T10:00:00")} == {1}
+    assert {v for (when, _), v in by_time.items() if when == ts("2026-11-03T08:00:00")} == {0}
+
+
 def test_sampling_applies_to_the_training_split_only(spark, tmp_path: Path, world, capsys) -> None:
     tables = world
     days = {"2026-11-02": pr.TRAIN, "2026-11-03": pr.VALID, "2026-11-04": pr.TEST}
