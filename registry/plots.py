@@ -79,3 +79,20 @@ def _edge_label(seconds: int) -> str:
         if seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def attention_table(mean: Sequence[Sequence[float | None]], counts: Sequence[Sequence[int]],
+                    time_edges_s: Sequence[int]) -> list[str]:
+    """The heatmap's numbers as a markdown table: one row per behaviour type, one column per age bucket,
+    each cell ``mean relative weight (behaviours)``; ``–`` where no behaviour fell."""
+    names = {v: k for k, v in BEHAVIOR_INDEX.items()}
+    labels = [f"≤ {_edge_label(e)}" for e in time_edges_s] + ["older"]
+    cols = list(range(1, len(labels) + 1))
+    lines = ["| behaviour | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
+    for r in sorted(names):
+        cells = []
+        for c in cols:
+            v = _cell(mean[r][c], counts[r][c])
+            cells.append("–" if math.isnan(v) else f"{v:.2f} ({counts[r][c]:,})")
+        lines.append(f"| {names[r]} | " + " | ".join(cells) + " |")
+    return lines
