@@ -489,12 +489,14 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="conf/local.yaml")
     p.add_argument("--world", choices=WORLDS, default="demo",
                    help="demo: the synthetic world (with its oracle); taobao: the real Taobao log "
                         "(--config conf/taobao.yaml; docs/taobao.md), its supported rows by default")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every row (e.g. training.epochs=2)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", choices=[r.key for r in ROWS],
                    help="a subset of the rows, run in this order")
@@ -507,7 +509,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--note", default="", help="a line printed under the table's header (how the runs were made)")
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: write the table from the cached runs, marking rows and seeds not run")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "petastorm", "alembic", "matplotlib", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

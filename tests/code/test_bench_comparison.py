@@ -117,3 +117,15 @@ def test_a_world_without_oracle_or_follow_task_drops_those_parts() -> None:
     vs = text.split("## DUPN-all against every other row")[1]
     assert any(line.startswith("| Popularity") and line.count("|") == 4 and "| > |" in line
                for line in vs.splitlines())
+
+
+def test_the_command_line_takes_a_world_overrides_and_rows() -> None:
+    from benchmarks.bench_comparison import TAOBAO_ROWS, parser
+
+    args = parser().parse_args(["--world", "taobao", "--config", "conf/taobao.yaml", "--set", "training.epochs=4",
+                                "--rows", "popularity", "gbdt"])
+    assert (args.world, args.overrides, args.rows) == ("taobao", ["training.epochs=4"], ["popularity", "gbdt"])
+    assert parser().parse_args([]).world == "demo"
+    # the Taobao rows exist and need no follow or PPP table
+    keys = {r.key for r in ROWS}
+    assert set(TAOBAO_ROWS) <= keys and not {"w_gradnorm", "mtl_mmoe"} & set(TAOBAO_ROWS)
