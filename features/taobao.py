@@ -17,9 +17,10 @@ The mapping (docs/taobao.md):
   events both before ``D`` and on ``D``, the list stamped ``D 00:00 UTC`` holds every item the
   user touched on ``D`` (``clicked = 1``; ``carted``/``bought`` mark real carts and purchases) and
   ``ratio`` negatives per positive: items the user did not touch on ``D``, drawn in proportion to
-  their number of events in the ``popularity_days`` before ``D`` (a uniformly drawn earlier event's
-  item), seeded. ``rank_features`` are two point-in-time popularity counts of that window,
-  ``log1p`` of the item's and of its category's events. Next-day purchase is ``bought`` over these
+  their events on ``D`` by every user (a uniformly drawn event of ``D``'s item), seeded, so that
+  negatives come from the same distribution as positives. ``rank_features`` are two point-in-time
+  popularity counts of the ``popularity_days`` before ``D``: ``log1p`` of the item's and of its
+  category's events. Next-day purchase is ``bought`` over these
   lists (the CTCVR task).
 - PPP tiers, follows and shop preferences have no signal in the log: their tables are not written,
   which disables those tasks through the platform's normal mechanism.
@@ -58,8 +59,7 @@ class ImportSettings:
     Attributes:
         start, end: the kept period ``[start, end)`` (aware datetimes).
         ratio: negatives per positive in a next-day list.
-        popularity_days: the days before ``D`` whose events weight the negatives and give the
-            popularity rank features.
+        popularity_days: the days before ``D`` whose events give the popularity rank features.
         seed: the negatives' draw.
         label_start: the first label day (default: the second UTC day of the period, so that every
             list has at least a day of history before it).
@@ -234,11 +234,13 @@ def next_day_impressions(events: "DataFrame", items: "DataFrame", days: Sequence
         items: ``raw/items`` rows (for the category popularity feature).
         days: the label days.
 
-    Every earlier event gets a global index ``g`` in (dt, user, time, item, behavior) order, so the
-    events of ``[D - popularity_days, D)`` are the index range ``[lo_D, hi_D)``; a draw
-    ``lo_D + floor(u * (hi_D - lo_D))`` picks an earlier event uniformly, i.e. an item in proportion to its
-    events. Draws are oversampled (twice the wanted number, plus 8), the user's items of ``D``
-    removed, repeats merged, and the first ``ratio * positives`` kept in draw order.
+    Negatives come from the same distribution as positives: the items of ``D``'s events (every user's),
+    in proportion to their events that day. Every event gets a global index ``g`` in (dt, user, time,
+    item, behavior) order, so the events of ``D`` are the index range ``[lo_D, hi_D)``; a draw
+    ``lo_D + floor(u * (hi_D - lo_D))`` picks one uniformly. Draws are oversampled (twice the wanted
+    number, plus 8), the user's own items of ``D`` removed, repeats merged, and the first
+    ``ratio * positives`` kept in draw order. (Drawing from the days *before* ``D`` instead would make
+    every item first seen on ``D`` a sure positive: a negative could never be one.)
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -260,8 +262,8 @@ def next_day_impressions(events: "DataFrame", items: "DataFrame", days: Sequence
 
     ranges = []
     for day in day_list:
-        lo_day = (_dt.date.fromisoformat(day) - _dt.timedelta(days=s.popularity_days)).isoformat()
-        ranges.append((day, first_index(lo_day), first_index(day)))
+        after = (_dt.date.fromisoformat(day) + _dt.timedelta(days=1)).isoformat()
+        ranges.append((day, first_index(day), first_index(after)))
     range_df = spark.createDataFrame(ranges, "dt STRING, lo BIGINT, hi BIGINT")
     offsets = spark.createDataFrame(list(offset.items()), "dt STRING, off BIGINT")
     indexed = (ev.join(F.broadcast(offsets), "dt")

@@ -76,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=int, default=ImportSettings.ratio,
                    help="negatives per positive in a next-day list (default %(default)s)")
     p.add_argument("--popularity-days", type=int, default=ImportSettings.popularity_days,
-                   help="days before a label day whose events weight the negatives (default %(default)s)")
+                   help="days before a label day whose events give the popularity rank features "
+                        "(default %(default)s)")
     p.add_argument("--seed", type=int, default=ImportSettings.seed, help="the negatives' draw (default %(default)s)")
     p.add_argument("--label-start", type=parse_date, default=None,
                    help="first label day (default: the second UTC day of the period)")

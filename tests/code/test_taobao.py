@@ -39,7 +39,8 @@ LINES = [
     (2, 23, 102, "pv", ts(10, 5)),  # before the period: dropped
     (2, 24, 102, "pv", ts(28, 17)),  # from the period's end on: dropped
     (3, 30, 999, "pv", ts(27, 6)),  # item 30 logged under a second category once
-] + [(9, 40 + i % 6, 104, "pv", ts(25, 1 + i % 20)) for i in range(60)]  # a busy user: popularity
+] + [(9, 40 + i % 6, 104, "pv", ts(25, 1 + i % 20)) for i in range(60)] \
+  + [(9, 40 + i, 104, "pv", ts(26, 20, i)) for i in range(6)]  # a busy user: popularity
 PERIOD = ImportSettings(start=dt.datetime(2017, 11, 24, 16, tzinfo=UTC), end=dt.datetime(2017, 11, 28, 16, tzinfo=UTC),
                         ratio=2, popularity_days=7, seed=5)
 
@@ -87,14 +88,16 @@ def test_next_day_lists_hold_every_touched_item_and_popular_negatives(spark, tmp
     assert len(neg) == 2 * len(pos)  # the ratio
     assert not set(neg["item_id"]) & {13, 14}
     assert (neg[["carted", "bought"]] == 0).all().all()
-    earlier = {i for _, i, _, _, s in LINES if s < ts(26, 0)} - {23}
-    assert set(neg["item_id"]) <= earlier  # drawn among items with events before the day
+    # drawn among the items of the day's events (every user's), as the positives are
+    of_the_day = {i for _, i, _, _, s in LINES if ts(26, 0) <= s < ts(27, 0)}
+    assert set(neg["item_id"]) <= of_the_day
     assert (day["event_time"] == pd.Timestamp("2017-11-26 00:00:00")).all()  # the list sees only earlier days
     # a user is listed on a day only with history before it
     assert imp[(imp["user_id"] == 3) & (imp["dt"] == "2017-11-26")].empty
     assert not imp[(imp["user_id"] == 3) & (imp["dt"] == "2017-11-27")].empty
     assert imp[imp["dt"] == "2017-11-24"].empty  # the first day has no earlier day
-    # point-in-time popularity: the busy user's 60 events of 11-25 over 6 items -> 10 each
+    # point-in-time popularity: the busy user's 60 events of 11-25 over 6 items -> 10 each (its events of
+    # 11-26 put those items in the day's pool, and are not counted: they are not before the list)
     feats = imp[(imp["dt"] == "2017-11-26") & imp["item_id"].between(40, 45)]["rank_features"]
     assert len(feats) > 0
     for f in feats:
