@@ -21,6 +21,25 @@ WARM_UP_DAYS = 4  # the first days only build up histories (users start with non
 REPORTED = ("ctr_auc", "cvr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10", "follow_auc", "ppp_accuracy")
 
 
+def daily_steps(c: list[str], days: list[str], user: int) -> list[list[str]]:
+    """The pipeline's jobs from the sequences to the queries. ``c``: the config options of every job;
+    ``days``: the training set's days in order (the last is the test day, the one before the validation
+    day); ``user``: the user the queries look up."""
+    start, d2, d1, d0 = days[0], days[-3], days[-2], days[-1]
+    return [
+        ["jobs.build_sequences", *c, "--date", d0],
+        ["jobs.build_training_set", *c, "--start", start, "--end", d0],
+        ["jobs.feature_stats", *c, "--date", d0, "--training-start", start, "--training-end", d0],
+        ["jobs.train", *c, "--mode", "full", "--start", start, "--end", d2],
+        ["jobs.publish_user_representations", *c, "--date", d2],
+        ["jobs.train", *c, "--mode", "incremental", "--date", d1],
+        ["jobs.publish_user_representations", *c, "--date", d0],
+        ["jobs.query", *c, "tiers"],
+        ["jobs.query", *c, "user", str(user)],
+        ["jobs.query", *c, "similar", str(user), "--k", "5"],
+    ]
+
+
 def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
     """The daily pipeline over the demo world: features of the last day, a training set of the
     days after the warm-up (training days, then the validation and the test day), full training on
@@ -28,21 +47,12 @@ def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
     incremental day (the validation day), the nightly job of the last day, queries, the transfer
     comparison, and the report of the champion's test metrics against the oracle."""
     c = ["--config", config]
-    d = lambda n: (last - dt.timedelta(days=n)).isoformat()  # noqa: E731
-    start = (first + dt.timedelta(days=WARM_UP_DAYS)).isoformat()
+    start = first + dt.timedelta(days=WARM_UP_DAYS)
+    days = [(start + dt.timedelta(days=i)).isoformat() for i in range((last - start).days + 1)]
     return [
         ["jobs.generate_demo_world", *c, "--oracle"],
-        ["jobs.build_sequences", *c, "--date", d(0)],
-        ["jobs.build_training_set", *c, "--start", start, "--end", d(0)],
-        ["jobs.feature_stats", *c, "--date", d(0), "--training-start", start, "--training-end", d(0)],
-        ["jobs.train", *c, "--mode", "full", "--start", start, "--end", d(2)],
-        ["jobs.publish_user_representations", *c, "--date", d(2)],
-        ["jobs.train", *c, "--mode", "incremental", "--date", d(1)],
-        ["jobs.publish_user_representations", *c, "--date", d(0)],
-        ["jobs.query", *c, "tiers"],
-        ["jobs.query", *c, "user", str(FIRST_USER)],
-        ["jobs.query", *c, "similar", str(FIRST_USER), "--k", "5"],
-        ["jobs.transfer", *c, "--date", d(0)],
+        *daily_steps(c, days, FIRST_USER),
+        ["jobs.transfer", *c, "--date", last.isoformat()],
         ["scripts.demo", *c, "--report"],
     ]
 

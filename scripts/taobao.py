@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from benchmarks.common import machine
 from core.config import load_config
 from features.taobao import DEFAULT_FOLDER, ImportSettings
-from scripts.demo import run_steps
+from scripts.demo import daily_steps, run_steps
 
 REPORTED = ("ctr_auc", "cvr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10")
 if TYPE_CHECKING:
@@ -36,20 +36,9 @@ HISTORY_DAYS = 1  # label days whose lists have at least this many full days of 
 def steps(config: str, source: str, days: list[dt.date], overrides: Sequence[str] = ()) -> list[list[str]]:
     """The pipeline over label days ``days`` (the import's); the first ``HISTORY_DAYS`` only add history."""
     c = ["--config", config, *[x for o in overrides for x in ("--set", o)]]
-    d = lambda n: days[-1 - n].isoformat()  # noqa: E731
-    start = days[HISTORY_DAYS].isoformat()
     return [
         ["jobs.import_taobao_userbehavior", *c, "--source", source],
-        ["jobs.build_sequences", *c, "--date", d(0)],
-        ["jobs.build_training_set", *c, "--start", start, "--end", d(0)],
-        ["jobs.feature_stats", *c, "--date", d(0), "--training-start", start, "--training-end", d(0)],
-        ["jobs.train", *c, "--mode", "full", "--start", start, "--end", d(2)],
-        ["jobs.publish_user_representations", *c, "--date", d(2)],
-        ["jobs.train", *c, "--mode", "incremental", "--date", d(1)],
-        ["jobs.publish_user_representations", *c, "--date", d(0)],
-        ["jobs.query", *c, "tiers"],
-        ["jobs.query", *c, "user", str(FIRST_USER)],
-        ["jobs.query", *c, "similar", str(FIRST_USER), "--k", "5"],
+        *daily_steps(c, [d.isoformat() for d in days[HISTORY_DAYS:]], FIRST_USER),
         ["scripts.taobao", *c, "--report"],
     ]
 

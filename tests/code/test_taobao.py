@@ -185,3 +185,17 @@ def test_the_attention_analysis_is_written_as_a_table_and_a_figure(tmp_path) -> 
     assert (tmp_path / "taobao_attention.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="no attention analysis"):
         write_attention({**analysis, "mean_relative_weight": []}, tmp_path, {})
+
+
+def test_the_pipeline_command_runs_the_demo_jobs_on_the_logs_days() -> None:
+    from scripts import demo, taobao
+
+    days = ImportSettings().label_days()
+    steps = taobao.steps("conf/taobao.yaml", "SRC", days, ["lake_root=/tmp/x"])
+    assert steps[0][:2] == ["jobs.import_taobao_userbehavior", "--config"] and steps[0][-2:] == ["--source", "SRC"]
+    assert all(s[1:5] == ["--config", "conf/taobao.yaml", "--set", "lake_root=/tmp/x"] for s in steps)
+    train = next(s for s in steps if s[0] == "jobs.build_training_set")
+    assert train[-4:] == ["--start", "2017-11-26", "--end", "2017-12-03"]
+    demo_jobs = [s[0] for s in demo.steps("conf/local.yaml", dt.date(2026, 11, 1), dt.date(2026, 11, 14))]
+    assert [s[0] for s in steps[1:-1]] == [j for j in demo_jobs if j not in (
+        "jobs.generate_demo_world", "jobs.transfer", "scripts.demo")]  # no shop preferences: no transfer
