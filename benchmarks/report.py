@@ -40,7 +40,7 @@ class Section:
 
 SECTIONS: tuple[Section, ...] = (
     Section("The comparison on the demo world: baselines, ablations, designs, weightings, STL vs MTL, against the "
-            "oracle", "comparison_converged.md",
+            "oracle", "comparison.md",
             "Every model under one protocol (train on the training days, select on the validation day, score the "
             "test day once), 3 seeds, with the world's oracle; DUPN-all against the targets and against every row."),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
@@ -75,8 +75,7 @@ SECTIONS: tuple[Section, ...] = (
             "K candidates per user: the user part once against the whole network per pair."),
 )
 # results files kept for their history, replaced by another section's file
-SUPERSEDED = {"comparison.md": "comparison_converged.md (the one-epoch table of 2026-12-01, before the selection "
-                               "rule and time-decay pools of 2026-12-02)"}
+SUPERSEDED: dict[str, str] = {}
 
 
 def provenance(text: str) -> tuple[str, str, str]:
