@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Iterator, Sequence
 
 from core.errors import PlatformError
@@ -36,13 +37,19 @@ class PartitionBusy(PlatformError):
     """Another run holds the lease of a partition this run wants to write."""
 
 
-def _holder_line(path: str) -> str:
-    try:
-        with open(path) as f:
-            h = json.load(f)
-        return f"{h['job']} run {h['run_id']} (pid {h['pid']} on {h['host']}, since {h['since']})"
-    except (OSError, ValueError, KeyError):  # the holder has not written its record yet
-        return "another run"
+def _holder_line(path: str, wait_s: float = 2.0) -> str:
+    """Who holds the lease at ``path``. The holder writes its record just after it takes the lock,
+    so a run refused in that instant finds the file empty: it reads again for up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with open(path) as f:
+                h = json.load(f)
+            return f"{h['job']} run {h['run_id']} (pid {h['pid']} on {h['host']}, since {h['since']})"
+        except (OSError, ValueError, KeyError):  # the holder has not written its record yet
+            if time.monotonic() >= deadline:
+                return "another run"
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -74,4 +81,7 @@ def lease(table_path: str, table: str, days: Sequence[str], job: str, run_id: st
             held.callback(fcntl.flock, fd, fcntl.LOCK_UN)
             os.ftruncate(fd, 0)
             os.pwrite(fd, record.encode(), 0)
+            # the record is cleared before the lock is dropped, so the next holder's refusals never
+            # name this run (a killed run leaves its record, which the next holder overwrites)
+            held.callback(os.ftruncate, fd, 0)
         yield

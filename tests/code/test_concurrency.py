@@ -169,3 +169,37 @@ def test_a_killed_holder_leaves_no_lease(tmp_path) -> None:
     assert (tmp_path / "_leases" / "dt=2026-11-14.lease").exists()   # the file stays, the lock does not
     with lease(str(tmp_path), "t", ["2026-11-14"], "job", "next"):
         pass
+
+
+def test_a_refusal_in_the_instant_before_the_holder_writes_its_record_still_names_it(tmp_path) -> None:
+    """The holder takes the lock, then writes who it is: a run refused between the two waits for the
+    record instead of naming "another run" (the CI failure of 2026-12-02)."""
+    import fcntl
+    import json
+    import os
+
+    from core.leases import lease
+
+    folder = tmp_path / "_leases"
+    folder.mkdir()
+    path = folder / "dt=2026-11-14.lease"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # locked, record not yet written
+    record = {"job": "job", "run_id": "slow-writer", "pid": 1, "host": "h", "since": "now"}
+    writer = threading.Timer(0.3, lambda: os.pwrite(fd, json.dumps(record).encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(PlatformError, match="being written by job run slow-writer"):
+            with lease(str(tmp_path), "t", ["2026-11-14"], "job", "second"):
+                pass
+    finally:
+        writer.join()
+        os.close(fd)
+
+
+def test_a_released_lease_clears_its_record(tmp_path) -> None:
+    from core.leases import lease
+
+    with lease(str(tmp_path), "t", ["2026-11-14"], "job", "first"):
+        assert "first" in (tmp_path / "_leases" / "dt=2026-11-14.lease").read_text()
+    assert (tmp_path / "_leases" / "dt=2026-11-14.lease").read_text() == ""
