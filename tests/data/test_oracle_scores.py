@@ -10,8 +10,8 @@ from core import tables as t
 from core.config import load_config
 from core.delta import get_tables
 from features.demo_world import generate_world
-from features.oracle import oracle_scores
-from tests.conftest import LOCAL_CONF, TEST_SPARK
+from features.oracle import L2R_LIST, oracle_scores, rank_auc
+from tests.conftest import LOCAL_CONF, TEST_SPARK, TINY_END
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "demo_world.md"
 
@@ -41,3 +41,26 @@ def test_every_oracle_metric_is_documented(tiny_world) -> None:
     cfg, tables = tiny_world
     got = oracle_scores(tables, [tables.partitions(t.EVENTS)[-1]], cfg.training_set)
     assert set(got) == set(documented())
+
+
+def test_the_oracle_scores_l2r_on_the_rows_the_models_are_scored_on(tiny_pipeline) -> None:
+    """The L2R AUC of a model covers the test day's search lists with a click; the oracle's must cover
+    the same impressions, or the share of the oracle's lift compares two populations."""
+    from pyspark.sql import functions as F
+
+    from features.oracle import l2r_rows
+
+    _, tables, _ = tiny_pipeline
+    truth = tables.read(t.TRUTH_IMPRESSIONS, dt=TINY_END)
+    imp = tables.read(t.IMPRESSIONS, dt=TINY_END).select("user_id", "item_id", "event_time", "scene", "query",
+                                                         "carted")
+    rows = l2r_rows(truth.join(imp, ["user_id", "item_id", "event_time"]))
+    oracle_rows = rows.where(F.col("list_clicks") > 0)
+    ex = tables.read(t.TRAINING_EXAMPLES, dt=TINY_END).where((F.col("l2r") == 1) & (F.col("split") == "test"))
+    model_rows = ex.agg(F.sum("n_items")).first()[0]
+    assert oracle_rows.count() == model_rows > 0
+    assert oracle_rows.select(*L2R_LIST).distinct().count() == ex.select("list_id").distinct().count()
+    assert rows.where(F.col("list_clicks") == 0).count() > 0  # lists without a click exist and are left out
+    scored = oracle_scores(tables, [TINY_END])["l2r_auc"]
+    assert scored == pytest.approx(rank_auc(oracle_rows, "score", "clicked"))
+    assert scored < rank_auc(rows, "score", "clicked")
