@@ -6,7 +6,7 @@ VENV ?= .venv
 CONFIG ?= conf/local.yaml
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint typecheck dist clean-lake reliability
+.PHONY: setup demo test lint typecheck dist clean-lake reliability report
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.lock setup.cfg pyproject.toml
@@ -23,6 +23,12 @@ test: setup
 	$(BIN)/python -m flake8 core features training registry jobs tests scripts benchmarks
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
+
+# docs/RESULTS.md and the figures beside the results files, redrawn from the results JSON (no training;
+# each results file names the command that re-measures it)
+report: setup
+	$(BIN)/python -m benchmarks.figures
+	$(BIN)/python -m benchmarks.report
 
 # docs/RELIABILITY.md from the reliability cases of the suite (they also run in `make test`)
 reliability: setup

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
+from benchmarks import figures
 from benchmarks.common import ROOT, machine_line
 from core.config import Config, load_config
 from core.errors import PlatformError
@@ -72,6 +73,8 @@ class SeedRun:
     metrics: Mapping[str, float] = field(default_factory=dict)
     wall_seconds: float = NAN
     oracle_auc: float = NAN
+    # method -> per epoch {epoch, valid_auc, elapsed_seconds}: the job's curve metrics (step = epoch)
+    curves: Mapping[str, list[dict[str, float]]] = field(default_factory=dict)
 
     def value(self, method: str, name: str) -> float:
         """The run's ``<method>_<name>`` metric (``test_auc``, ``chosen_epoch``, ``seconds``...); NaN if absent."""
@@ -90,7 +93,7 @@ class SeedRun:
         per_method = {m: {k: self.value(m, k) for k in names} for m in self.methods}
         return {"seed": self.seed, "run_id": self.run_id, "wall_seconds": self.wall_seconds,
                 "rows": {k: self.rows(k) for k in SPLIT_ROWS}, "oracle_test_auc": self.oracle_auc,
-                "methods": per_method, "params": dict(self.params)}
+                "methods": per_method, "params": dict(self.params), "curves": dict(self.curves)}
 
 
 def job_command(config: str, date: str, seed: int | str, overrides: Sequence[str]) -> list[str]:
@@ -143,8 +146,20 @@ def find_run(client: "MlflowClient", experiment_id: str, date: str, seed: int, s
                            f"{dt.datetime.fromtimestamp(started_ms / 1000):%Y-%m-%d %H:%M:%S} in experiment "
                            f"{experiment_id} of {client.tracking_uri}; does the job log to the same tracking URI?")
     run = found[0]
-    return SeedRun(seed=seed, run_id=run.info.run_id, params=dict(run.data.params),
-                   metrics={k: float(v) for k, v in run.data.metrics.items()})
+    params = dict(run.data.params)
+    return SeedRun(seed=seed, run_id=run.info.run_id, params=params,
+                   metrics={k: float(v) for k, v in run.data.metrics.items()},
+                   curves={m: curve(client, run.info.run_id, m)
+                           for m in str(params.get("methods", "")).split(",") if m})
+
+
+def curve(client: "MlflowClient", run_id: str, method: str) -> list[dict[str, float]]:
+    """A method's per-epoch validation AUC and elapsed training time, from the run's metric history
+    (``<m>_valid_auc`` and ``<m>_elapsed_seconds`` at step = epoch, logged by the job)."""
+    auc = {m.step: m.value for m in client.get_metric_history(run_id, f"{method}_valid_auc")}
+    elapsed = {m.step: m.value for m in client.get_metric_history(run_id, f"{method}_elapsed_seconds")}
+    return [{"epoch": float(e), "valid_auc": float(auc[e]), "elapsed_seconds": float(elapsed[e])}
+            for e in sorted(auc) if e in elapsed]
 
 
 def oracle_test_auc(tables: "DeltaTables", run: SeedRun) -> float:
@@ -355,8 +370,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
     text = markdown(runs, context)
+    results = payload(runs, context)
+    if any(r.curves for r in runs):
+        figure = figures.transfer_curves(results)
+        figure.savefig(args.out_dir / f"{args.name}_curves.png", dpi=110)
+        text += ("\n## Validation AUC against training time\n\nEach method's validation AUC after each epoch "
+                 "against its training time so far, the mean over the seeds (`benchmarks/figures.py` draws it "
+                 f"from `{args.name}.json`).\n\n![validation AUC against training time]({args.name}_curves.png)\n")
     (args.out_dir / f"{args.name}.md").write_text(text)
-    (args.out_dir / f"{args.name}.json").write_text(json.dumps(payload(runs, context), indent=1))
+    (args.out_dir / f"{args.name}.json").write_text(json.dumps(results, indent=1))
     logger.info("wrote %s and %s", args.out_dir / f"{args.name}.md", args.out_dir / f"{args.name}.json")
     print(text)
 
