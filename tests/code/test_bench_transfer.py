@@ -161,3 +161,23 @@ def test_find_run_takes_the_newest_run_of_the_seed_after_the_start(tmp_path: Pat
     assert (found.run_id, found.seed, found.value("ft", "test_auc")) == (wanted, 0, 0.4)
     with pytest.raises(RuntimeError, match="no finished MLflow run"):
         bt.find_run(client, experiment, DATE, 2, started)
+
+
+def test_the_per_epoch_curve_is_read_from_the_runs_metric_history(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("bench", artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(experiment, run_name=f"transfer-{DATE}")
+    rid = run.info.run_id
+    client.log_param(rid, "seed", "0")
+    client.log_param(rid, "methods", "rt,ft")
+    for epoch, auc, elapsed in ((1, 0.61, 5.0), (2, 0.66, 9.5)):
+        client.log_metric(rid, "rt_valid_auc", auc, step=epoch)
+        client.log_metric(rid, "rt_elapsed_seconds", elapsed, step=epoch)
+    client.log_metric(rid, "ft_valid_auc", 0.7, step=1)  # no elapsed time logged: no point
+    client.set_terminated(rid)
+    found = bt.find_run(client, experiment, DATE, 0, 0)
+    assert found.curves == {"rt": [{"epoch": 1.0, "valid_auc": 0.61, "elapsed_seconds": 5.0},
+                                   {"epoch": 2.0, "valid_auc": 0.66, "elapsed_seconds": 9.5}], "ft": []}
+    assert found.as_dict()["curves"]["rt"][1]["valid_auc"] == 0.66
