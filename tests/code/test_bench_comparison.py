@@ -129,3 +129,14 @@ def test_the_command_line_takes_a_world_overrides_and_rows() -> None:
     # the Taobao rows exist and need no follow or PPP table
     keys = {r.key for r in ROWS}
     assert set(TAOBAO_ROWS) <= keys and not {"w_gradnorm", "mtl_mmoe"} & set(TAOBAO_ROWS)
+
+
+def test_gbdt_ablation_rows_leave_out_features_the_gbdt_has() -> None:
+    """A misspelt exclusion would leave the feature in and make the ablation the GBDT itself."""
+    from benchmarks.bench_comparison import ROWS
+    from features.gbdt import task_features
+
+    ablations = [r for r in ROWS if r.exclude]
+    assert ablations and all(r.kind == "gbdt" for r in ablations)
+    for r in ablations:
+        assert set(r.exclude) <= set(task_features("ctr", 8)), r.key
