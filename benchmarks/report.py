@@ -60,8 +60,7 @@ SECTIONS: tuple[Section, ...] = (
     Section("The real Taobao log", "taobao.md",
             "Next-day interaction and purchase on a real log, the baselines, heuristics and DUPN ablations, 3 seeds "
             "(docs/taobao.md).",
-            command="python -m benchmarks.bench_comparison --world taobao --config conf/taobao.yaml "
-                    "--set training.epochs=4 --name taobao --cache-dir benchmarks/results/taobao_runs"),
+            command="python -m benchmarks.bench_comparison --world taobao --config conf/taobao.yaml --name taobao"),
     Section("Attention on the real Taobao log", "taobao_attention.md",
             "The paper's attention analysis on real data: mean attention by behaviour type × age, with the figure.",
             command="python -m scripts.taobao --config conf/taobao.yaml --report --attention-out benchmarks/results"),
