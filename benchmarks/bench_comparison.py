@@ -619,8 +619,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     (args.out_dir / f"{args.name}.json").write_text(json.dumps(payload, indent=1, default=float))
     text = markdown(results, oracle, context)
     try:
-        figure = figures.comparison_curves(payload)
-        figure.savefig(args.out_dir / f"{args.name}_curves.png", dpi=110)
+        figures.save(figures.comparison_curves(payload), args.out_dir / f"{args.name}_curves.png")
         text += ("\n## Learning curves on the validation day\n\nEach validation scoring's metrics against the "
                  "epoch, the mean over the seeds, for the DUPN ablations and the neural baselines "
                  f"(`benchmarks/figures.py` draws it from `{args.name}.json`; the test day is scored once and "

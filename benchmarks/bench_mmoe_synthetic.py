@@ -551,12 +551,17 @@ def write(results: Sequence[RunResult], base: dict[float, ev.Summary], context: 
     print(text)
 
 
+def load_runs(payload: dict[str, Any]) -> list[RunResult]:
+    """The runs of a results JSON of this benchmark."""
+    names = {f.name for f in fields(RunResult)}
+    return [RunResult(**{k: v for k, v in run.items() if k in names}) for run in payload["runs"]]
+
+
 def render(path: Path) -> None:
     """Write the results files of ``path`` (a results JSON of this benchmark) again from its runs: the
     findings and tables are recomputed, the runs and their context (command, date, commit) kept."""
     payload = json.loads(path.read_text())
-    names = {f.name for f in fields(RunResult)}
-    results = [RunResult(**{k: v for k, v in run.items() if k in names}) for run in payload["runs"]]
+    results = load_runs(payload)
     base = {float(c): ev.summarize(s["values"])
             for c, s in payload["mean_predictor_test_loss"].items()}
     write(results, base, payload["context"], path.parent, path.stem)

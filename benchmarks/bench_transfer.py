@@ -372,8 +372,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     text = markdown(runs, context)
     results = payload(runs, context)
     if any(r.curves for r in runs):
-        figure = figures.transfer_curves(results)
-        figure.savefig(args.out_dir / f"{args.name}_curves.png", dpi=110)
+        figures.save(figures.transfer_curves(results), args.out_dir / f"{args.name}_curves.png")
         text += ("\n## Validation AUC against training time\n\nEach method's validation AUC after each epoch "
                  "against its training time so far, the mean over the seeds (`benchmarks/figures.py` draws it "
                  f"from `{args.name}.json`).\n\n![validation AUC against training time]({args.name}_curves.png)\n")

@@ -127,13 +127,16 @@ def attention_figure(payload: Mapping[str, Any]) -> Any:
 
 
 def _mmoe(json_path: Path, png: Path) -> None:
-    from dataclasses import fields
-
     from benchmarks import bench_mmoe_synthetic as mmoe
 
-    names = {f.name for f in fields(mmoe.RunResult)}
-    runs = json.loads(json_path.read_text())["runs"]
-    mmoe.plot([mmoe.RunResult(**{k: v for k, v in run.items() if k in names}) for run in runs], png)
+    mmoe.plot(mmoe.load_runs(json.loads(json_path.read_text())), png)
+
+
+def save(fig: Any, png: Path) -> Path:
+    """Write ``fig`` to ``png`` and release it (pyplot keeps every open figure)."""
+    fig.savefig(png, dpi=110)
+    _pyplot().close(fig)
+    return png
 
 
 Drawer = Callable[[Mapping[str, Any]], Any]
@@ -146,20 +149,15 @@ FIGURES: dict[str, tuple[str, Drawer]] = {
 }
 
 
-def draw(json_path: Path, out_dir: Path | None = None) -> Path:
+def draw(json_path: Path) -> Path:
     """Draw the figure of one results JSON (a name of :data:`FIGURES` or ``mmoe_synthetic.json``) next to
-    it (or into ``out_dir``); returns the PNG's path."""
-    out_dir = out_dir or json_path.parent
+    it; returns the PNG's path."""
     if json_path.name == "mmoe_synthetic.json":
-        png = out_dir / "mmoe_synthetic.png"
+        png = json_path.parent / "mmoe_synthetic.png"
         _mmoe(json_path, png)
         return png
     name, drawer = FIGURES[json_path.name]
-    fig = drawer(json.loads(json_path.read_text()))
-    png = out_dir / name
-    fig.savefig(png, dpi=110)
-    _pyplot().close(fig)
-    return png
+    return save(drawer(json.loads(json_path.read_text())), json_path.parent / name)
 
 
 def draw_all(results: Path = RESULTS) -> list[Path]:

@@ -68,6 +68,15 @@ def l2r_gain(clicked: str = "clicked", carted: str = "carted", bought: str = "bo
 L2R_LIST = ("user_id", "event_time", "query")
 
 
+def truth_with_lists(tables: "DeltaTables", days: Sequence[str]) -> "DataFrame":
+    """``raw/_truth/impressions`` of ``days`` joined to ``raw/impressions`` for each impression's
+    scene, query and cart."""
+    truth = tables.read(t.TRUTH_IMPRESSIONS, dt=list(days))
+    imp = tables.read(t.IMPRESSIONS, dt=list(days)).select(
+        "user_id", "item_id", "event_time", "scene", "query", "carted")
+    return truth.join(imp, ["user_id", "item_id", "event_time"])
+
+
 def l2r_rows(joined: "DataFrame") -> "DataFrame":
     """The search impressions of ``joined`` (truth joined to ``raw/impressions``) with the oracle's
     ``score`` (the expected graded gain), the ``gain`` and ``list_clicks``, the clicks of its list.
@@ -98,9 +107,7 @@ def oracle_scores(tables: "DeltaTables", days: Sequence[str],
     from pyspark.sql import functions as F
 
     truth = tables.read(t.TRUTH_IMPRESSIONS, dt=list(days))
-    imp = tables.read(t.IMPRESSIONS, dt=list(days)).select(
-        "user_id", "item_id", "event_time", "scene", "query", "carted")
-    joined = truth.join(imp, ["user_id", "item_id", "event_time"])
+    joined = truth_with_lists(tables, days)
     out: dict[str, float] = {}
     out["ctr_auc"] = rank_auc(truth, "p_click", "clicked")
     out["ctcvr_auc"] = rank_auc(truth.withColumn("p", F.col("p_click") * F.col("p_buy_given_click")), "p", "bought")

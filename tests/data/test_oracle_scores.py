@@ -48,13 +48,10 @@ def test_the_oracle_scores_l2r_on_the_rows_the_models_are_scored_on(tiny_pipelin
     the same impressions, or the share of the oracle's lift compares two populations."""
     from pyspark.sql import functions as F
 
-    from features.oracle import l2r_rows
+    from features.oracle import l2r_rows, truth_with_lists
 
     _, tables, _ = tiny_pipeline
-    truth = tables.read(t.TRUTH_IMPRESSIONS, dt=TINY_END)
-    imp = tables.read(t.IMPRESSIONS, dt=TINY_END).select("user_id", "item_id", "event_time", "scene", "query",
-                                                         "carted")
-    rows = l2r_rows(truth.join(imp, ["user_id", "item_id", "event_time"]))
+    rows = l2r_rows(truth_with_lists(tables, [TINY_END]))
     oracle_rows = rows.where(F.col("list_clicks") > 0)
     ex = tables.read(t.TRAINING_EXAMPLES, dt=TINY_END).where((F.col("l2r") == 1) & (F.col("split") == "test"))
     model_rows = ex.agg(F.sum("n_items")).first()[0]
