@@ -189,6 +189,7 @@ def data_fingerprint(data: TrainingData) -> str:
 LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "recency_interests": (0, frozenset({"dupn"})),
     "recency_by_behavior": (False, frozenset({"dupn"})),
+    "category_profile": (0, frozenset({"dupn"})),
 }
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}

@@ -229,6 +229,9 @@ class ModelConfig(_Strict):
                                    "adds an interest and the log of its decayed behaviour count")
     recency_by_behavior: bool = Field(False, description="each time-decay pool also learns a weight per behaviour "
                                       "type (click, fav, cart, buy), e.g. to follow recent purchases")
+    category_profile: int = Field(0, ge=0, description="with time-decay pools: each pool's decayed behaviour "
+                                  "count per category (category index mod this many buckets) is published, and "
+                                  "heads read the count in the target's own category (0 = off)")
     ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "
                                                   "(0 = the paper's linear softmax only)")
     l2r_item_score: bool = Field(True, description="the L2R score adds an MLP score of the user-item match to "
@@ -248,6 +251,9 @@ class ModelConfig(_Strict):
             raise ValueError(f"recency_interests ({self.recency_interests}) pools behaviours by their properties "
                              f"(age, behaviour type), which property_in={self.property_in!r} leaves out; use "
                              f"property_in all or attention, or recency_interests: 0")
+        if self.category_profile and not self.recency_interests:
+            raise ValueError(f"category_profile ({self.category_profile}) counts the time-decay pools' behaviours "
+                             f"per category; set recency_interests > 0 or category_profile: 0")
         return self
 
 

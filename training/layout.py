@@ -67,6 +67,8 @@ def published_layout(model: Any) -> list[Block]:
         interests = tower.interests(index)  # (1, K + P, Dk + 1)
         prices = tower.price_features(index).reshape(-1)
         activity = tower.activity(index).reshape(-1) if hasattr(tower, "activity") else index[0, :0]
+        profile = tower.category_profile(index).reshape(-1) if getattr(tower, "profile_buckets", 0) \
+            else index[0, :0]
     n, width = int(interests.shape[1]), int(interests.shape[2])
     pools = int(activity.shape[0])
     dense = np.arange(int(tower.dense_dim), dtype=np.int64)
@@ -80,6 +82,10 @@ def published_layout(model: Any) -> list[Block]:
     if len(price_cols):
         label = "behaviour-type prices and counts" + (", the pools' decayed counts" if pools else "")
         blocks.append(Block("prices", f"{label} ({column_runs(price_cols)})", price_cols))
+    if len(profile):
+        profile_cols = np.sort(profile.long().numpy())
+        blocks.append(Block("profile", f"the pools' decayed counts per category ({column_runs(profile_cols)})",
+                            profile_cols))
     _check_partition(blocks, dim, "the user tower's blocks")
     return blocks
 

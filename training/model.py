@@ -23,7 +23,7 @@ from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
     AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, RecencyPooling, UserProfile,
-    bag_mean, embedding, embedding_bag, match_scores, mlp, required_match, valid_mask)
+    bag_mean, category_profile, embedding, embedding_bag, match_scores, mlp, required_match, valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
 
 if TYPE_CHECKING:
@@ -93,8 +93,9 @@ class UserTower(nn.Module):
     the category: the K **interests** (B, K, Dk + 1) are the second part of the representation, the
     behaviour-type prices (with properties) the third. With ``model.recency_interests`` = P > 0,
     P time-decay pools (:class:`training.modules.RecencyPooling`) add P interests after the
-    attention's and, last, the log of their decayed behaviour counts: (B, R + (K + P)·(Dk + 1) + 8 + P)
-    in all. Heads match a target's key against
+    attention's and the log of their decayed behaviour counts: (B, R + (K + P)·(Dk + 1) + 8 + P)
+    in all; with ``model.category_profile`` = C > 0, last, each pool's log decayed count per category
+    bucket (:func:`training.modules.category_profile`), P·C more columns. Heads match a target's key against
     the interests (:func:`training.modules.match_scores`), so "how much of this user's (recent,
     bought, queried) behaviour is in the target's category / style" is a dot product in one shared
     space rather than a mapping each head must learn. ``projection`` (the dense part's last layer) is
@@ -133,12 +134,18 @@ class UserTower(nn.Module):
             if m.recency_interests else None
         self.n_interests = self.heads + self.recency_pools
         self._prices_at = m.representation_dim + self.n_interests * self.interest_dim
-        self.out_dim = self._prices_at + 2 * self.behaviour_prices + self.recency_pools
+        self._activity_at = self._prices_at + 2 * self.behaviour_prices
+        # each pool's decayed count per category bucket (training.modules.category_profile)
+        self.profile_buckets = m.category_profile if self.recency is not None else 0
+        self.out_dim = self._activity_at + self.recency_pools * (1 + self.profile_buckets)
         self.price_dim = 2 * self.behaviour_prices + self.n_interests if self.behaviour_prices else 0
         # match features: category and tag cosines of every interest, and for each time-decay pool its
         # category cosine times log(1 + its mass) (decayed activity in the target's category)
-        self.match_dim = 2 * self.n_interests + self.recency_pools
-        self.category_match_dim = self.n_interests + self.recency_pools
+        # with the category profile, also each pool's log decayed count in the target's category and that
+        # count's share of the pool's mass
+        profile_match = 2 * self.recency_pools if self.profile_buckets else 0
+        self.match_dim = 2 * self.n_interests + self.recency_pools + profile_match
+        self.category_match_dim = self.n_interests + self.recency_pools + profile_match
 
     def price_features(self, representation: Tensor) -> Tensor:
         """(B, 8 + K + P): the behaviour-type prices and counts, and each interest's mean relative price."""
@@ -147,7 +154,14 @@ class UserTower(nn.Module):
 
     def activity(self, representation: Tensor) -> Tensor:
         """(B, P): log(1 + the decayed behaviour count) of each time-decay pool ((B, 0) without pools)."""
-        return representation[:, self.out_dim - self.recency_pools:self.out_dim]
+        return representation[:, self._activity_at:self._activity_at + self.recency_pools]
+
+    def category_profile(self, representation: Tensor) -> Tensor:
+        """(B, P, buckets): each time-decay pool's log(1 + decayed behaviour count) per category bucket
+        ((B, P, 0) without the profile)."""
+        start = self._activity_at + self.recency_pools
+        flat = representation[:, start:start + self.recency_pools * self.profile_buckets]
+        return flat.reshape(representation.shape[0], self.recency_pools, self.profile_buckets)
 
     def interests(self, representation: Tensor) -> Tensor:
         """The K + P interests (B, K + P, Dk + 1) inside a representation: pooled key, then the pooled
@@ -160,7 +174,9 @@ class UserTower(nn.Module):
         """User-target match features (N, G, ``match_dim``) of representations (N, ·) and targets
         (N, G) (+ tags (N, G, K_tags)): the category cosines of the K + P interests, their tag cosines
         (with tags; :func:`training.modules.match_scores`), then the P time-decay pools' category
-        cosines times log(1 + their mass). Without tags: (N, G, ``category_match_dim``), no tag part."""
+        cosines times log(1 + their mass), then (with ``model.category_profile``) each pool's
+        log(1 + decayed count) in the target's own category and that count's share of the pool's mass.
+        Without tags: (N, G, ``category_match_dim``), no tag part."""
         keys = self.items.key(category, tags)
         interests = self.interests(representation)[..., :self.key_dim]
         scores = match_scores(interests, keys, self.items.category.embedding_dim)
@@ -169,7 +185,14 @@ class UserTower(nn.Module):
         if not self.recency_pools:
             return scores
         mass = self.activity(representation).unsqueeze(1)  # (N, 1, P)
-        return torch.cat([scores, scores[..., self.heads:self.n_interests] * mass], dim=-1)
+        parts = [scores, scores[..., self.heads:self.n_interests] * mass]
+        if self.profile_buckets:
+            profile = self.category_profile(representation)  # (N, P, buckets)
+            bucket = (category % self.profile_buckets).unsqueeze(1).expand(-1, self.recency_pools, -1)
+            in_target = profile.gather(2, bucket).transpose(1, 2)  # (N, G, P)
+            share = torch.expm1(in_target) / torch.expm1(mass).clamp_min(1e-6)
+            parts += [in_target, share]
+        return torch.cat(parts, dim=-1)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Representation of each row's user.
@@ -217,6 +240,9 @@ class UserTower(nn.Module):
             recent, mass = self.recency(keys, seq("seq_time_bucket"), valid_mask(seq_len, n), seq("seq_behavior"))
             interests = torch.cat([interests, recent], dim=1)  # (B, K + P, Dk + 1)
             masses = [mass]
+            if self.profile_buckets:
+                w = self.recency.weights(seq("seq_time_bucket"), valid_mask(seq_len, n), seq("seq_behavior"))
+                masses.append(category_profile(w, seq("seq_category"), self.profile_buckets).reshape(b, -1))
         pooled = self.pool_projection(pooled.reshape(b, -1))
         parts = [pooled, u]
         prices = []

@@ -405,21 +405,39 @@ class RecencyPooling(nn.Module):
         self.behavior_log_weight = nn.Parameter(torch.zeros(pools, behaviors)) if behaviors else None
         self.max_log_weight = max_log_weight
 
-    def forward(self, keys: Tensor, time_bucket: Tensor, valid: Tensor,
-                behavior: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """keys (B, L, D), time_bucket (B, L) int64, valid (B, L) bool (, behavior (B, L) int64, needed
-        with behaviour weights) -> pooled (B, R, D), the weighted means of the keys (zeros without
-        behaviours), and log(1 + mass) (B, R)."""
+    def weights(self, time_bucket: Tensor, valid: Tensor, behavior: Tensor | None = None) -> Tensor:
+        """time_bucket (B, L) int64, valid (B, L) bool (, behavior (B, L) int64, needed with behaviour
+        weights) -> each pool's weight of each behaviour (B, R, L), 0 on padding."""
         log_w = self.log_weight[:, time_bucket]  # (R, B, L)
         if self.behavior_log_weight is not None:
             if behavior is None:
                 raise ValueError("this RecencyPooling weighs behaviour types; pass behavior=(B, L)")
             log_w = log_w + self.behavior_log_weight[:, behavior]
         log_w = log_w.clamp(max=self.max_log_weight)
-        w = torch.exp(log_w).permute(1, 0, 2) * valid.unsqueeze(1).to(keys.dtype)  # (B, R, L)
+        return torch.exp(log_w).permute(1, 0, 2) * valid.unsqueeze(1).to(log_w.dtype)
+
+    def forward(self, keys: Tensor, time_bucket: Tensor, valid: Tensor,
+                behavior: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """keys (B, L, D), time_bucket (B, L) int64, valid (B, L) bool (, behavior (B, L) int64, needed
+        with behaviour weights) -> pooled (B, R, D), the weighted means of the keys (zeros without
+        behaviours), and log(1 + mass) (B, R)."""
+        w = self.weights(time_bucket, valid, behavior).to(keys.dtype)  # (B, R, L)
         mass = w.sum(dim=2)
         pooled = torch.bmm(w, keys) / mass.clamp_min(1e-6).unsqueeze(-1)
         return pooled, torch.log1p(mass)
+
+
+def category_profile(weights: Tensor, category: Tensor, buckets: int) -> Tensor:
+    """Each pool's decayed behaviour count per category: weights (B, R, L) (:meth:`RecencyPooling.weights`),
+    category (B, L) int64 category indices -> log(1 + the pool's weight summed over the behaviours whose
+    category falls in each of ``buckets`` buckets (index mod ``buckets``)) (B, R, buckets). With at least as
+    many buckets as categories, entry (b, r, c) is exactly pool r's decayed count of user b's behaviours in
+    category c: the GBDT's "decayed events in the target's category" for every category at once, which a
+    head reads by the target's category (:meth:`training.model.UserTower.match`), where a cosine of learned
+    category embeddings only approximates it."""
+    index = (category % buckets).unsqueeze(1).expand_as(weights)
+    profile = weights.new_zeros(weights.shape[0], weights.shape[1], buckets)
+    return torch.log1p(profile.scatter_add(2, index, weights))
 
 
 class UserProfile(nn.Module):

@@ -382,6 +382,37 @@ def test_mmoe_gate_stats_average_the_softmax_of_the_gates() -> None:
     assert stats.result()["gate_follow"] == pytest.approx(expected.tolist(), rel=1e-5)
 
 
+def test_category_profile_gives_heads_the_exact_decayed_count_in_the_targets_category() -> None:
+    """With C buckets >= the category vocabulary, the representation grows by P·C columns (a block of its
+    own in the published layout) and each item's match features end with every pool's log decayed count
+    of the user's behaviours in exactly the item's category, and its share of the pool's mass."""
+    torch.manual_seed(0)
+    pools, buckets = 2, 12
+    plain = build_model(tiny_spec(recency_interests=pools))
+    profiled = build_model(tiny_spec(recency_interests=pools, category_profile=buckets))
+    assert isinstance(profiled, DUPNModel) and isinstance(plain, DUPNModel)
+    tower = profiled.tower
+    assert isinstance(tower, UserTower)
+    assert profiled.embedding_dim - plain.embedding_dim == pools * buckets
+    assert tower.match_dim - plain.tower.match_dim == 2 * pools  # type: ignore[union-attr]
+    from training.layout import published_layout
+    blocks = {b.key: b.columns for b in published_layout(profiled)}
+    assert list(blocks["profile"]) == list(range(profiled.embedding_dim - pools * buckets, profiled.embedding_dim))
+    batch = random_batch(n=6, seed=5)
+    with torch.no_grad():
+        rep = profiled.eval()(batch)["representation"]
+        n = int(batch["seq_len"].max())
+        w = tower.recency.weights(batch["seq_time_bucket"][:, :n],  # type: ignore[union-attr]
+                                  torch.arange(n).unsqueeze(0) < batch["seq_len"].unsqueeze(1))
+        target = batch["seq_category"][:, :1]  # (B, 1): the category of the row's first behaviour (if any)
+        match = tower.match(rep, target)[:, 0]  # (B, category_match_dim)
+    in_target = (w * (batch["seq_category"][:, :n] == target).unsqueeze(1)).sum(dim=2)  # (B, P)
+    count, share = match[:, -2 * pools:-pools], match[:, -pools:]
+    torch.testing.assert_close(count, torch.log1p(in_target))
+    torch.testing.assert_close(share, in_target / w.sum(dim=2).clamp_min(1e-6), atol=1e-5, rtol=1e-4)
+    assert (in_target > 0).any() and (in_target == 0).any()  # the batch has rows of both kinds
+
+
 def test_every_model_is_a_task_model() -> None:
     for family in FAMILIES:
         model = build_model(_small(family))

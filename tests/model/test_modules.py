@@ -9,7 +9,8 @@ import torch
 
 from core.config import ModelConfig
 from training.model import DUPNModel, build_model
-from training.modules import AttentionPooling, FrozenNorm, ItemEmbedding, PropertyGatedLSTM, RecencyPooling
+from training.modules import (
+    AttentionPooling, FrozenNorm, ItemEmbedding, PropertyGatedLSTM, RecencyPooling, category_profile)
 from training.spec import ModelSpec
 
 PROPERTY_KEYS = ("seq_behavior", "seq_scene", "seq_time_bucket")
@@ -246,3 +247,18 @@ def test_recency_pooling_weighs_behaviours_by_age_and_type_without_normalising()
         pool(keys, bucket, valid)
     empty, none = pool(keys, bucket, torch.zeros_like(valid), behavior)
     assert (empty == 0).all() and (none == 0).all()
+
+
+def test_category_profile_counts_each_pools_decayed_behaviours_per_category() -> None:
+    """Entry (b, r, c) is log(1 + pool r's weight summed over user b's behaviours in category c); padding and
+    other users' behaviours add nothing; with fewer buckets than categories, index mod buckets."""
+    w = torch.tensor([[[1.0, 0.5, 0.25, 0.0], [2.0, 2.0, 2.0, 0.0]],
+                      [[3.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]])  # (B=2, R=2, L=4): user 1 has one behaviour
+    category = torch.tensor([[3, 1, 3, 2], [1, 0, 0, 0]])
+    profile = category_profile(w, category, 4)
+    expected = torch.zeros(2, 2, 4)
+    expected[0, 0, 3], expected[0, 0, 1], expected[0, 1, 3], expected[0, 1, 1] = 1.25, 0.5, 4.0, 2.0
+    expected[1, 0, 1], expected[1, 1, 1] = 3.0, 1.0
+    torch.testing.assert_close(profile, torch.log1p(expected))
+    folded = category_profile(w, category, 2)  # categories 1 and 3 share bucket 1
+    torch.testing.assert_close(folded[0, 0], torch.log1p(torch.tensor([0.0, 1.75])))
