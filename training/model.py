@@ -138,6 +138,8 @@ class UserTower(nn.Module):
         # each pool's decayed count per category bucket (training.modules.category_profile)
         self.profile_buckets = m.category_profile if self.recency is not None else 0
         self.out_dim = self._activity_at + self.recency_pools * (1 + self.profile_buckets)
+        # what the task mixer reads: all but the category profile, which heads read by the target's category
+        self.mixer_dim = self._activity_at + self.recency_pools
         self.price_dim = 2 * self.behaviour_prices + self.n_interests if self.behaviour_prices else 0
         # match features: category and tag cosines of every interest, and for each time-decay pool its
         # category cosine times log(1 + its mass) (decayed activity in the target's category)
@@ -643,7 +645,9 @@ class DUPNModel(TaskModel):
         self.spec = spec
         m = spec.model
         self.tower = cast("UserTower | BagTower | CNNMaxTower", tower) if tower is not None else UserTower(spec)
-        self.mixer = build_mixer(spec, self.tower.out_dim)
+        # the mixer reads the representation's leading ``mixer_in`` columns (all but a UserTower's profile)
+        self.mixer_in = int(getattr(self.tower, "mixer_dim", self.tower.out_dim))
+        self.mixer = build_mixer(spec, self.mixer_in)
         d, item_dim = self.mixer.out_dim, self.tower.items.out_dim
         heads: dict[str, nn.Module] = {}
         qd = m.query_dim if m.query_in_heads else 0
@@ -730,7 +734,7 @@ class DUPNModel(TaskModel):
         """batch: a training-examples batch. Returns the tower outputs and every head's output."""
         out = self.tower(batch)
         rep = out["representation"]
-        out.update(self.heads_forward(self.mixer(rep), batch, out.get("query"), rep))
+        out.update(self.heads_forward(self.mixer(rep[:, :self.mixer_in]), batch, out.get("query"), rep))
         return out
 
     @property
@@ -770,7 +774,7 @@ class UserPart(nn.Module):
     def __init__(self, model: DUPNModel) -> None:
         super().__init__()
         self.tower = model.tower
-        self.mixer = model.mixer
+        self.mixer, self.mixer_in = model.mixer, model.mixer_in
         self.ppp = model.heads["ppp"] if "ppp" in model.heads else None
 
     def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
@@ -782,7 +786,7 @@ class UserPart(nn.Module):
             # a tier head with price features exists only over a tower with them (DUPN's)
             prices = cast(UserTower, self.tower).price_features(representation) \
                 if getattr(self.ppp, "prices", None) is not None else None
-            probs = torch.softmax(self.ppp(self.mixer(representation)["ppp"], prices), dim=-1)
+            probs = torch.softmax(self.ppp(self.mixer(representation[:, :self.mixer_in])["ppp"], prices), dim=-1)
         return representation, probs
 
 
@@ -801,7 +805,7 @@ class ItemScorer(nn.Module):
             raise ValueError(f"scoring items needs the ctr task; this model has heads {list(model.heads)}")
         self.tower = model.tower
         self.items = model.tower.items
-        self.mixer = model.mixer
+        self.mixer, self.mixer_in = model.mixer, model.mixer_in
         self.ctr = model.heads["ctr"]
         self.matches = model.matches
         self.max_tags = model.spec.max_tags
@@ -822,7 +826,7 @@ class ItemScorer(nn.Module):
             tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
             match = tower.match(representation, batch["item_category"].unsqueeze(1),
                                 tags.reshape(tags.shape[0], 1, -1))
-        logit = self.ctr(self.mixer(representation)["ctr"], items.unsqueeze(1),
+        logit = self.ctr(self.mixer(representation[:, :self.mixer_in])["ctr"], items.unsqueeze(1),
                          None if rank is None else rank.unsqueeze(1), None, match).squeeze(1)
         return torch.sigmoid(logit + self.offset)
 

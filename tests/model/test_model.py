@@ -395,6 +395,7 @@ def test_category_profile_gives_heads_the_exact_decayed_count_in_the_targets_cat
     assert isinstance(tower, UserTower)
     assert profiled.embedding_dim - plain.embedding_dim == pools * buckets
     assert tower.match_dim - plain.tower.match_dim == 2 * pools  # type: ignore[union-attr]
+    assert profiled.mixer_in == plain.embedding_dim  # the task mixer reads all but the profile
     from training.layout import published_layout
     blocks = {b.key: b.columns for b in published_layout(profiled)}
     assert list(blocks["profile"]) == list(range(profiled.embedding_dim - pools * buckets, profiled.embedding_dim))
