@@ -64,6 +64,10 @@ COLUMN_TASK = {"ctr_auc": "ctr", "cvr_auc": "ctr", "ctcvr_auc": "ctr", "ctr_logl
                "l2r_auc": "l2r", "l2r_ndcg10": "l2r", "follow_auc": "follow", "ppp_accuracy": "ppp",
                "ppp_accuracy_seen": "ppp"}
 REFERENCE = "dupn_all"
+# The category profile (model.category_profile) came after the ablations, designs and weightings were measured:
+# those rows leave it out and compare with ``dupn_noprofile``, the platform's model without it.
+NOPROFILE = "training.model.category_profile=0"
+NOPROFILE_REFERENCE = "dupn_noprofile"
 
 
 @dataclass(frozen=True)
@@ -94,27 +98,33 @@ ROWS: tuple[Row, ...] = (
     Row("recent_category", "Recently interacted category (the user's share of events in the target's category, "
         "1-day half-life; nothing learned)", "baselines", kind="heuristic", feature="cat_decayed_share_1d"),
     Row("dupn_nobp", "DUPN-nobp (no behaviour properties)", "DUPN ablations",
-        ("training.model.property_in=none", "training.model.recency_interests=0")),
+        ("training.model.property_in=none", "training.model.recency_interests=0", NOPROFILE)),
     Row("dupn_bplstm", "DUPN-bplstm (properties in the LSTM)", "DUPN ablations",
-        ("training.model.property_in=lstm", "training.model.recency_interests=0")),
+        ("training.model.property_in=lstm", "training.model.recency_interests=0", NOPROFILE)),
     Row("dupn_bpatt", "DUPN-bpatt (properties in the attention)", "DUPN ablations",
-        ("training.model.property_in=attention",)),
+        ("training.model.property_in=attention", NOPROFILE)),
     Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",)),
+    Row("dupn_noprofile", "DUPN-all without the category profile (the platform's model before it; the reference of "
+        "the ablations, designs and weightings, all measured without it)", "DUPN ablations",
+        ("training.model.property_in=all", NOPROFILE)),
     Row("dupn_nopools", "DUPN-all without the time-decay pools (the platform's model before them)", "DUPN ablations",
-        ("training.model.recency_interests=0",)),
+        ("training.model.recency_interests=0", NOPROFILE)),
     Row("dupn_paper", "DUPN-all with the paper's heads (one attention, no match features, linear tier and "
         "ranking heads)", "DUPN ablations",
         ("training.model.attention_heads=1", "training.model.match_features=false", "training.model.ppp_hidden=0",
-         "training.model.l2r_item_score=false", "training.model.recency_interests=0")),
-    Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task", kind="stl"),
-    Row("mtl_shared_bottom", "shared-bottom", "sharing designs", ("training.model.architecture=shared_bottom",)),
-    Row("mtl_mmoe", "MMoE", "sharing designs", ("training.model.architecture=mmoe",)),
-    Row("mtl_cgc", "CGC", "sharing designs", ("training.model.architecture=cgc",)),
-    Row("mtl_ple", "PLE (2 levels)", "sharing designs", ("training.model.architecture=ple",)),
-    Row("mtl_cross_stitch", "cross-stitch", "sharing designs", ("training.model.architecture=cross_stitch",)),
-    Row("w_fixed", "fixed weights (1 each)", "task weightings", ("training.weighting.kind=fixed",)),
-    Row("w_uncertainty", "uncertainty (Kendall et al.)", "task weightings", ("training.weighting.kind=uncertainty",)),
-    Row("w_gradnorm", "GradNorm (Chen et al.)", "task weightings", ("training.weighting.kind=gradnorm",)),
+         "training.model.l2r_item_score=false", "training.model.recency_interests=0", NOPROFILE)),
+    Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task", (NOPROFILE,), kind="stl"),
+    Row("mtl_shared_bottom", "shared-bottom", "sharing designs", ("training.model.architecture=shared_bottom",
+                                                                   NOPROFILE)),
+    Row("mtl_mmoe", "MMoE", "sharing designs", ("training.model.architecture=mmoe", NOPROFILE)),
+    Row("mtl_cgc", "CGC", "sharing designs", ("training.model.architecture=cgc", NOPROFILE)),
+    Row("mtl_ple", "PLE (2 levels)", "sharing designs", ("training.model.architecture=ple", NOPROFILE)),
+    Row("mtl_cross_stitch", "cross-stitch", "sharing designs", ("training.model.architecture=cross_stitch",
+                                                                 NOPROFILE)),
+    Row("w_fixed", "fixed weights (1 each)", "task weightings", ("training.weighting.kind=fixed", NOPROFILE)),
+    Row("w_uncertainty", "uncertainty (Kendall et al.)", "task weightings", ("training.weighting.kind=uncertainty",
+                                                                             NOPROFILE)),
+    Row("w_gradnorm", "GradNorm (Chen et al.)", "task weightings", ("training.weighting.kind=gradnorm", NOPROFILE)),
 )
 
 
@@ -565,20 +575,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     # rows run in the order given (so the most important finish first); the table keeps ROWS' order
     keys = args.rows or (TAOBAO_ROWS if args.world == "taobao" else [r.key for r in ROWS])
     rows = [next(r for r in ROWS if r.key == k) for k in dict.fromkeys(keys)]
-    # rows whose resolved model and training equal the reference's are the reference itself
-    ref_cfg = runner.row_config(next(r for r in ROWS if r.key == REFERENCE))
+    # rows whose resolved model and training equal a reference's (DUPN-all, or DUPN-all without the category
+    # profile) are that reference itself
+    references = [next(r for r in ROWS if r.key == k) for k in (REFERENCE, NOPROFILE_REFERENCE)]
+    ref_cfgs = {r.key: runner.row_config(r).training for r in references}
     results: list[RowResult] = []
     done: dict[str, RowResult] = {}
     for row in rows:
-        if row.kind == "neural" and row.key != REFERENCE and \
-                runner.row_config(row).training == ref_cfg.training and (REFERENCE in done or not args.rows
-                                                                         or REFERENCE in args.rows):
-            ref = done.get(REFERENCE)
-            if ref is None:
-                ref = RowResult(next(r for r in ROWS if r.key == REFERENCE),
-                                run_seeds(next(r for r in ROWS if r.key == REFERENCE)))
-                done[REFERENCE] = ref
-            results.append(RowResult(row, ref.outcomes, same_as="DUPN-all"))
+        same = next((r for r in references if row.kind == "neural" and row.key != r.key
+                     and runner.row_config(row).training == ref_cfgs[r.key]
+                     and (r.key in done or not args.rows or r.key in args.rows)), None)
+        if same is not None:
+            if same.key not in done:
+                done[same.key] = RowResult(same, run_seeds(same))
+            results.append(RowResult(row, done[same.key].outcomes, same_as=same.label.split(" (")[0]))
             continue
         rr = RowResult(row, run_seeds(row))
         done[row.key] = rr
