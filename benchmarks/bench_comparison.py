@@ -82,6 +82,7 @@ class Row:
     note: str = ""
     feature: str = ""  # heuristic rows: the features/gbdt_examples column that scores
     exclude: tuple[str, ...] = ()  # GBDT rows: features left out (an ablation of the hand-crafted set)
+    cache_as: str = ""  # the row name in the run cache's keys, for a row whose runs were made under another name
 
 
 ROWS: tuple[Row, ...] = (
@@ -106,7 +107,7 @@ ROWS: tuple[Row, ...] = (
     Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",)),
     Row("dupn_noprofile", "DUPN-all without the category profile (the platform's model before it; the reference of "
         "the ablations, designs and weightings, all measured without it)", "DUPN ablations",
-        ("training.model.property_in=all", NOPROFILE)),
+        ("training.model.property_in=all", NOPROFILE), cache_as=REFERENCE),
     Row("dupn_nopools", "DUPN-all without the time-decay pools (the platform's model before them)", "DUPN ablations",
         ("training.model.recency_interests=0", NOPROFILE)),
     Row("dupn_paper", "DUPN-all with the paper's heads (one attention, no match features, linear tier and "
@@ -236,7 +237,7 @@ def _rounded(value: Any) -> Any:
 
 def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int) -> str:
     resolved = _rounded({k: _without_later_fields(v) for k, v in resolved.items()})
-    text = json.dumps({"row": row.key, "resolved": resolved, "version": version, "seed": seed}, sort_keys=True,
+    text = json.dumps({"row": row.cache_as or row.key, "resolved": resolved, "version": version, "seed": seed}, sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
