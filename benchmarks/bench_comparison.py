@@ -115,13 +115,13 @@ ROWS: tuple[Row, ...] = (
         ("training.model.attention_heads=1", "training.model.match_features=false", "training.model.ppp_hidden=0",
          "training.model.l2r_item_score=false", "training.model.recency_interests=0", NOPROFILE)),
     Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task", (NOPROFILE,), kind="stl"),
-    Row("mtl_shared_bottom", "shared-bottom", "sharing designs", ("training.model.architecture=shared_bottom",
-                                                                   NOPROFILE)),
+    Row("mtl_shared_bottom", "shared-bottom", "sharing designs",
+        ("training.model.architecture=shared_bottom", NOPROFILE)),
     Row("mtl_mmoe", "MMoE", "sharing designs", ("training.model.architecture=mmoe", NOPROFILE)),
     Row("mtl_cgc", "CGC", "sharing designs", ("training.model.architecture=cgc", NOPROFILE)),
     Row("mtl_ple", "PLE (2 levels)", "sharing designs", ("training.model.architecture=ple", NOPROFILE)),
-    Row("mtl_cross_stitch", "cross-stitch", "sharing designs", ("training.model.architecture=cross_stitch",
-                                                                 NOPROFILE)),
+    Row("mtl_cross_stitch", "cross-stitch", "sharing designs",
+        ("training.model.architecture=cross_stitch", NOPROFILE)),
     Row("w_fixed", "fixed weights (1 each)", "task weightings", ("training.weighting.kind=fixed", NOPROFILE)),
     Row("w_uncertainty", "uncertainty (Kendall et al.)", "task weightings", ("training.weighting.kind=uncertainty",
                                                                              NOPROFILE)),
@@ -237,8 +237,8 @@ def _rounded(value: Any) -> Any:
 
 def _cache_key(row: Row, resolved: dict[str, Any], version: int, seed: int) -> str:
     resolved = _rounded({k: _without_later_fields(v) for k, v in resolved.items()})
-    text = json.dumps({"row": row.cache_as or row.key, "resolved": resolved, "version": version, "seed": seed}, sort_keys=True,
-                      default=str)
+    text = json.dumps({"row": row.cache_as or row.key, "resolved": resolved, "version": version, "seed": seed},
+                      sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -1,7 +1,7 @@
 """The comparison table is written from the runs: marks, missing seeds, convergence flags."""
 from __future__ import annotations
 
-from benchmarks.bench_comparison import REFERENCE, ROWS, Row, RowResult, lift_share, markdown
+from benchmarks.bench_comparison import NOPROFILE, REFERENCE, ROWS, Row, RowResult, _cache_key, lift_share, markdown
 from training.experiment import RunOutcome
 
 CONTEXT = {"command": "python -m benchmarks.bench_comparison", "machine": "2 cores", "date": "2026-12-01",
@@ -140,3 +140,17 @@ def test_gbdt_ablation_rows_leave_out_features_the_gbdt_has() -> None:
     assert ablations and all(r.kind == "gbdt" for r in ablations)
     for r in ablations:
         assert set(r.exclude) <= set(task_features("ctr", 8)), r.key
+
+
+def test_dupn_noprofile_finds_the_runs_made_as_dupn_all_before_the_category_profile() -> None:
+    """The runs of DUPN-all made before the category profile keep their cache keys as dupn_noprofile's (the
+    setting at its default is left out of a key), and DUPN-all with the profile is another run."""
+    rows = {r.key: r for r in ROWS}
+    model = {"family": "dupn", "property_in": "all", "recency_interests": 3}
+    before = {"spec": {"model": model}}
+    now = {"spec": {"model": {**model, "category_profile": 0}}}
+    profiled = {"spec": {"model": {**model, "category_profile": 256}}}
+    assert NOPROFILE in rows["dupn_noprofile"].overrides
+    assert _cache_key(rows["dupn_noprofile"], now, 3, 0) == _cache_key(rows[REFERENCE], before, 3, 0)
+    assert _cache_key(rows[REFERENCE], profiled, 3, 0) != _cache_key(rows[REFERENCE], before, 3, 0)
+    assert _cache_key(rows["dupn_noprofile"], now, 3, 1) != _cache_key(rows["dupn_noprofile"], now, 3, 0)
