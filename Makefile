@@ -20,7 +20,7 @@ demo: setup
 	$(BIN)/python -m scripts.demo --config $(CONFIG)
 
 test: setup
-	$(BIN)/python -m flake8 core features training registry jobs tests scripts benchmarks
+	$(BIN)/python -m flake8 core features training registry jobs tests scripts benchmarks examples
 	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest
 
@@ -35,12 +35,13 @@ reliability: setup
 	RELIABILITY_REPORT=docs/RELIABILITY.md $(BIN)/python -m pytest -m reliability -q
 
 lint: setup
-	$(BIN)/python -m flake8 core features training registry jobs tests scripts benchmarks
+	$(BIN)/python -m flake8 core features training registry jobs tests scripts benchmarks examples
 
 typecheck: setup
 	$(BIN)/python -m mypy
 
-# Code bundle for clusters: spark-submit --py-files dist/platform.zip jobs/<job>.py ...
+# Code bundle for clusters: spark-submit --py-files dist/platform.zip jobs/<job>.py ..., e.g. the daily run
+# (README "Scheduling"): spark-submit --py-files dist/platform.zip jobs/daily.py --config conf/cluster.yaml --date D
 dist:
 	rm -rf dist && mkdir -p dist
 	zip -qr dist/platform.zip core features training registry jobs -x '*__pycache__*'

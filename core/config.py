@@ -433,6 +433,36 @@ class TabularConfig(_Strict):
         return self
 
 
+DailyStep = Literal["sequences", "training_set", "feature_stats", "train", "publish"]
+DAILY_STEPS: tuple[DailyStep, ...] = ("sequences", "training_set", "feature_stats", "train", "publish")
+
+
+class DailyConfig(_Strict):
+    """``jobs/daily.py``: which steps a day runs (always in the order of ``DAILY_STEPS``) and the
+    training set it builds (``core/daily.py``).
+
+    ``steps``: e.g. ``[sequences, feature_stats, publish]`` for a day that only publishes with the
+    current champion. ``training_days``: training-split days in the range the ``training_set`` step
+    builds for day D; the range ends with D (the test day of the gate) and holds
+    ``training_set.validation_days`` validation days before it, so it is
+    ``training_days + validation_days + test_days`` days long and replaces exactly those partitions.
+    """
+
+    steps: list[DailyStep] = Field(default_factory=lambda: list(DAILY_STEPS))
+    training_days: int = Field(1, ge=1)
+
+    @field_validator("steps")
+    @classmethod
+    def _ordered(cls, steps: list[DailyStep]) -> list[DailyStep]:
+        if not steps:
+            raise ValueError(f"must name at least one step of {list(DAILY_STEPS)}")
+        if len(set(steps)) != len(steps):
+            raise ValueError("names a step twice")
+        if steps != sorted(steps, key=DAILY_STEPS.index):
+            raise ValueError(f"steps run in the order {list(DAILY_STEPS)}; list them in that order")
+        return steps
+
+
 class Config(_Strict):
     """The whole platform configuration (one YAML file plus ``--set`` overrides)."""
 
@@ -450,6 +480,7 @@ class Config(_Strict):
     publish: PublishConfig = Field(default_factory=PublishConfig)
     transfer: TransferConfig = Field(default_factory=TransferConfig)
     tabular: TabularConfig = Field(default_factory=TabularConfig)
+    daily: DailyConfig = Field(default_factory=DailyConfig)
     source: str = Field("<defaults>", exclude=True, description="file the config came from")
 
     @model_validator(mode="after")

@@ -209,3 +209,12 @@ FEATURE_STATS = TableSpec("features/feature_stats", T.StructType([
     _f("feature", STR, False), _f("population", STR, False), _f("count", LONG, False),
     _f("mean", DBL, False), _f("var", DBL, False), _f("dt", STR, False)]), ("dt",),
     "normalisation statistics of every dense model input over the serving population of dt")
+
+# ---------------------------------------------------------------- operations
+DAILY_RUNS = TableSpec("ops/daily_runs", T.StructType([
+    _f("run_id", STR, False), _f("step", STR, False), _f("status", STR, False), _f("started_at", TS),
+    _f("seconds", DBL), _f("output_table", STR), _f("output_version", LONG), _f("output", STR),
+    _f("fingerprint", STR), _f("details", STR), _f("message", STR), _f("command", STR),
+    _f("dt", STR, False)]), ("dt",),
+    "jobs/daily.py's run log: one row per step of a day's run (status ran / skipped / failed / not run, seconds, "
+    "output version, the fingerprint of the step's inputs, the details as JSON, the command that runs the step alone)")

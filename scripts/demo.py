@@ -18,22 +18,26 @@ from features.demo_world import USER_ID0
 
 FIRST_USER = USER_ID0 + 42
 WARM_UP_DAYS = 4  # the first days only build up histories (users start with none)
+DAILY_DEMO_STEPS = ("train", "publish")
 REPORTED = ("ctr_auc", "cvr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10", "follow_auc", "ppp_accuracy")
 
 
 def daily_steps(c: list[str], days: list[str], user: int) -> list[list[str]]:
-    """The pipeline's jobs from the sequences to the queries. ``c``: the config options of every job;
+    """The pipeline's jobs from the sequences to the queries (the day after the full training through
+    ``jobs.daily``, the command a scheduler runs). ``c``: the config options of every job;
     ``days``: the training set's days in order (the last is the test day, the one before the validation
     day); ``user``: the user the queries look up."""
-    start, d2, d1, d0 = days[0], days[-3], days[-2], days[-1]
+    start, d2, d0 = days[0], days[-3], days[-1]  # d1 = days[-2], the validation day, trains in the daily run
     return [
         ["jobs.build_sequences", *c, "--date", d0],
         ["jobs.build_training_set", *c, "--start", start, "--end", d0],
         ["jobs.feature_stats", *c, "--date", d0, "--training-start", start, "--training-end", d0],
         ["jobs.train", *c, "--mode", "full", "--start", start, "--end", d2],
         ["jobs.publish_user_representations", *c, "--date", d2],
-        ["jobs.train", *c, "--mode", "incremental", "--date", d1],
-        ["jobs.publish_user_representations", *c, "--date", d0],
+        # the unit a scheduler runs each day (jobs/daily.py): on day d0 incremental training from the champion on
+        # d1 (the day before the test day) gated on d0, then publishing d0. The sequences, training set and
+        # statistics of d0 were built above for the full training, so this day runs the last two steps.
+        ["jobs.daily", *c, "--date", d0, "--set", f"daily.steps=[{','.join(DAILY_DEMO_STEPS)}]"],
         ["jobs.query", *c, "tiers"],
         ["jobs.query", *c, "user", str(user)],
         ["jobs.query", *c, "similar", str(user), "--k", "5"],
@@ -43,9 +47,10 @@ def daily_steps(c: list[str], days: list[str], user: int) -> list[list[str]]:
 def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
     """The daily pipeline over the demo world: features of the last day, a training set of the
     days after the warm-up (training days, then the validation and the test day), full training on
-    the training days with selection on the validation day and that day's nightly job, an
-    incremental day (the validation day), the nightly job of the last day, queries, the transfer
-    comparison, and the report of the champion's test metrics against the oracle."""
+    the training days with selection on the validation day and that day's nightly job, the daily run
+    of the last day (incremental training on the validation day, gated on the test day, and the nightly
+    job of the last day), queries, the transfer comparison, and the report of the champion's test
+    metrics against the oracle."""
     c = ["--config", config]
     start = first + dt.timedelta(days=WARM_UP_DAYS)
     days = [(start + dt.timedelta(days=i)).isoformat() for i in range((last - start).days + 1)]
