@@ -137,8 +137,8 @@ BUDGET = ("training.epochs=4", "training.torch_threads=1")
 RUNS = {"demo": ROOT / "benchmarks" / "results" / "comparison_runs",
         "taobao": ROOT / "benchmarks" / "results" / "taobao_runs"}
 # the rows the Taobao log supports (issue: follows and PPP tiers do not exist there), in run order
-TAOBAO_ROWS = ("dupn_all", "gbdt", "gbdt_noitem", "popularity", "recent_category", "wide_deep", "dssm", "cnn_max",
-               "dupn_nobp", "dupn_bplstm", "dupn_bpatt", "dupn_stl")
+TAOBAO_ROWS = ("dupn_all", "dupn_noprofile", "gbdt", "gbdt_noitem", "popularity", "recent_category", "wide_deep",
+               "dssm", "cnn_max", "dupn_nobp", "dupn_bplstm", "dupn_bpatt", "dupn_stl")
 
 
 def world_days(world: str, cfg: Config) -> tuple[str, str]:
