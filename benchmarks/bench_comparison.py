@@ -485,17 +485,15 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
             lines.append(f"| {HEAD['ppp_accuracy']} | {_fmt(ref.summary['ppp_accuracy'])} | "
                          f"{oracle.get('ppp_accuracy', math.nan):.4f} | | ≥ 0.85 |")
     if ref is not None:
-        lines += ["", "## DUPN-all against every other row", "",
-                  "`>` better beyond noise, `<` worse beyond noise, `≈` within noise.", "",
-                  "| model | " + " | ".join(HEAD[c] for c in marked) + " |", "|---|" + "---|" * len(marked)]
-        for r in results:
-            if r is ref or r.same_as:
-                continue
-            marks = []
-            for c in marked:
-                a, b = ref.summary[c], r.summary[c]
-                marks.append(ev.compare(a, b) if a.n and b.n else "")
-            lines.append(f"| {r.row.label} | " + " | ".join(marks) + " |")
+        lines += _against(ref, [r for r in results if r is not ref and not r.same_as], marked,
+                          "## DUPN-all against every other row")
+    base = next((r for r in results if r.row.key == NOPROFILE_REFERENCE and r.summary["ctr_auc"].n), None)
+    if base is not None:
+        lines += _against(base, [r for r in results if NOPROFILE in r.row.overrides and r is not base
+                                 and not r.same_as], marked,
+                          "## DUPN-all without the category profile against the rows measured without it",
+                          "The fair reading of the ablations, single-task, designs and weightings, which leave "
+                          "the category profile out: the same model without the profile is their reference. ")
     gates = [(r, o) for r in results for o in r.outcomes if o.gates]
     if gates:
         lines += ["", "## Expert utilisation of the mixture-of-experts designs (validation split)", "",
@@ -515,6 +513,18 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         for task, feats in imp.items():
             lines.append(f"* {task} ({trees.get(task)} trees): " + ", ".join(f"{n}" for n, _ in feats[:6]))
     return "\n".join(lines) + "\n"
+
+
+def _against(ref: RowResult, rows: Sequence[RowResult], marked: Sequence[str], title: str,
+             intro: str = "") -> list[str]:
+    """A table of ``>`` / ``<`` / ``≈`` marks: ``ref`` against each of ``rows``, per column of ``marked``."""
+    lines = ["", title, "", intro + "`>` better beyond noise, `<` worse beyond noise, `≈` within noise.", "",
+             "| model | " + " | ".join(HEAD[c] for c in marked) + " |", "|---|" + "---|" * len(marked)]
+    for r in rows:
+        marks = [ev.compare(ref.summary[c], r.summary[c]) if ref.summary[c].n and r.summary[c].n else ""
+                 for c in marked]
+        lines.append(f"| {r.row.label} | " + " | ".join(marks) + " |")
+    return lines
 
 
 def parser() -> argparse.ArgumentParser:

@@ -154,3 +154,18 @@ def test_dupn_noprofile_finds_the_runs_made_as_dupn_all_before_the_category_prof
     assert _cache_key(rows["dupn_noprofile"], now, 3, 0) == _cache_key(rows[REFERENCE], before, 3, 0)
     assert _cache_key(rows[REFERENCE], profiled, 3, 0) != _cache_key(rows[REFERENCE], before, 3, 0)
     assert _cache_key(rows["dupn_noprofile"], now, 3, 1) != _cache_key(rows["dupn_noprofile"], now, 3, 0)
+
+
+def test_rows_without_the_category_profile_are_also_read_against_dupn_noprofile() -> None:
+    """The ablations leave the profile out: a second table compares them with DUPN-all without it, where
+    the first (against the profiled DUPN-all) would mix in the profile's gain."""
+    ref = RowResult(row(REFERENCE), [outcome(REFERENCE, s, 0.90 + 0.001 * s) for s in (0, 1, 2)])
+    base = RowResult(row("dupn_noprofile"), [outcome("dupn_noprofile", s, 0.80 + 0.001 * s) for s in (0, 1, 2)])
+    bpatt = RowResult(row("dupn_bpatt"), [outcome("dupn_bpatt", s, 0.80 + 0.001 * s) for s in (0, 1, 2)])
+    wide = RowResult(row("wide"), [outcome("wide", s, 0.70 + 0.001 * s) for s in (0, 1, 2)])
+    text = markdown([wide, bpatt, ref, base], ORACLE, CONTEXT)
+    first, second = text.split("## DUPN-all against every other row")[1].split(
+        "## DUPN-all without the category profile against the rows measured without it")
+    assert any(line.startswith("| DUPN-bpatt") and "| > |" in line for line in first.splitlines())
+    fair = [line for line in second.splitlines() if line.startswith("| ")][1:]  # after the header row
+    assert len(fair) == 1 and fair[0].startswith("| DUPN-bpatt") and "| ≈ |" in fair[0]  # wide keeps the profile
