@@ -109,6 +109,8 @@ def failure_reason(exc: BaseException) -> str:
 def main_entry(job: str, parser: argparse.ArgumentParser, run: Callable[[JobContext], str]) -> None:
     """``sys.exit`` wrapper used by each job's ``if __name__ == "__main__"`` block."""
     code = run_job(job, parser, run)
+    if "pyspark.sql.session" not in sys.modules:  # the job never started Spark (e.g. a lookup with Arrow)
+        sys.exit(code)
     try:
         from pyspark.sql import SparkSession
 

@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Literal, Mapping, Sequence, cast
 from urllib.parse import unquote, urlparse
 
 from core import faults, leases
@@ -28,7 +28,7 @@ from core.errors import PlatformError, SchemaError, TableNotFound
 from core.tables import TableSpec
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame, DataFrameWriter, SparkSession
     from pyspark.sql import types as T
 
     from core.config import Config
@@ -207,6 +207,9 @@ class DeltaTables(abc.ABC):
             raise PlatformError(f"unknown write mode {mode!r} (append or overwrite)")
         self._check_writable(spec)
         conformed = spec.conform(df)
+        if spec.lookup_key:  # each file sorted by the key: row-group statistics then prune point lookups
+            # (the partition columns first: a partitioned write sorts by them, which would undo a sort by the key)
+            conformed = conformed.sortWithinPartitions(*spec.partition_by, spec.lookup_key)
         meta = {"engine": self.engine, **(metadata or {})}
         try:
             result = self._write(conformed, spec, mode, norm, meta)
@@ -435,7 +438,7 @@ class RsDeltaTables(DeltaTables):
         staging = f"{table_uri}/_staging/{uuid.uuid4().hex}"
         fs = _HadoopFs(self.spark, staging)
         try:
-            df.write.mode("errorifexists").partitionBy(*spec.partition_by).parquet(staging)
+            _row_groups(df.write, spec).mode("errorifexists").partitionBy(*spec.partition_by).parquet(staging)
             faults.point("write.staged")
             adds: list[AddAction] = []
             rows: int | None = 0
@@ -534,7 +537,7 @@ class SparkDeltaTables(DeltaTables):
         if not self.exists(spec):
             (DeltaTable.createIfNotExists(self.spark).location(uri).addColumns(spec.schema)
              .partitionedBy(*spec.partition_by).execute())
-        writer = (df.write.format("delta").mode(mode)
+        writer = (_row_groups(df.write, spec).format("delta").mode(mode)
                   .option("userMetadata", json.dumps(metadata, default=str)))
         if replace is not None:
             where = " AND ".join(
@@ -554,6 +557,20 @@ def get_tables(spark: "SparkSession", cfg: "Config") -> DeltaTables:
     """The Delta engine chosen by ``cfg.delta.engine`` over ``cfg.lake_root``."""
     cls: type[DeltaTables] = RsDeltaTables if cfg.delta.engine == "rs" else SparkDeltaTables
     return cls(spark, cfg.lake_root, cfg.delta.storage_options)
+
+
+def _row_groups(writer: "DataFrameWriter", spec: TableSpec) -> "DataFrameWriter":
+    """The Parquet row-group size of ``spec`` (``row_group_bytes``; Spark's default otherwise)."""
+    return writer.option("parquet.block.size", str(spec.row_group_bytes)) if spec.row_group_bytes else writer
+
+
+def get_tables_without_spark(cfg: "Config") -> DeltaTables | None:
+    """The delta-rs engine without a Spark session, for what needs only the Delta log: ``exists``,
+    ``version``, ``history``, ``files`` and ``partitions`` (reading or writing data raises). None under
+    ``delta.engine: spark``, whose log reader is Spark itself."""
+    if cfg.delta.engine != "rs":
+        return None
+    return RsDeltaTables(cast("SparkSession", None), cfg.lake_root, cfg.delta.storage_options)
 
 
 def _sql_str(value: str) -> str:

@@ -35,6 +35,10 @@ class TableSpec:
     description: str = ""
     # Columns that may be absent from an input table without failing (none for contract tables).
     optional: tuple[str, ...] = field(default=())
+    # A column point lookups filter on: writes sort each file by it, so with row groups of at most
+    # row_group_bytes (0: Spark's default) a lookup reads the few row groups whose range holds the value.
+    lookup_key: str = ""
+    row_group_bytes: int = 0
 
     @property
     def columns(self) -> list[str]:
@@ -145,7 +149,8 @@ TRUTH_TABLES = (TRUTH_USERS, TRUTH_INTERESTS, TRUTH_IMPRESSIONS, TRUTH_FOLLOWS, 
 USER_REPRESENTATIONS = TableSpec("outputs/user_representations", T.StructType([
     _f("user_id", LONG, False), _f("embedding", FLOATS, False), _f("ppp_tier", INT, False),
     _f("ppp_probs", FLOATS, False), _f("model_name", STR, False), _f("model_version", STR, False),
-    _f("dt", STR, False)]), ("dt",), "nightly universal user representations")
+    _f("dt", STR, False)]), ("dt",), "nightly universal user representations", lookup_key="user_id",
+    row_group_bytes=4 << 20)
 
 
 def by_name(name: str, specs: Iterable[TableSpec] = RAW_TABLES + TRUTH_TABLES + (USER_REPRESENTATIONS,)) \

@@ -1,14 +1,18 @@
 """Reading the published representation table: lookups, exact similarity search, tier distributions.
 
-Everything runs on Spark against one snapshot of ``outputs/user_representations``; only
-bounded results (one user, the top k, seven tier counts) reach the driver. Similarity search
+Similarity search and SQL run on Spark against one snapshot of ``outputs/user_representations``;
+only bounded results (one user, the top k, seven tier counts) reach the driver. Similarity search
 weighs the blocks of the vector equally when the nightly job recorded them (:func:`similar`).
+A lookup and the tier counts also run without Spark (:func:`lookup_files`, :func:`tier_counts_files`):
+Arrow reads the snapshot's Parquet files, listed by the Delta engine, pruning row groups by their
+``user_id`` statistics and reading only the columns asked for, so an interactive lookup does not pay
+for a Spark start-up.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from core import tables as t
 from core.errors import PlatformError, TableNotFound
@@ -36,6 +40,16 @@ def snapshot(tables: "DeltaTables", day: str | None = None, version: int | None 
     Raises:
         TableNotFound: the table, version or date does not exist (one line, with what exists).
     """
+    v, d = resolve(tables, day, version)
+    return Snapshot(v, d, tables.read(SPEC, dt=d, version=v))
+
+
+def resolve(tables: "DeltaTables", day: str | None = None, version: int | None = None) -> tuple[int, str]:
+    """(table version, date) of :func:`snapshot`, from the Delta log and file list alone (no Spark).
+
+    Raises:
+        TableNotFound: the table, version or date does not exist (one line, with what exists).
+    """
     if not tables.exists(SPEC):
         raise TableNotFound(f"{SPEC.name} does not exist yet; run jobs/publish_user_representations.py")
     latest = tables.version(SPEC)
@@ -48,16 +62,53 @@ def snapshot(tables: "DeltaTables", day: str | None = None, version: int | None 
     d = days[-1] if day is None else day
     if d not in days:
         raise TableNotFound(f"{SPEC.name} version {v} has no date {d} (dates: {days[0]}..{days[-1]})")
-    return Snapshot(v, d, tables.read(SPEC, dt=d, version=v))
+    return v, d
 
 
 def lookup(snap: Snapshot, user_id: int) -> dict[str, Any]:
+    """One user's row of the snapshot, on Spark."""
     rows = snap.frame.where(snap.frame.user_id == user_id).limit(2).collect()
-    if not rows:
-        raise PlatformError(f"user {user_id} is not in {SPEC.name} dt={snap.day} (version {snap.version})")
-    r = rows[0].asDict()
+    return _user_record(rows[0].asDict() if rows else None, user_id, snap.version, snap.day)
+
+
+USER_COLUMNS = ("user_id", "embedding", "ppp_tier", "ppp_probs", "model_name", "model_version")
+
+
+def local_paths(files: list[str]) -> list[str] | None:
+    """Plain paths of ``file://`` snapshot files, or None when one is elsewhere (an object store, HDFS:
+    read it through Spark, which has the file system's configuration)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = [urlparse(f) for f in files]
+    if any(p.scheme not in ("", "file") for p in parsed):
+        return None
+    return [unquote(p.path) for p in parsed]
+
+
+def _arrow_table(paths: list[str], columns: list[str], user_id: int | None = None) -> Any:
+    import pyarrow.dataset as pads
+
+    if not paths:
+        import pyarrow as pa
+
+        return pa.table({c: [] for c in columns})
+    data = pads.dataset(paths, format="parquet")
+    where = None if user_id is None else pads.field("user_id") == user_id
+    return data.to_table(columns=columns, filter=where)
+
+
+def lookup_files(paths: list[str], user_id: int, version: int, day: str) -> dict[str, Any]:
+    """:func:`lookup` without Spark: one user's row from the snapshot's local Parquet ``paths``
+    (:func:`local_paths`), reading only the row groups whose ``user_id`` range holds it."""
+    rows = _arrow_table(paths, list(USER_COLUMNS), user_id).slice(0, 1).to_pylist()
+    return _user_record(rows[0] if rows else None, user_id, version, day)
+
+
+def _user_record(r: dict[str, Any] | None, user_id: int, version: int, day: str) -> dict[str, Any]:
+    if r is None:
+        raise PlatformError(f"user {user_id} is not in {SPEC.name} dt={day} (version {version})")
     vec = [float(x) for x in r["embedding"]]
-    return {"user_id": r["user_id"], "dt": snap.day, "table_version": snap.version, "ppp_tier": r["ppp_tier"],
+    return {"user_id": r["user_id"], "dt": day, "table_version": version, "ppp_tier": r["ppp_tier"],
             "ppp_probs": [round(float(p), 6) for p in r["ppp_probs"]], "model_name": r["model_name"],
             "model_version": r["model_version"], "dim": len(vec), "norm": math.sqrt(sum(x * x for x in vec)),
             "embedding": vec}
@@ -168,13 +219,33 @@ def similar(tables: "DeltaTables", snap: Snapshot, user_id: int, k: int, measure
 
 
 def tier_distribution(tables: "DeltaTables", snap: Snapshot) -> dict[str, Any]:
-    """Counts and shares of ``ppp_tier`` on the snapshot's date and the previous published date."""
-    days = tables.partitions(SPEC, snap.version)
-    previous = [d for d in days if d < snap.day]
-    out: dict[str, Any] = {"dt": snap.day, "table_version": snap.version,
+    """Counts and shares of ``ppp_tier`` on the snapshot's date and the previous published date (Spark)."""
+    return _tiers(tables, snap.version, snap.day, lambda d: _counts(
+        snap.frame if d == snap.day else tables.read(SPEC, dt=d, version=snap.version)))
+
+
+def tier_counts_files(tables: "DeltaTables", version: int, day: str) -> dict[str, Any] | None:
+    """:func:`tier_distribution` without Spark, reading the ``ppp_tier`` column of the local snapshot
+    files; None when a file is not local (:func:`local_paths`)."""
+    previous = [d for d in tables.partitions(SPEC, version) if d < day]
+    found = {d: local_paths(tables.files(SPEC, dt=d, version=version)) for d in [day, *previous[-1:]]}
+    if any(paths is None for paths in found.values()):
+        return None
+
+    def counts(d: str) -> dict[int, int]:
+        tiers = _arrow_table(found[d] or [], ["ppp_tier"]).column("ppp_tier").value_counts().to_pylist()
+        return {int(x["values"]): int(x["counts"]) for x in tiers}
+
+    return _tiers(tables, version, day, counts)
+
+
+def _tiers(tables: "DeltaTables", version: int, day: str, counts: Callable[[str], dict[int, int]]) -> dict[str, Any]:
+    days = tables.partitions(SPEC, version)
+    previous = [d for d in days if d < day]
+    out: dict[str, Any] = {"dt": day, "table_version": version,
                            "previous_dt": previous[-1] if previous else None, "tiers": []}
-    now = _counts(snap.frame)
-    before = _counts(tables.read(SPEC, dt=previous[-1], version=snap.version)) if previous else {}
+    now = counts(day)
+    before = counts(previous[-1]) if previous else {}
     n_now, n_before = sum(now.values()), sum(before.values())
     for tier in range(1, 8):
         share = now.get(tier, 0) / n_now if n_now else 0.0

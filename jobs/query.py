@@ -11,6 +11,11 @@ version (Delta time travel). Output is readable text, or JSON with ``--json``. A
 user, date or version prints one line and exits 1. ``sql`` sees every lake table as a view
 named after its path (``raw_events``, ``features_user_sequences``, ``user_representations``...).
 
+``user`` and ``tiers`` read the snapshot's Parquet files with Arrow, without starting Spark, when the
+lake is local under the embedded ``delta.engine: rs`` (about a second instead of a Spark start-up;
+``benchmarks/results/query.md``); ``--spark`` runs them on Spark, as every other command and every
+cluster-sized or object-store table does.
+
 ``similar`` ranks by the mean of the per-block cosines of the vector's blocks (dense part,
 interests, prices: the layout the nightly job recorded in its commit) when the partition has
 one, since the whole-vector cosine all but ignores the small interests block
@@ -24,7 +29,7 @@ from typing import Any
 
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry, parse_date
-from core.delta import get_tables
+from core.delta import get_tables, get_tables_without_spark
 from core.spark import get_spark
 from features import representations as reps
 
@@ -71,16 +76,30 @@ def _text(obj: Any, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def without_spark(ctx: JobContext, day: str | None, version: int | None) -> dict[str, Any] | None:
+    """``user`` / ``tiers`` read from the snapshot's local files with Arrow; None where that path does not
+    apply (``--spark``, the Spark Delta engine, files outside the local file system)."""
+    args = ctx.args
+    tables = None if args.spark else get_tables_without_spark(ctx.cfg)
+    if tables is None:
+        return None
+    v, d = reps.resolve(tables, day, version)
+    if args.command == "tiers":
+        return reps.tier_counts_files(tables, v, d)
+    paths = reps.local_paths(tables.files(t.USER_REPRESENTATIONS, dt=d, version=v))
+    return None if paths is None else reps.lookup_files(paths, args.user_id, v, d)
+
+
 def run(ctx: JobContext) -> str:
     args = ctx.args
-    tables = get_tables(get_spark(ctx.cfg), ctx.cfg)
     day = args.date.isoformat() if getattr(args, "date", None) else None
     version = getattr(args, "version", None)
-    obj: Any
+    obj: Any = without_spark(ctx, day, version) if args.command in ("user", "tiers") else None
+    if obj is not None:
+        return _text(_shown(obj, args), args)
+    tables = get_tables(get_spark(ctx.cfg), ctx.cfg)
     if args.command == "user":
         obj = reps.lookup(reps.snapshot(tables, day, version), args.user_id)
-        if not args.full and args.json:
-            obj = {**obj, "embedding": obj["embedding"][:8], "embedding_truncated": True}
     elif args.command == "similar":
         snap = reps.snapshot(tables, day, version)
         found = reps.similar(tables, snap, args.user_id, args.k, args.measure)
@@ -100,7 +119,14 @@ def run(ctx: JobContext) -> str:
             {"version": c.version, "timestamp": c.timestamp.isoformat(), "operation": c.operation,
              "dt": c.metadata.get("dt"), "model_version": c.metadata.get("model_version"),
              "rows": c.metadata.get("rows"), "job": c.metadata.get("job")} for c in hist]}
-    return _text(obj, args)
+    return _text(_shown(obj, args), args)
+
+
+def _shown(obj: Any, args: argparse.Namespace) -> Any:
+    """A user's JSON shows the first 8 floats of the vector unless ``--full``."""
+    if args.command == "user" and not args.full and args.json:
+        return {**obj, "embedding": obj["embedding"][:8], "embedding_truncated": True}
+    return obj
 
 
 def parser() -> argparse.ArgumentParser:
@@ -115,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("user", help="one user's vector, tier and probabilities")
     u.add_argument("user_id", type=int)
     u.add_argument("--full", action="store_true", help="print the whole vector")
+    spark_arg = "read on Spark (default: Arrow on the snapshot's files when the lake is local and delta.engine is rs)"
+    u.add_argument("--spark", action="store_true", help=spark_arg)
     snapshot_args(u)
     s = sub.add_parser("similar", help="nearest users by (block-balanced) cosine similarity (exact, on Spark)")
     s.add_argument("user_id", type=int)
@@ -125,6 +153,7 @@ def parser() -> argparse.ArgumentParser:
                         "recorded layout, else cosine)")
     snapshot_args(s)
     tr = sub.add_parser("tiers", help="tier distribution and its change from the previous date")
+    tr.add_argument("--spark", action="store_true", help=spark_arg)
     snapshot_args(tr)
     q = sub.add_parser("sql", help="Spark SQL over the lake's tables")
     q.add_argument("statement")

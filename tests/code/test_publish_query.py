@@ -116,6 +116,43 @@ def test_query_user_text_and_json(tiny_published, capsys) -> None:
     assert obj["dt"] == "2026-11-07" and len(obj["embedding"]) == dim and abs(sum(obj["ppp_probs"]) - 1) < 1e-4
 
 
+def test_user_and_tiers_read_the_files_without_spark_and_agree_with_spark(tiny_published, capsys,
+                                                                          monkeypatch) -> None:
+    """On the embedded engine ``user`` and ``tiers`` read the snapshot's files with Arrow: the same answers
+    as the Spark path (``--spark``), and no Spark session is asked for."""
+    _, tables, _ = tiny_published
+    uid = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).first().user_id
+    answers = {}
+    for how in ("spark", "arrow"):
+        if how == "arrow":
+            def no_spark(*_a: object, **_k: object) -> None:
+                raise AssertionError("the Arrow path asked for a Spark session")
+            monkeypatch.setattr(query, "get_spark", no_spark)
+        extra = ["--spark"] if how == "spark" else []
+        assert q(tiny_published, "--json", "user", str(uid), "--full", *extra) == 0
+        user = json.loads(capsys.readouterr().out)
+        assert q(tiny_published, "--json", "tiers", "--date", TINY_END, *extra) == 0
+        answers[how] = (user, json.loads(capsys.readouterr().out))
+    assert answers["arrow"] == answers["spark"]
+    assert q(tiny_published, "user", "42") == 1  # an unknown user is one line on the Arrow path too
+    assert "user 42 is not in outputs/user_representations" in capsys.readouterr().err
+
+
+def test_published_files_are_sorted_by_user_for_point_lookups(tiny_published) -> None:
+    """Each file of a published partition is sorted by user_id, so a lookup prunes row groups by their
+    user_id statistics."""
+    import pyarrow.parquet as pq
+
+    from features.representations import local_paths
+
+    _, tables, _ = tiny_published
+    paths = local_paths(tables.files(t.USER_REPRESENTATIONS, dt=TINY_END))
+    assert paths
+    for path in paths:
+        ids = pq.read_table(path, columns=["user_id"]).column("user_id").to_numpy()
+        assert len(ids) and np.all(np.diff(ids) > 0), path
+
+
 def test_query_errors_are_one_line(tiny_published, capsys) -> None:
     assert q(tiny_published, "user", "42") == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
