@@ -72,6 +72,8 @@ SECTIONS: tuple[Section, ...] = (
             "Users/s of the nightly job against a pure-torch forward of the user part."),
     Section("Performance: the model split at serving", "model_split.md",
             "K candidates per user: the user part once against the whole network per pair."),
+    Section("Performance: interactive queries", "query.md",
+            "query user and query tiers with start-up: Arrow on the snapshot's files against Spark."),
 )
 # results files kept for their history, replaced by another section's file
 SUPERSEDED: dict[str, str] = {}
