@@ -22,6 +22,8 @@ from training.model import build_model
 
 OV = (*TINY_WORLD, *SMALL)
 SPEC = t.USER_REPRESENTATIONS
+# the blocks of the platform's DUPN vector (conf/local.yaml: time-decay pools and the category profile)
+BLOCKS = ["dense", "interests", "prices", "profile"]
 
 
 # ---------------------------------------------------------------------- no Spark
@@ -92,7 +94,7 @@ def test_the_published_commit_records_the_models_layout(tiny_published) -> None:
     for c in commits:
         layout = c.metadata["layout"]
         assert layout == layout_metadata(published_layout(model))
-        assert [b["block"] for b in layout] == ["dense", "interests", "prices"]
+        assert [b["block"] for b in layout] == BLOCKS
         covered = sorted(i for b in layout for a, z in b["runs"] for i in range(a, z + 1))
         assert covered == list(range(dim)) and c.metadata["embedding_dim"] == dim  # every column, once
 
@@ -103,7 +105,7 @@ def test_similar_ranks_by_the_mean_of_the_blocks_cosines(tiny_published, capsys)
     cfg, tables, _ = tiny_published
     blocks = published_layout(ModelRegistry(cfg.mlflow).load().model)  # from the model, not the commit
     ids, emb = vectors(tables)
-    assert len(blocks) == 3
+    assert [b.key for b in blocks] == BLOCKS
     for target in (0, 7, len(ids) - 1):
         balanced = np.mean([cosines(emb[:, b.columns], target) for b in blocks], axis=0)
         whole = cosines(emb, target)
@@ -111,13 +113,14 @@ def test_similar_ranks_by_the_mean_of_the_blocks_cosines(tiny_published, capsys)
         want_ids, want_scores = top(ids, balanced, target, 5)
         assert q(tiny_published, "--json", "similar", str(ids[target]), "--k", "5") == 0
         obj = json.loads(capsys.readouterr().out)
-        assert obj["measure"] == "balanced" and obj["blocks"] == ["dense", "interests", "prices"]
+        assert obj["measure"] == "balanced" and obj["blocks"] == BLOCKS
         assert obj["layout_version"] == tables.version(SPEC)  # the last commit wrote TINY_END
         assert [n["user_id"] for n in obj["neighbours"]] == want_ids
         assert np.allclose([n["cosine"] for n in obj["neighbours"]], want_scores, atol=1e-6)
     assert q(tiny_published, "similar", str(ids[0]), "--k", "3", "--measure", "balanced") == 0
     assert capsys.readouterr().out.startswith(
-        f"3 nearest users to {ids[0]} (balanced cosine over 3 blocks: dense, interests, prices; exact) dt={TINY_END}:")
+        f"3 nearest users to {ids[0]} (balanced cosine over 4 blocks: dense, interests, prices, profile; exact) "
+        f"dt={TINY_END}:")
 
 
 def test_the_layout_comes_from_the_commit_that_wrote_the_partition(tiny_published, spark, tmp_path: Path,
@@ -135,7 +138,7 @@ def test_the_layout_comes_from_the_commit_that_wrote_the_partition(tiny_publishe
 
     ids, emb = vectors(copy, TINY_END)
     found = reps.similar(copy, reps.snapshot(copy, TINY_END), int(ids[2]), 4)
-    assert found.measure == "balanced" and found.layout_version == 0 and len(found.blocks) == 3
+    assert found.measure == "balanced" and found.layout_version == 0 and len(found.blocks) == len(BLOCKS)
     columns = [b.columns for b in blocks_from_metadata(layout, emb.shape[1])]
     want = top(ids, np.mean([cosines(emb[:, c], 2) for c in columns], axis=0), 2, 4)
     assert [r["user_id"] for r in found.rows] == want[0]
