@@ -50,6 +50,7 @@ from core import tables as t
 from core.cli import JobContext, failure_reason
 from core.config import DAILY_STEPS, Config
 from core.errors import PlatformError
+from core.protocol import range_days
 
 if TYPE_CHECKING:
     from core.delta import DeltaTables
@@ -133,8 +134,8 @@ def shift(day: str, days: int) -> str:
 
 
 def span(first: str, last: str) -> list[str]:
-    d0, d1 = _dt.date.fromisoformat(first), _dt.date.fromisoformat(last)
-    return [(d0 + _dt.timedelta(days=i)).isoformat() for i in range((d1 - d0).days + 1)]
+    """:func:`core.protocol.range_days` of two ``dt`` strings."""
+    return range_days(_dt.date.fromisoformat(first), _dt.date.fromisoformat(last))
 
 
 def training_range(day: str, cfg: Config) -> list[str]:

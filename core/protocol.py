@@ -19,6 +19,7 @@ side (metrics, model selection, seeds, the bootstrap of the promotion gate) is
 """
 from __future__ import annotations
 
+import datetime as _dt
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -28,6 +29,12 @@ if TYPE_CHECKING:
     from pyspark.sql import Column
 
     from core.config import TrainingSetConfig
+
+
+def range_days(start: _dt.date, end: _dt.date) -> list[str]:
+    """The ``dt`` strings of the days ``start`` .. ``end``, both included, in order."""
+    return [(start + _dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
+
 
 TRAIN, VALID, TEST = "train", "valid", "test"
 SPLITS = (TRAIN, VALID, TEST)

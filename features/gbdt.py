@@ -23,7 +23,6 @@ platform's point-in-time rule), and popularity from days strictly before the exa
 """
 from __future__ import annotations
 
-import datetime as _dt
 from typing import TYPE_CHECKING, Sequence
 
 from pyspark.sql import types as T
@@ -351,10 +350,6 @@ def _rows(df: "DataFrame", task: str, cols: Sequence[str], labels: dict[str, "Co
     return df.select(F.col("group_id").alias("example_id"), F.lit(task).alias("task"), "split", "user_id", "list_id",
                      "event_time", *[v.alias(k) for k, v in defaults.items()],
                      *[(F.col(c) if c in df.columns else F.lit(None)).cast("float").alias(c) for c in cols], "dt")
-
-
-def example_days(start: _dt.date, end: _dt.date) -> list[str]:
-    return [(start + _dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
 __all__ = ["gbdt_spec", "gbdt_examples", "encoded_events", "feature_columns", "task_features", "t"]

@@ -27,6 +27,7 @@ import datetime as _dt
 from typing import TYPE_CHECKING, Sequence
 
 from core import protocol as pr
+from core.protocol import range_days
 from core import tables as t
 from core.config import SequencesConfig, TaskSampling, TrainingSetConfig
 from features import encoding as enc
@@ -269,10 +270,6 @@ def impression_slots(examples: "DataFrame", rank_dim: int, max_tags: int) -> "Da
         *[F.col(c)[F.col("slot")].alias(c) for c in scalar],
         F.slice("rank_features", F.col("slot") * rank_dim + 1, rank_dim).alias("rank_features"),
         F.slice("item_tags", F.col("slot") * max_tags + 1, max_tags).alias("item_tags"))
-
-
-def range_days(start: _dt.date, end: _dt.date) -> list[str]:
-    return [(start + _dt.timedelta(days=i)).isoformat() for i in range((end - start).days + 1)]
 
 
 def behaviour_days(start: _dt.date, end: _dt.date, lookback_days: int) -> list[str]:
