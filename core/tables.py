@@ -180,6 +180,16 @@ USER_SEQUENCES = TableSpec("features/user_sequences", T.StructType(
     _USER_COLUMNS + [_f("snapshot_time", TS, False), _f("dt", STR, False)]), ("dt",),
     "latest behaviours of every user active in the look-back window, as of the end of dt (encoded)")
 
+# The incremental build's state (features.pipeline): per user the latest max_len valid behaviours in the
+# look-back window ending with dt, unencoded ids and event times (the published table holds hashed ids and no
+# times, so it alone can neither order new behaviours among old ones nor re-join item attributes).
+# (struct fields nullable like other array elements here: Spark does not cast a nullable field to a non-null one)
+STATE_EVENT = T.StructType([_f("event_time", TS), _f("item_id", LONG), _f("behavior", INT), _f("scene", INT)])
+USER_SEQUENCE_STATE = TableSpec("features/user_sequence_state", T.StructType([
+    _f("user_id", LONG, False), _f("events", T.ArrayType(STATE_EVENT), False), _f("dt", STR, False)]), ("dt",),
+    "per user the latest sequences.max_len valid behaviours (event_time, item_id, behavior and scene indices) "
+    "in the look-back window ending with dt, oldest first: the state build_sequences advances by one day")
+
 TASKS = ("ctr", "l2r", "follow", "ppp")
 TASK_IDS = {name: i for i, name in enumerate(TASKS)}
 # What one row of features/training_examples holds: an impression list (ctr and, for search lists

@@ -42,9 +42,11 @@ class Inputs:
             self._snapshots[spec.name] = result
         return self._snapshots[spec.name].valid
 
-    def partitions(self, spec: TableSpec, days: Sequence[str], require: bool = True) -> Validated:
-        """The ``dt`` partitions ``days`` of ``spec``, schema-checked, with row-level quarantine."""
-        version = self.tables.version(spec)
+    def partitions(self, spec: TableSpec, days: Sequence[str], require: bool = True,
+                   version: int | None = None) -> Validated:
+        """The ``dt`` partitions ``days`` of ``spec`` (at ``version``, default the latest), schema-checked,
+        with row-level quarantine."""
+        version = self.tables.version(spec) if version is None else version
         present = set(self.tables.partitions(spec, version))
         wanted = [d for d in days if d in present]
         if require and not wanted:

@@ -15,6 +15,11 @@ nightly job and training see identically built sequences:
   whatever the history length.
 
 Both order behaviours by ``(event_time, item_id, behavior, scene)`` so ties break the same way.
+
+The incremental serving build keeps the selection of a day as a state (:func:`state_of`: per user the
+sorted array of those four fields) and advances it by one day (:func:`advance_state`) instead of
+re-selecting from the whole window; :func:`state_rows` turns it back into selected rows for
+:func:`assemble`.
 """
 from __future__ import annotations
 
@@ -211,9 +216,68 @@ def assemble(rows: "DataFrame", keys: Sequence[str], items: "DataFrame | None", 
 def serving_sequences(behaviour: "DataFrame", items: "DataFrame", users: "DataFrame", day: _dt.date,
                       cfg: SequencesConfig) -> "DataFrame":
     """``features/user_sequences`` rows of ``day``: every user active in the look-back window."""
+    rows = latest_n_per_user(behaviour, cfg.max_len, end_of_day(day), cfg.lookback_days)
+    return serving_from_rows(rows, items, users, day, cfg)
+
+
+def serving_from_rows(rows: "DataFrame", items: "DataFrame", users: "DataFrame", day: _dt.date,
+                      cfg: SequencesConfig) -> "DataFrame":
+    """:func:`assemble` the selected behaviours of ``day`` (:func:`latest_n_per_user` or
+    :func:`state_rows`) into ``features/user_sequences`` rows."""
     from pyspark.sql import functions as F
 
-    as_of = end_of_day(day)
-    rows = latest_n_per_user(behaviour, cfg.max_len, as_of, cfg.lookback_days)
     seq = assemble(rows, [], items, users, cfg)
     return seq.withColumnRenamed("anchor_time", "snapshot_time").withColumn("dt", F.lit(day.isoformat()))
+
+
+# ---------------------------------------------------------------- the incremental build's state
+# One element of core.tables.USER_SEQUENCE_STATE's ``events``: the sort key of the selections above, in their
+# order, so that sorting the structs ascending sorts the behaviours as latest_n_per_user does.
+STATE_FIELDS = ("event_time", "item_id", "behavior", "scene")
+
+
+def state_of(rows: "DataFrame") -> "DataFrame":
+    """Selected behaviours (user_id and :data:`STATE_FIELDS`, e.g. :func:`latest_n_per_user`) -> the
+    state: user_id, ``events`` (array of structs of :data:`STATE_FIELDS`, oldest first)."""
+    from pyspark.sql import functions as F
+
+    return rows.groupBy("user_id").agg(F.array_sort(F.collect_list(F.struct(*STATE_FIELDS))).alias("events"))
+
+
+def advance_state(state: "DataFrame", behaviour: "DataFrame", as_of: _dt.datetime, n: int,
+                  lookback_days: int) -> "DataFrame":
+    """The state as of ``as_of`` from the state one day earlier and the behaviours of the day in between.
+
+    Args:
+        state: user_id, events (:func:`state_of`) as of ``as_of - 1 day``: every user's latest ``n``
+            behaviours in the look-back window ending then.
+        behaviour: the new behaviours (:func:`encode_behaviour` of the day's valid events).
+
+    Returns user_id, events: per user the latest ``n`` behaviours with
+    ``as_of - lookback_days <= event_time < as_of`` of the old state and the new behaviours, oldest
+    first; users left with none are dropped. It equals :func:`state_of` of :func:`latest_n_per_user` on
+    the whole window because the latest ``n`` of a window are among the latest ``n`` of the window one
+    day earlier (the days they share) and the new day's behaviours.
+    """
+    from pyspark.sql import functions as F
+
+    start, end = F.lit(as_of - _dt.timedelta(days=lookback_days)), F.lit(as_of)
+    kept = F.filter("events", lambda x: (x["event_time"] >= start) & (x["event_time"] < end))
+    old = state.select("user_id", kept.alias("_a")).where(F.size("_a") > 0)
+    # the day's behaviours as one-element arrays: one shuffle (by user, combined map-side) merges both sides
+    new = (behaviour.where((F.col("event_time") >= start) & (F.col("event_time") < end))
+           .select("user_id", F.array(F.struct(*STATE_FIELDS)).cast(old.schema["_a"].dataType).alias("_a")))
+    merged = old.unionByName(new).groupBy("user_id").agg(F.array_sort(F.flatten(F.collect_list("_a"))).alias("_s"))
+    s = F.col("_s")
+    return merged.select("user_id", F.when(F.size(s) > n, F.slice(s, F.size(s) - n + 1, n)).otherwise(s)
+                         .alias("events"))
+
+
+def state_rows(state: "DataFrame", as_of: _dt.datetime) -> "DataFrame":
+    """The state as selected behaviour rows (what :func:`latest_n_per_user` returns): user_id, item_id,
+    event_time, behavior, scene, anchor_time (= ``as_of``)."""
+    from pyspark.sql import functions as F
+
+    e = state.select("user_id", F.explode("events").alias("_e"))
+    return e.select("user_id", *[F.col("_e")[c].alias(c) for c in BEHAVIOUR_COLUMNS[1:]],
+                    F.lit(as_of).alias("anchor_time"))

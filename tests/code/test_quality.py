@@ -195,7 +195,7 @@ def test_a_run_failing_midway_changes_no_table(spark, tmp_path: Path, lake, monk
     before = (tables.version(t.USER_SEQUENCES), tables.version(quarantine_spec(t.EVENTS)))
     from features import pipeline
 
-    real = pipeline.serving_sequences
+    real = pipeline.serving_from_rows
 
     @F.udf("int")
     def boom(x: int) -> int:
@@ -204,7 +204,7 @@ def test_a_run_failing_midway_changes_no_table(spark, tmp_path: Path, lake, monk
     def failing(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         return real(*args, **kwargs).withColumn("seq_len", boom("seq_len"))
 
-    monkeypatch.setattr(pipeline, "serving_sequences", failing)
+    monkeypatch.setattr(pipeline, "serving_from_rows", failing)
     put(spark, tables, t.EVENTS, bad_events()[:3])
     assert run(build_sequences, tmp_path, "--date", "2026-11-02", overrides=OV) == 1
     assert (tables.version(t.USER_SEQUENCES), tables.version(quarantine_spec(t.EVENTS))) == before
