@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, commit, machine, write_result
+from benchmarks.common import ROOT, commit, latest_published, machine, write_result
 
 COMMANDS = ("user", "tiers")
 
@@ -65,17 +65,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from core import tables as t
     from core.config import load_config
-    from core.delta import get_tables_without_spark
-    from features import representations as reps
 
     cfg = load_config(args.config, args.overrides)
-    tables = get_tables_without_spark(cfg)
-    if tables is None:
-        raise SystemExit("bench_query: delta.engine is spark; the Arrow path is the embedded engine's (rs)")
-    version, day = reps.resolve(tables)
-    files = reps.local_paths(tables.files(t.USER_REPRESENTATIONS, dt=day, version=version))
-    if not files:
-        raise SystemExit(f"bench_query: {t.USER_REPRESENTATIONS.name} dt={day} has no local files")
+    _, version, day, files = latest_published(cfg, "bench_query")
     import pyarrow.parquet as pq
 
     user = args.user if args.user is not None else int(pq.read_table(files[0], columns=["user_id"])[0][0].as_py())

@@ -66,6 +66,9 @@ SECTIONS: tuple[Section, ...] = (
             command="python -m scripts.taobao --config conf/taobao.yaml --report --attention-out benchmarks/results"),
     Section("Performance: the sequence job against DuckDB", "sequences.md",
             "build_sequences on local[2] against the same top-N query in DuckDB."),
+    Section("Performance: incremental sequences", "incremental_sequences.md",
+            "build_sequences advancing yesterday's state by one day against a full rebuild of the look-back, "
+            "5M and 20M events, with the rows that differ (none) and the phases of each run."),
     Section("Performance: training throughput", "training.md",
             "Training examples/s of one model: row layouts, bucketing and the Petastorm feed, side by side."),
     Section("Performance: the nightly job against its ceiling", "publish.md",
@@ -74,6 +77,9 @@ SECTIONS: tuple[Section, ...] = (
             "K candidates per user: the user part once against the whole network per pair."),
     Section("Performance: interactive queries", "query.md",
             "query user and query tiers with start-up: Arrow on the snapshot's files against Spark."),
+    Section("Performance: similarity search through the index", "similar.md",
+            "query similar through the nightly job's nearest-neighbour index: recall@10 against the exact scan and "
+            "latency at the published size and at one million users, and the choice of index kind."),
 )
 # results files kept for their history, replaced by another section's file
 SUPERSEDED: dict[str, str] = {}

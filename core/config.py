@@ -330,9 +330,21 @@ class TrainingConfig(_Strict):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
 
+class IndexConfig(_Strict):
+    """The nearest-neighbour index the nightly job builds beside each published date
+    (:mod:`features.vector_index`): ``nlist`` coarse lists (None: about sqrt(users)), ``nprobe``
+    lists scanned per query by default, ``train_rows`` rows sampled to train the lists."""
+
+    enabled: bool = True
+    nlist: int | None = Field(None, ge=1)
+    nprobe: int = Field(32, ge=1)
+    train_rows: int = Field(65_536, ge=1)
+
+
 class PublishConfig(_Strict):
     batch_size: int = Field(2048, ge=1)
     partitions: int | None = None
+    index: IndexConfig = Field(default_factory=IndexConfig)
 
 
 class TransferConfig(_Strict):

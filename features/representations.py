@@ -1,8 +1,11 @@
-"""Reading the published representation table: lookups, exact similarity search, tier distributions.
+"""Reading the published representation table: lookups, similarity search, tier distributions.
 
-Similarity search and SQL run on Spark against one snapshot of ``outputs/user_representations``;
-only bounded results (one user, the top k, seven tier counts) reach the driver. Similarity search
-weighs the blocks of the vector equally when the nightly job recorded them (:func:`similar`).
+The exact similarity search and SQL run on Spark against one snapshot of
+``outputs/user_representations``; only bounded results (one user, the top k, seven tier counts) reach
+the driver. Similarity search weighs the blocks of the vector equally when the nightly job recorded
+them (:func:`similar`). The nightly job also builds a nearest-neighbour index of each date it
+publishes (:func:`index_plan`, :func:`build_index`, :mod:`features.vector_index`), which
+:func:`indexed_similar` searches without Spark.
 A lookup and the tier counts also run without Spark (:func:`lookup_files`, :func:`tier_counts_files`):
 Arrow reads the snapshot's Parquet files, listed by the Delta engine, pruning row groups by their
 ``user_id`` statistics and reading only the columns asked for, so an interactive lookup does not pay
@@ -10,7 +13,9 @@ for a Spark start-up.
 """
 from __future__ import annotations
 
+import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -20,9 +25,11 @@ from core.errors import PlatformError, TableNotFound
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame
 
-    from core.delta import DeltaTables
+    from core.config import IndexConfig
+    from core.delta import Commit, DeltaTables
 
 SPEC = t.USER_REPRESENTATIONS
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,12 +135,16 @@ class Neighbours:
         layout_version: the table version whose commit recorded the layout used; None for ``cosine``.
         rows: the neighbours, nearest first: ``user_id``, ``cosine`` (the similarity under ``measure``),
             ``ppp_tier``.
+        method: ``exact`` (every vector scored, on Spark) or ``index`` (:func:`indexed_similar`).
+        index: for ``index``: its kind, lists, lists scanned, rows, path and the commit that recorded it.
     """
 
     measure: str
     blocks: tuple[str, ...]
     layout_version: int | None
     rows: list[dict[str, Any]]
+    method: str = "exact"
+    index: dict[str, Any] | None = None
 
 
 def recorded_layout(tables: "DeltaTables", snap: Snapshot) -> tuple[Any, int] | None:
@@ -142,11 +153,9 @@ def recorded_layout(tables: "DeltaTables", snap: Snapshot) -> tuple[Any, int] | 
     ``dt`` is ``snap.day`` (the nightly job replaces one date per commit, so a later commit may be for
     another date and another model). None when that commit records no layout (a model whose vector
     has no blocks, or written before layouts were recorded) or is no longer in the table's history."""
-    for commit in tables.history(SPEC):  # newest first
-        if commit.version <= snap.version and commit.metadata.get("dt") == snap.day:
-            layout = commit.metadata.get("layout")
-            return None if layout is None else (layout, commit.version)
-    return None
+    commit = partition_commit(tables, snap.version, snap.day)
+    layout = None if commit is None else commit.metadata.get("layout")
+    return None if layout is None or commit is None else (layout, commit.version)
 
 
 def similar(tables: "DeltaTables", snap: Snapshot, user_id: int, k: int, measure: str | None = None) -> Neighbours:
@@ -218,16 +227,120 @@ def similar(tables: "DeltaTables", snap: Snapshot, user_id: int, k: int, measure
                       [{"user_id": r.user_id, "cosine": float(r.cosine), "ppp_tier": r.ppp_tier} for r in top])
 
 
+def index_plan(tables: "DeltaTables", day: str, run_id: str, enabled: bool) -> dict[str, Any]:
+    """The ``index`` commit metadata of a publish run: where the run will build the partition's
+    nearest-neighbour index (:mod:`features.vector_index`), relative to the table; {} when disabled
+    or when the lake is not on the local file system (``similar`` then runs the exact scan)."""
+    from urllib.parse import urlparse
+
+    from features.vector_index import KIND, relative_path
+
+    if not enabled or urlparse(tables.uri(SPEC)).scheme not in ("", "file"):
+        return {}
+    return {"index": {"path": relative_path(day, run_id), "kind": KIND}}
+
+
+def index_dir(tables: "DeltaTables", relative: str) -> str:
+    """The local folder of an index recorded as ``relative`` in a commit."""
+    from urllib.parse import unquote, urlparse
+
+    return os.path.join(unquote(urlparse(tables.uri(SPEC)).path), relative)
+
+
+def build_index(tables: "DeltaTables", version: int, day: str, relative: str, blocks: Any,
+                cfg: "IndexConfig") -> str:
+    """Build the index of partition ``day`` as committed in ``version`` at the ``relative`` path its
+    commit recorded (:func:`index_plan`), then remove the date's earlier indexes
+    (:func:`features.vector_index.prune_siblings`); returns a summary line.
+
+    Args:
+        blocks: per block its column runs (the balanced measure), or None (whole-vector cosine).
+    """
+    from features import vector_index as vi
+
+    paths = local_paths(tables.files(SPEC, dt=day, version=version))
+    if paths is None:
+        raise PlatformError(f"{SPEC.name} dt={day} v{version} has files outside the local file system: "
+                            f"its vector index cannot be built here")
+    out = vi.build(paths, index_dir(tables, relative), blocks, nlist=cfg.nlist, nprobe=cfg.nprobe,
+                   train_rows=cfg.train_rows, about={"dt": day, "table_version": version})
+    gone = vi.prune_siblings(out.path)
+    m = out.manifest
+    return (f"vector index: {m['rows']:,} users, {m['nlist']} lists ({m['measure']}), built in {m['build_s']:.1f} s "
+            f"at {SPEC.name}/{relative}" + (f"; removed {len(gone)} earlier index(es) of dt={day}" if gone else ""))
+
+
+def indexed_similar(tables: "DeltaTables", version: int, day: str, user_id: int, k: int,
+                    measure: str | None = None, nprobe: int | None = None) -> Neighbours | None:
+    """:func:`similar` through the partition's nearest-neighbour index, without Spark: the user's vector
+    from the snapshot's files (Arrow), the ``k`` nearest from the index, their tiers from the files.
+
+    Returns None when the exact scan must answer instead: the files are not local, the commit that
+    wrote the partition recorded no index (or left the history), the index is not (yet) on disk, or
+    it was built for another measure than the one asked for.
+    """
+    from features import vector_index as vi
+
+    paths = local_paths(tables.files(SPEC, dt=day, version=version))
+    commit = partition_commit(tables, version, day)
+    if paths is None or commit is None:
+        return None
+    recorded = commit.metadata.get("index")
+    if not isinstance(recorded, dict) or not recorded.get("path"):
+        return None
+    try:
+        index = vi.open_index(index_dir(tables, str(recorded["path"])))
+    except PlatformError:
+        logger.warning("%s dt=%s: the index recorded by commit v%d is not on disk; running the exact scan",
+                       SPEC.name, day, commit.version)
+        return None
+    used = index.manifest["measure"]
+    if measure is not None and measure != used:
+        return None
+    target = lookup_files(paths, user_id, version, day)["embedding"]
+    if len(target) != index.manifest["dim"]:
+        raise PlatformError(f"{SPEC.name} dt={day}: the vector index at {index.path} holds {index.manifest['dim']} "
+                            f"floats per user, the table {len(target)}: rebuild it or use --exact")
+    found = index.search(target, k, exclude=user_id, nprobe=nprobe)
+    tiers = _tiers_of(paths, [u for u, _ in found])
+    balanced = used == "balanced"
+    blocks = tuple(str(b.get("block")) for b in (commit.metadata.get("layout") or [])) if balanced else ()
+    scanned = int(min(nprobe or index.manifest["nprobe"], index.manifest["nlist"]))
+    return Neighbours(used, blocks, commit.version if balanced else None,
+                      [{"user_id": u, "cosine": s, "ppp_tier": tiers.get(u)} for u, s in found], method="index",
+                      index={**{key: index.manifest[key] for key in ("kind", "nlist", "rows")}, "nprobe": scanned,
+                             "path": str(recorded["path"]), "commit_version": commit.version})
+
+
+def _tiers_of(paths: list[str], users: list[int]) -> dict[int, int]:
+    import pyarrow.dataset as pads
+
+    if not users:
+        return {}
+    data = pads.dataset(paths, format="parquet")
+    got = data.to_table(columns=["user_id", "ppp_tier"], filter=pads.field("user_id").isin(users))
+    return dict(zip(got.column("user_id").to_pylist(), got.column("ppp_tier").to_pylist()))
+
+
+def partition_commit(tables: "DeltaTables", version: int, day: str) -> "Commit | None":
+    """The newest commit at or before ``version`` that wrote partition ``day`` (None: left the history)."""
+    for commit in tables.history(SPEC):  # newest first
+        if commit.version <= version and commit.metadata.get("dt") == day:
+            return commit
+    return None
+
+
 def tier_distribution(tables: "DeltaTables", snap: Snapshot) -> dict[str, Any]:
     """Counts and shares of ``ppp_tier`` on the snapshot's date and the previous published date (Spark)."""
-    return _tiers(tables, snap.version, snap.day, lambda d: _counts(
+    return _tiers(tables.partitions(SPEC, snap.version), snap.version, snap.day, lambda d: _counts(
         snap.frame if d == snap.day else tables.read(SPEC, dt=d, version=snap.version)))
 
 
 def tier_counts_files(tables: "DeltaTables", version: int, day: str) -> dict[str, Any] | None:
     """:func:`tier_distribution` without Spark, reading the ``ppp_tier`` column of the local snapshot
     files; None when a file is not local (:func:`local_paths`)."""
-    previous = [d for d in tables.partitions(SPEC, version) if d < day]
+    days = tables.partitions(SPEC, version)
+    previous = [d for d in days if d < day]
     found = {d: local_paths(tables.files(SPEC, dt=d, version=version)) for d in [day, *previous[-1:]]}
     if any(paths is None for paths in found.values()):
         return None
@@ -236,11 +349,10 @@ def tier_counts_files(tables: "DeltaTables", version: int, day: str) -> dict[str
         tiers = _arrow_table(found[d] or [], ["ppp_tier"]).column("ppp_tier").value_counts().to_pylist()
         return {int(x["values"]): int(x["counts"]) for x in tiers}
 
-    return _tiers(tables, version, day, counts)
+    return _tiers(days, version, day, counts)
 
 
-def _tiers(tables: "DeltaTables", version: int, day: str, counts: Callable[[str], dict[int, int]]) -> dict[str, Any]:
-    days = tables.partitions(SPEC, version)
+def _tiers(days: list[str], version: int, day: str, counts: Callable[[str], dict[int, int]]) -> dict[str, Any]:
     previous = [d for d in days if d < day]
     out: dict[str, Any] = {"dt": day, "table_version": version,
                            "previous_dt": previous[-1] if previous else None, "tiers": []}
@@ -271,8 +383,8 @@ def register_views(tables: "DeltaTables") -> list[str]:
     """Register every existing lake table as a temporary view for Spark SQL; returns the names."""
     from features.quality import quarantine_spec
 
-    specs = [*t.RAW_TABLES, *t.TRUTH_TABLES, t.USER_SEQUENCES, t.TRAINING_EXAMPLES, t.FEATURE_STATS,
-             t.USER_REPRESENTATIONS, *[quarantine_spec(s) for s in t.RAW_TABLES]]
+    specs = [*t.RAW_TABLES, *t.TRUTH_TABLES, t.USER_SEQUENCES, t.USER_SEQUENCE_STATE, t.TRAINING_EXAMPLES,
+             t.FEATURE_STATS, t.USER_REPRESENTATIONS, *[quarantine_spec(s) for s in t.RAW_TABLES]]
     names = []
     for spec in specs:
         if tables.exists(spec):

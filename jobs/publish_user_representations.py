@@ -11,8 +11,11 @@ atomic commit whose metadata records the model version, the input table versions
 absent for a model whose vector has no blocks), which ``jobs/query.py similar`` reads. Before
 committing, the result is checked (one row per user of the serving population, no nulls,
 finite vectors of the model's length, 7 probabilities summing to 1, tiers 1..7); a bad
-result is refused and the table stays as it was. A second run of the same date, started while one
-runs, is refused at its start, naming the first (a write lease, :mod:`core.leases`).
+result is refused and the table stays as it was. Right after the commit the job builds the date's
+nearest-neighbour index (``publish.index``; :mod:`features.vector_index`) at the path that commit
+recorded (``index.path``), from the committed files, for ``jobs/query.py similar``; a failed index
+build leaves the date published, is reported, and ``similar`` runs the exact scan. A second run of
+the same date, started while one runs, is refused at its start, naming the first (a write lease, :mod:`core.leases`).
 """
 from __future__ import annotations
 
@@ -26,9 +29,10 @@ from core.delta import DeltaTables, get_tables
 from core.errors import PlatformError
 from core.spark import get_spark
 from features import pipeline
+from features import representations as reps
 from registry.models import ModelRegistry
 from training import inference
-from training.layout import layout_metadata, published_layout
+from training.layout import layout_metadata, published_layout, runs
 from training.spec import check_encoding
 
 JOB = "publish_user_representations"
@@ -49,6 +53,7 @@ def _publish(ctx: JobContext, tables: DeltaTables) -> str:
     layout = {"layout": layout_metadata(blocks)} if blocks else {}
     lines: list[str] = []
     ds = day.isoformat()
+    index = reps.index_plan(tables, ds, ctx.run_id, cfg.publish.index.enabled)
     if not (tables.exists(t.USER_SEQUENCES) and ds in tables.partitions(t.USER_SEQUENCES)):
         res, lines = pipeline.build_user_sequences(tables, cfg, day, JOB, ctx.run_id)
         lines.append(f"built {res.describe()} dt={ds}")
@@ -68,11 +73,20 @@ def _publish(ctx: JobContext, tables: DeltaTables) -> str:
             "model_run_id": loaded.run_id, "model_aliases": loaded.aliases,
             "inputs": {t.USER_SEQUENCES.name: seq_version, **tables.metadata(t.USER_SEQUENCES, seq_version)
                        .get("inputs", {})},
-            "rows": int(checks["rows"]), "embedding_dim": loaded.model.embedding_dim, **layout})
+            "rows": int(checks["rows"]), "embedding_dim": loaded.model.embedding_dim, **layout, **index})
     finally:
         out.unpersist()
-    return "\n".join([*lines, f"{JOB}: wrote {res.describe()} dt={ds}: {population:,} users scored with "
-                      f"{registry.name} version {loaded.version} under {tables.root}"])
+    lines.append(f"{JOB}: wrote {res.describe()} dt={ds}: {population:,} users scored with "
+                 f"{registry.name} version {loaded.version} under {tables.root}")
+    if index:
+        spans = [runs(b.columns) for b in blocks] if blocks else None
+        try:
+            lines.append(reps.build_index(tables, res.version, ds, index["index"]["path"], spans,
+                                          ctx.cfg.publish.index))
+        except (PlatformError, OSError, MemoryError, RuntimeError) as exc:  # the date stays published
+            lines.append(f"warning: the vector index of dt={ds} was not built ({exc}); query similar runs the "
+                         f"exact scan for this date")
+    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:

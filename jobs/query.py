@@ -1,7 +1,7 @@
 """Look up and search ``outputs/user_representations`` from the command line.
 
     python -m jobs.query --config conf/local.yaml user 100042 [--date D] [--version N] [--full]
-    python -m jobs.query --config conf/local.yaml similar 100042 --k 10 [--date D] [--measure balanced|cosine]
+    python -m jobs.query --config conf/local.yaml similar 100042 --k 10 [--date D] [--measure balanced|cosine] [--exact]
     python -m jobs.query --config conf/local.yaml tiers [--date D]
     python -m jobs.query --config conf/local.yaml sql "SELECT ppp_tier, count(*) FROM user_representations GROUP BY 1"
     python -m jobs.query --config conf/local.yaml history
@@ -20,6 +20,10 @@ cluster-sized or object-store table does.
 interests, prices: the layout the nightly job recorded in its commit) when the partition has
 one, since the whole-vector cosine all but ignores the small interests block
 (``benchmarks/results/neighbours.md``); ``--measure cosine`` ranks by the whole-vector cosine.
+It searches the date's nearest-neighbour index, without Spark, when the nightly job built one
+(``publish.index``; recall and latency in ``benchmarks/results/similar.md``): the scores are exact,
+the candidate set approximate. ``--exact`` (or a date, measure or lake without an index) runs the
+exact scan of every vector on Spark.
 """
 from __future__ import annotations
 
@@ -49,9 +53,10 @@ def _text(obj: Any, args: argparse.Namespace) -> str:
                 f"(p1..p7: {probs})\n  embedding: {obj['dim']} floats, L2 norm {obj['norm']:.4f}\n"
                 f"  [{head}{'' if args.full else ', ...'}]")
     if cmd == "similar":
-        blocks = obj["blocks"]
-        measure = (f"balanced cosine over {len(blocks)} blocks: {', '.join(blocks)}; exact"
-                   if obj["measure"] == "balanced" else "cosine over the whole vector; exact")
+        blocks, ix = obj["blocks"], obj.get("index")
+        how = (f"index: {ix['nprobe']} of {ix['nlist']} lists scanned" if ix else "exact")
+        measure = (f"balanced cosine over {len(blocks)} blocks: {', '.join(blocks)}; {how}"
+                   if obj["measure"] == "balanced" else f"cosine over the whole vector; {how}")
         lines = [f"{len(obj['neighbours'])} nearest users to {obj['user_id']} ({measure}) dt={obj['dt']}:"]
         lines += [f"  {n['user_id']:>10}  {n['cosine']:.4f}  tier {n['ppp_tier']}" for n in obj["neighbours"]]
         return "\n".join(lines)
@@ -90,11 +95,30 @@ def without_spark(ctx: JobContext, day: str | None, version: int | None) -> dict
     return None if paths is None else reps.lookup_files(paths, args.user_id, v, d)
 
 
+def indexed(ctx: JobContext, day: str | None, version: int | None) -> dict[str, Any] | None:
+    """``similar`` through the date's nearest-neighbour index, without Spark; None where the exact scan
+    answers (``--exact``, the Spark Delta engine, no index for this date and measure)."""
+    args = ctx.args
+    tables = None if args.exact else get_tables_without_spark(ctx.cfg)
+    if tables is None:
+        return None
+    v, d = reps.resolve(tables, day, version)
+    found = reps.indexed_similar(tables, v, d, args.user_id, args.k, args.measure, args.nprobe)
+    return None if found is None else _neighbours(args.user_id, d, v, found)
+
+
+def _neighbours(user_id: int, day: str, version: int, found: reps.Neighbours) -> dict[str, Any]:
+    return {"user_id": user_id, "dt": day, "table_version": version, "measure": found.measure,
+            "blocks": list(found.blocks), "layout_version": found.layout_version, "method": found.method,
+            "index": found.index, "neighbours": found.rows}
+
+
 def run(ctx: JobContext) -> str:
     args = ctx.args
     day = args.date.isoformat() if getattr(args, "date", None) else None
     version = getattr(args, "version", None)
-    obj: Any = without_spark(ctx, day, version) if args.command in ("user", "tiers") else None
+    obj: Any = (without_spark(ctx, day, version) if args.command in ("user", "tiers")
+                else indexed(ctx, day, version) if args.command == "similar" else None)
     if obj is not None:
         return _text(_shown(obj, args), args)
     tables = get_tables(get_spark(ctx.cfg), ctx.cfg)
@@ -102,9 +126,8 @@ def run(ctx: JobContext) -> str:
         obj = reps.lookup(reps.snapshot(tables, day, version), args.user_id)
     elif args.command == "similar":
         snap = reps.snapshot(tables, day, version)
-        found = reps.similar(tables, snap, args.user_id, args.k, args.measure)
-        obj = {"user_id": args.user_id, "dt": snap.day, "table_version": snap.version, "measure": found.measure,
-               "blocks": list(found.blocks), "layout_version": found.layout_version, "neighbours": found.rows}
+        obj = _neighbours(args.user_id, snap.day, snap.version,
+                          reps.similar(tables, snap, args.user_id, args.k, args.measure))
     elif args.command == "tiers":
         obj = reps.tier_distribution(tables, reps.snapshot(tables, day, version))
     elif args.command == "sql":
@@ -144,9 +167,13 @@ def parser() -> argparse.ArgumentParser:
     spark_arg = "read on Spark (default: Arrow on the snapshot's files when the lake is local and delta.engine is rs)"
     u.add_argument("--spark", action="store_true", help=spark_arg)
     snapshot_args(u)
-    s = sub.add_parser("similar", help="nearest users by (block-balanced) cosine similarity (exact, on Spark)")
+    s = sub.add_parser("similar", help="nearest users by (block-balanced) cosine similarity (the date's index, "
+                                       "or the exact scan on Spark)")
     s.add_argument("user_id", type=int)
     s.add_argument("--k", type=int, default=10)
+    s.add_argument("--exact", action="store_true", help="score every vector on Spark instead of searching the index")
+    s.add_argument("--nprobe", type=int, help="index lists to scan (default: publish.index.nprobe at build time); "
+                                              "more is slower and finds more of the exact neighbours")
     s.add_argument("--measure", choices=reps.MEASURES,
                    help="balanced: the mean of the cosines of the vector's blocks (the layout recorded by the "
                         "nightly job); cosine: the whole vectors (default: balanced when the partition has a "

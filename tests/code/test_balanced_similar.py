@@ -13,6 +13,7 @@ from core import tables as t
 from core.delta import get_tables
 from core.errors import PlatformError
 from features import representations as reps
+from features.vector_index import default_nlist
 from jobs import query
 from tests.conftest import SMALL, TINY_END, TINY_WORLD, make_config
 from tests.helpers import run
@@ -111,16 +112,23 @@ def test_similar_ranks_by_the_mean_of_the_blocks_cosines(tiny_published, capsys)
         whole = cosines(emb, target)
         assert np.abs(balanced - whole).max() > 1e-3  # the two measures differ on this data
         want_ids, want_scores = top(ids, balanced, target, 5)
-        assert q(tiny_published, "--json", "similar", str(ids[target]), "--k", "5") == 0
-        obj = json.loads(capsys.readouterr().out)
-        assert obj["measure"] == "balanced" and obj["blocks"] == BLOCKS
-        assert obj["layout_version"] == tables.version(SPEC)  # the last commit wrote TINY_END
-        assert [n["user_id"] for n in obj["neighbours"]] == want_ids
-        assert np.allclose([n["cosine"] for n in obj["neighbours"]], want_scores, atol=1e-6)
-    assert q(tiny_published, "similar", str(ids[0]), "--k", "3", "--measure", "balanced") == 0
+        for how in (["--exact"], []):  # the exact scan on Spark; the date's index (all lists scanned: exact too)
+            assert q(tiny_published, "--json", "similar", str(ids[target]), "--k", "5", *how) == 0
+            obj = json.loads(capsys.readouterr().out)
+            assert obj["measure"] == "balanced" and obj["blocks"] == BLOCKS
+            assert obj["method"] == ("exact" if how else "index")
+            assert obj["layout_version"] == tables.version(SPEC)  # the last commit wrote TINY_END
+            assert [n["user_id"] for n in obj["neighbours"]] == want_ids
+            assert np.allclose([n["cosine"] for n in obj["neighbours"]], want_scores, atol=1e-5)
+    assert q(tiny_published, "similar", str(ids[0]), "--k", "3", "--measure", "balanced", "--exact") == 0
     assert capsys.readouterr().out.startswith(
         f"3 nearest users to {ids[0]} (balanced cosine over 4 blocks: dense, interests, prices, profile; exact) "
         f"dt={TINY_END}:")
+    assert q(tiny_published, "similar", str(ids[0]), "--k", "3") == 0
+    lists = default_nlist(len(ids))  # fewer than the default nprobe on this small table: every list scanned
+    assert capsys.readouterr().out.startswith(
+        f"3 nearest users to {ids[0]} (balanced cosine over 4 blocks: dense, interests, prices, profile; index: "
+        f"{lists} of {lists} lists scanned) dt={TINY_END}:")
 
 
 def test_the_layout_comes_from_the_commit_that_wrote_the_partition(tiny_published, spark, tmp_path: Path,
