@@ -239,11 +239,11 @@ class UserTower(nn.Module):
         interests = torch.bmm(weights, keys)  # (B, K, Dk + 1)
         masses = []
         if self.recency is not None:
-            recent, mass = self.recency(keys, seq("seq_time_bucket"), valid_mask(seq_len, n), seq("seq_behavior"))
+            w = self.recency.weights(seq("seq_time_bucket"), valid_mask(seq_len, n), seq("seq_behavior"))
+            recent, mass = self.recency(keys, seq("seq_time_bucket"), valid_mask(seq_len, n), seq("seq_behavior"), w)
             interests = torch.cat([interests, recent], dim=1)  # (B, K + P, Dk + 1)
             masses = [mass]
             if self.profile_buckets:
-                w = self.recency.weights(seq("seq_time_bucket"), valid_mask(seq_len, n), seq("seq_behavior"))
                 masses.append(category_profile(w, seq("seq_category"), self.profile_buckets).reshape(b, -1))
         pooled = self.pool_projection(pooled.reshape(b, -1))
         parts = [pooled, u]

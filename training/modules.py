@@ -417,11 +417,12 @@ class RecencyPooling(nn.Module):
         return torch.exp(log_w).permute(1, 0, 2) * valid.unsqueeze(1).to(log_w.dtype)
 
     def forward(self, keys: Tensor, time_bucket: Tensor, valid: Tensor,
-                behavior: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                behavior: Tensor | None = None, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """keys (B, L, D), time_bucket (B, L) int64, valid (B, L) bool (, behavior (B, L) int64, needed
         with behaviour weights) -> pooled (B, R, D), the weighted means of the keys (zeros without
-        behaviours), and log(1 + mass) (B, R)."""
-        w = self.weights(time_bucket, valid, behavior).to(keys.dtype)  # (B, R, L)
+        behaviours), and log(1 + mass) (B, R). ``weights``: :meth:`weights` of the same inputs when the
+        caller already computed them (not computed again)."""
+        w = (self.weights(time_bucket, valid, behavior) if weights is None else weights).to(keys.dtype)  # (B, R, L)
         mass = w.sum(dim=2)
         pooled = torch.bmm(w, keys) / mass.clamp_min(1e-6).unsqueeze(-1)
         return pooled, torch.log1p(mass)
