@@ -3,8 +3,10 @@ published result must pass before it is committed.
 
 The driver loads the model once and broadcasts its state (spec + weights, tens of MB); each
 executor's Python worker deserialises it **once per process** (a module-level cache keyed by
-the broadcast) and runs the user part over Arrow batches (``mapInPandas``), so nothing
-proportional to the number of users reaches the driver.
+the broadcast) and runs the user part over Arrow record batches (``mapInArrow``): each fixed-length
+array column becomes one tensor through its flat values buffer (:func:`arrow_to_batch`) and the
+outputs go back as Arrow list arrays built from flat buffers, with no Python per row and no pandas
+(:func:`_score_batches`). Nothing proportional to the number of users reaches the driver.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from core.errors import DataQualityError, PlatformError
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    import pyarrow as pa
 
     from pyspark import Broadcast
     from pyspark.sql import DataFrame
@@ -54,6 +58,49 @@ def frame_to_batch(frame: pd.DataFrame) -> dict[str, Any]:
             dtype = np.float32 if name in _FLOAT_INPUTS else np.int64
             batch[name] = torch.as_tensor(arr.astype(dtype))
     return batch
+
+
+def arrow_to_batch(batch: "pa.RecordBatch") -> dict[str, Any]:
+    """User-side columns of an Arrow record batch -> model batch of tensors, without Python per row:
+    a list column's flat values reshaped to (rows, length).
+
+    Raises:
+        PlatformError: a column is missing or an array column's rows differ in length (naming it).
+    """
+    import pyarrow as pa
+    import torch
+
+    batch_cols = set(batch.schema.names)
+    out = {}
+    n = batch.num_rows
+    for name in USER_INPUTS:
+        if name not in batch_cols:
+            raise PlatformError(f"model input lacks column '{name}' (a features/user_sequences column)")
+        col = batch.column(name)
+        if name in _SCALAR_INPUTS:
+            out[name] = torch.from_numpy(col.to_numpy(zero_copy_only=False).astype(np.int64))
+            continue
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        lengths = np.diff(col.offsets.to_numpy())
+        if n and (lengths != lengths[0]).any():
+            raise PlatformError(f"features/user_sequences column '{name}' holds arrays of lengths "
+                                f"{lengths.min()}..{lengths.max()} in one batch: rebuild the partition with "
+                                f"build_sequences (every row is padded to one length)")
+        width = int(lengths[0]) if n else 1
+        values = col.flatten().to_numpy(zero_copy_only=False)
+        dtype = np.float32 if name in _FLOAT_INPUTS else np.int64
+        out[name] = torch.from_numpy(np.ascontiguousarray(values.reshape(n, width).astype(dtype, copy=False)))
+    return out
+
+
+def _list_array(matrix: np.ndarray) -> "pa.Array":
+    """(rows, width) float32 -> Arrow list<float> from the flat buffer and fixed offsets."""
+    import pyarrow as pa
+
+    rows, width = matrix.shape
+    offsets = pa.array(np.arange(0, (rows + 1) * width, width, dtype=np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1)))
 
 
 def user_outputs(model: "TaskModel", frame: pd.DataFrame) -> pd.DataFrame:
@@ -121,21 +168,35 @@ def _user_part(state: "Broadcast[bytes]") -> "nn.Module":
     return part
 
 
-def _score_frames(frames: Iterable[pd.DataFrame], state: "Broadcast[bytes]", model_name: str,
-                  model_version: str, day: str) -> Iterator[pd.DataFrame]:
+def _score_batches(batches: Iterable["pa.RecordBatch"], state: "Broadcast[bytes]", model_name: str,
+                   model_version: str, day: str) -> Iterator["pa.RecordBatch"]:
+    """The user part over Arrow record batches -> ``outputs/user_representations`` record batches."""
+    import pyarrow as pa
     import torch
 
     part = _user_part(state)
-    for frame in frames:
-        if frame.empty:
+    schema = representation_schema()
+    for batch in batches:
+        n = batch.num_rows
+        if not n:
             continue
         with torch.no_grad():
-            rep, probs = part(frame_to_batch(frame))
+            rep, probs = part(arrow_to_batch(batch))
         probs_np = probs.numpy().astype(np.float32)
-        yield pd.DataFrame({
-            "user_id": frame["user_id"].to_numpy(), "embedding": list(rep.numpy().astype(np.float32)),
-            "ppp_tier": probs_np.argmax(axis=1).astype(np.int32) + 1, "ppp_probs": list(probs_np),
-            "model_name": model_name, "model_version": model_version, "dt": day})
+        yield pa.RecordBatch.from_arrays([
+            batch.column("user_id"), _list_array(rep.numpy()),
+            pa.array(probs_np.argmax(axis=1).astype(np.int32) + 1), _list_array(probs_np),
+            pa.array([model_name] * n, pa.string()), pa.array([model_version] * n, pa.string()),
+            pa.array([day] * n, pa.string())], schema=schema)
+
+
+def representation_schema() -> "pa.Schema":
+    """``outputs/user_representations`` as an Arrow schema (what ``mapInArrow`` must yield)."""
+    import pyarrow as pa
+
+    f32 = pa.list_(pa.float32())
+    return pa.schema([("user_id", pa.int64()), ("embedding", f32), ("ppp_tier", pa.int32()), ("ppp_probs", f32),
+                      ("model_name", pa.string()), ("model_version", pa.string()), ("dt", pa.string())])
 
 
 def score_users(sequences: "DataFrame", state: bytes, model_name: str, model_version: str, day: _dt.date,
@@ -156,10 +217,10 @@ def score_users(sequences: "DataFrame", state: bytes, model_name: str, model_ver
         # shuffled (every row's sequence arrays would cross the network once more)
         inputs = inputs.repartition(partitions)
 
-    def score(frames: Iterable[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        return _score_frames(frames, bstate, name, version, ds)
+    def score(batches: Iterable["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
+        return _score_batches(batches, bstate, name, version, ds)
 
-    return inputs.mapInPandas(score, t.USER_REPRESENTATIONS.schema)
+    return inputs.mapInArrow(score, t.USER_REPRESENTATIONS.schema)
 
 
 def check_representations(out: "DataFrame", expected_users: int, dim: int) -> dict[str, float]:

@@ -36,18 +36,22 @@ def test_rerun_replaces_the_partition(tiny_published) -> None:
     "the model scores NaN vectors",
     "refused before the commit in one line; the published table stays at its version")
 def test_bad_output_is_refused_and_the_table_is_untouched(tiny_published, monkeypatch, capsys) -> None:
+    import pyarrow as pa
+
     from training import inference
 
     cfg, tables, tmp = tiny_published
     before = tables.version(t.USER_REPRESENTATIONS)
-    real = inference._score_frames
+    real = inference._score_batches
 
     def nan_scores(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        for frame in real(*args, **kwargs):
-            frame["embedding"] = [np.full_like(v, np.nan) for v in frame["embedding"]]
-            yield frame
+        for batch in real(*args, **kwargs):
+            emb = batch.column("embedding")
+            nan = inference._list_array(np.full((batch.num_rows, len(emb[0])), np.nan, np.float32))
+            cols = [nan if name == "embedding" else batch.column(name) for name in batch.schema.names]
+            yield pa.RecordBatch.from_arrays(cols, schema=batch.schema)
 
-    monkeypatch.setattr(inference, "_score_frames", nan_scores)
+    monkeypatch.setattr(inference, "_score_batches", nan_scores)
     assert run(publish, tmp, "--date", TINY_END, overrides=OV, lake=cfg.lake_root) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("publish_user_representations failed: refusing to commit outputs/user_representations:")
@@ -210,3 +214,41 @@ def test_an_empty_result_names_the_cause(spark) -> None:
     empty = spark.createDataFrame([], t.USER_REPRESENTATIONS.schema)
     with pytest.raises(DataQualityError, match="no rows scored for a serving population of 5$"):
         check_representations(empty, 5, 16)
+
+
+def test_published_vectors_are_the_models_outputs_on_the_same_users(tiny_published) -> None:
+    """The nightly job's Arrow path (``mapInArrow``, flat buffers) publishes what the model's pandas path
+    (the registered pyfunc's) computes for the same users."""
+    from registry.models import ModelRegistry
+    from training.inference import USER_INPUTS, user_outputs
+
+    cfg, tables, _ = tiny_published
+    seq = tables.read(t.USER_SEQUENCES, dt=TINY_END).select("user_id", *USER_INPUTS).toPandas()  # tiny
+    direct = user_outputs(ModelRegistry(cfg.mlflow).load().model, seq)
+    pub = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).select("user_id", "embedding", "ppp_tier").toPandas()
+    pub = pub.set_index("user_id").loc[seq["user_id"]]
+    np.testing.assert_allclose(np.stack(pub["embedding"]), np.stack(direct["embedding"]), rtol=1e-4, atol=1e-5)
+    assert list(pub["ppp_tier"]) == list(direct["ppp_tier"])
+
+
+def test_arrow_batches_become_the_same_tensors_as_frames_and_ragged_arrays_are_refused() -> None:
+    import pandas as pd
+    import pyarrow as pa
+
+    from core.errors import PlatformError
+    from training.inference import USER_INPUTS, _FLOAT_INPUTS, _SCALAR_INPUTS, arrow_to_batch, frame_to_batch
+
+    rng = np.random.default_rng(0)
+    n = 5
+    frame = pd.DataFrame({name: (list(rng.integers(0, 9, n)) if name in _SCALAR_INPUTS else
+                                 [rng.random(4).astype(np.float32) if name in _FLOAT_INPUTS
+                                  else rng.integers(0, 9, 6) for _ in range(n)]) for name in USER_INPUTS})
+    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    for sliced, rows in ((batch, frame), (batch.slice(2, 3), frame.iloc[2:].reset_index(drop=True))):
+        got, want = arrow_to_batch(sliced), frame_to_batch(rows)
+        for name in USER_INPUTS:
+            assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+            assert bool((got[name] == want[name]).all()), name
+    frame.at[3, "seq_item"] = frame.at[3, "seq_item"][:4]
+    with pytest.raises(PlatformError, match="column 'seq_item' holds arrays of lengths 4..6 in one batch"):
+        arrow_to_batch(pa.RecordBatch.from_pandas(frame, preserve_index=False))
