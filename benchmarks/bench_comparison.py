@@ -38,12 +38,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, get_args
 
 from benchmarks import figures
 from benchmarks.common import ROOT, WORK, commit, machine, run_job
 from core import tables as t
-from core.config import Config, load_config
+from core.config import Config, ModelFamily, load_config
 from core.delta import DeltaTables, get_tables
 from core.spark import get_spark
 from training import evaluation as ev
@@ -201,6 +201,7 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "recency_interests": (0, frozenset({"dupn"})),
     "recency_by_behavior": (False, frozenset({"dupn"})),
     "category_profile": (0, frozenset({"dupn"})),
+    "price_reference": ("catalogue", frozenset(get_args(ModelFamily))),
 }
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
@@ -291,8 +292,8 @@ class Runner:
         extra = [f"training.tasks=[{','.join(tasks)}]"] if tasks else []
         cfg = self.row_config(row, extra)
         spec = ModelSpec.from_config(cfg, tasks=[x for x in cfg.training.tasks if x in self.data.tasks],
-                                     norm=self.stats.norm, logit_offsets=self.data.logit_offsets,
-                                     category_log_price=self.stats.category_log_price)
+                                     logit_offsets=self.data.logit_offsets,
+                                     **self.stats.model_inputs(cfg.training.model.price_reference))
         resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json")}
         key = _cache_key(row, resolved, self.data.version, seed)
         return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))

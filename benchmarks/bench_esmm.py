@@ -204,8 +204,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                          "training set first (benchmarks/bench_comparison.py prepares it)")
     data = training_data(tables, splits["train"], TASKS)
     stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
-    spec = ModelSpec.from_config(cfg, tasks=TASKS, norm=stats.norm, logit_offsets=data.logit_offsets,
-                                 category_log_price=stats.category_log_price)
+    spec = ModelSpec.from_config(cfg, tasks=TASKS, logit_offsets=data.logit_offsets,
+                                 **stats.model_inputs(cfg.training.model.price_reference))
     from features.oracle import oracle_scores
 
     oracle = oracle_scores(tables, data.test_days, cfg.training_set)

@@ -92,7 +92,7 @@ def price_probe(tables: Any, cfg: Any) -> dict[str, float] | str:
     data = training_data(tables, splits["train"], ["ppp"])
     stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
     reference = np.zeros(cfg.sequences.hash_buckets.category_id)
-    for index, value in stats.category_log_price.items():
+    for index, value in stats.model_inputs(cfg.training.model.price_reference)["category_log_price"].items():
         reference[index] = value
     types = [BEHAVIOR_INDEX[b] for b in ("click", "fav", "cart", "buy")]
 

@@ -138,8 +138,8 @@ def main() -> None:
     meta = tables.last_metadata(t.TRAINING_EXAMPLES)
     data = training_data(tables, meta["splits"]["train"], cfg.training.tasks)
     stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
-    spec = ModelSpec.from_config(cfg, tasks=data.tasks, norm=stats.norm, logit_offsets=data.logit_offsets,
-                                 category_log_price=stats.category_log_price)
+    spec = ModelSpec.from_config(cfg, tasks=data.tasks, logit_offsets=data.logit_offsets,
+                                 **stats.model_inputs(cfg.training.model.price_reference))
     tc = cfg.training
     torch.set_num_threads(tc.torch_threads or torch.get_num_threads())
     # one sample of the training split, held in memory (the same rows for every in-memory setting)

@@ -232,6 +232,9 @@ class ModelConfig(_Strict):
     category_profile: int = Field(0, ge=0, description="with time-decay pools: each pool's decayed behaviour "
                                   "count per category (category index mod this many buckets) is published, and "
                                   "heads read the count in the target's own category (0 = off)")
+    price_reference: Literal["catalogue", "behaviours"] = Field(
+        "catalogue", description="what a price is relative to: its category's mean log price over the item "
+        "snapshot (catalogue) or over the serving users' behaviours (behaviours; features/stats.py)")
     ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "
                                                   "(0 = the paper's linear softmax only)")
     l2r_item_score: bool = Field(True, description="the L2R score adds an MLP score of the user-item match to "

@@ -81,27 +81,56 @@ def item_side_stats(rows: "DataFrame", rank_dim: int, weight: str | None = None)
 
 CATEGORY_PRICE = "category_log_price"
 REL_PRICE = "rel_log_price"
+BEHAVIOUR_CATEGORY_PRICE = "category_behaviour_log_price"
+BEHAVIOUR_REL_PRICE = "rel_behaviour_log_price"
+# ``model.price_reference`` -> (the per-category mean price's statistic, the relative price's statistic)
+PRICE_REFERENCES = {"catalogue": (CATEGORY_PRICE, REL_PRICE),
+                    "behaviours": (BEHAVIOUR_CATEGORY_PRICE, BEHAVIOUR_REL_PRICE)}
 
 
 def category_price_stats(items: "DataFrame") -> list[FeatureStat]:
     """The mean log price of each (hashed) category over the item snapshot (``category_log_price[<index>]``),
     and the moments of an item's log price relative to its category's mean (``rel_log_price``).
 
-    The model subtracts the category's mean from every price (``ModelSpec.category_log_price``): a
-    price is informative about purchasing power only relative to its category. Takes
-    :func:`features.sequences.encode_items` rows; one small aggregate per category reaches the driver
-    (bounded by the category vocabulary).
+    The model subtracts a category's reference price from every price (``ModelSpec.category_log_price``,
+    ``model.price_reference``): a price is informative about purchasing power only relative to its
+    category. Takes :func:`features.sequences.encode_items` rows; one small aggregate per category
+    reaches the driver (bounded by the category vocabulary).
     """
     from pyspark.sql import functions as F
 
-    priced = items.where(F.col("log_price") > 0)
-    per_cat = priced.groupBy("category").agg(F.count(F.lit(1)).alias("n"), F.avg("log_price").alias("m"),
-                                             F.var_pop("log_price").alias("v")).collect()
-    out = [FeatureStat(f"{CATEGORY_PRICE}[{int(r['category'])}]", int(r["n"]), float(r["m"]), float(r["v"] or 0.0))
+    priced = items.where(F.col("log_price") > 0).select("category", F.col("log_price").alias("p"))
+    return _category_price_stats(priced, CATEGORY_PRICE, REL_PRICE)
+
+
+def behaviour_price_stats(seq: "DataFrame") -> list[FeatureStat]:
+    """The mean log price of each category over the serving population's behaviours, i.e. the valid
+    positions of ``features/user_sequences`` with a known price (``category_behaviour_log_price[<index>]``),
+    and the moments of a behaviour's log price relative to that mean (``rel_behaviour_log_price``).
+
+    Weighted by behaviour, a category's mean follows the price levels users actually meet there (what
+    its shops offer, as often as they are visited) rather than the catalogue's item count, so a price
+    above it says "dearer than what this category's visitors take" (docs/learning.md).
+    """
+    from pyspark.sql import functions as F
+
+    valid = seq.select(F.posexplode(F.slice("seq_log_price", 1, F.col("seq_len"))).alias("_i", "p"), "seq_category")
+    priced = valid.where(F.col("p") > 0).select(F.col("seq_category")[F.col("_i")].alias("category"), "p")
+    return _category_price_stats(priced, BEHAVIOUR_CATEGORY_PRICE, BEHAVIOUR_REL_PRICE)
+
+
+def _category_price_stats(priced: "DataFrame", mean_name: str, rel_name: str) -> list[FeatureStat]:
+    """``mean_name[<category>]`` moments of ``p`` per category, and ``rel_name``: the moments of ``p``
+    minus its category's mean, over rows (category, p)."""
+    from pyspark.sql import functions as F
+
+    per_cat = priced.groupBy("category").agg(F.count(F.lit(1)).alias("n"), F.avg("p").alias("m"),
+                                             F.var_pop("p").alias("v")).collect()
+    out = [FeatureStat(f"{mean_name}[{int(r['category'])}]", int(r["n"]), float(r["m"]), float(r["v"] or 0.0))
            for r in per_cat]
-    means = priced.groupBy("category").agg(F.avg("log_price").alias("_m"))
-    rel = priced.join(F.broadcast(means), "category").select((F.col("log_price") - F.col("_m")).alias("r"))
-    return out + _moments(rel, {REL_PRICE: F.col("r")})
+    means = priced.groupBy("category").agg(F.avg("p").alias("_m"))
+    rel = priced.join(F.broadcast(means), "category").select((F.col("p") - F.col("_m")).alias("r"))
+    return out + _moments(rel, {rel_name: F.col("r")})
 
 
 def stats_frame(spark: "SparkSession", stats: Iterable[FeatureStat], population: str, day: str) -> "DataFrame":
@@ -126,8 +155,10 @@ def drift(serving: Iterable[FeatureStat], training: Iterable[FeatureStat]) -> di
     return {s.feature: smd(s, train[s.feature]) for s in serving if s.feature in train and train[s.feature].count}
 
 
-def norm_from_stats(stats: Iterable[FeatureStat], rank_dim: int) -> dict[str, tuple[list[float], list[float]]]:
-    """The ``ModelSpec.norm`` mapping: dense input name -> (means, variances)."""
+def norm_from_stats(stats: Iterable[FeatureStat], rank_dim: int,
+                    price_reference: str = "catalogue") -> dict[str, tuple[list[float], list[float]]]:
+    """The ``ModelSpec.norm`` mapping: dense input name -> (means, variances). Its ``rel_log_price``
+    entry is the relative price's moments under ``price_reference`` (:data:`PRICE_REFERENCES`)."""
     by = {s.feature: s for s in stats}
 
     def vec(name: str, n: int) -> tuple[list[float], list[float]]:
@@ -140,13 +171,29 @@ def norm_from_stats(stats: Iterable[FeatureStat], rank_dim: int) -> dict[str, tu
 
     return {"seq_log_price": one("seq_log_price"), "item_log_price": one("item_log_price"),
             "user_dense": vec("user_dense", USER_DENSE_DIM), "rank_features": vec("rank_features", rank_dim),
-            REL_PRICE: one(REL_PRICE)}
+            REL_PRICE: one(PRICE_REFERENCES[price_reference][1])}
 
 
-def category_prices(stats: Iterable[FeatureStat]) -> dict[int, float]:
-    """Hashed category index -> its mean log price (the ``category_log_price[<index>]`` statistics)."""
-    prefix = f"{CATEGORY_PRICE}["
-    return {int(s.feature[len(prefix):-1]): s.mean for s in stats if s.feature.startswith(prefix)}
+def category_prices(stats: Iterable[FeatureStat], price_reference: str = "catalogue") -> dict[int, float]:
+    """Hashed category index -> its reference log price under ``price_reference``: the catalogue's mean
+    (``category_log_price[<index>]``), or the behaviours' mean (``category_behaviour_log_price[<index>]``)
+    with the catalogue's for a category no serving user's behaviour reached."""
+    def means(name: str) -> dict[int, float]:
+        prefix = f"{name}["
+        return {int(s.feature[len(prefix):-1]): s.mean for s in stats if s.feature.startswith(prefix)}
+
+    stats = list(stats)
+    out = means(CATEGORY_PRICE)
+    if price_reference != "catalogue":
+        out.update(means(PRICE_REFERENCES[price_reference][0]))
+    return out
+
+
+def has_reference(stats: Iterable[FeatureStat], price_reference: str) -> bool:
+    """Whether ``stats`` hold the relative-price statistic of ``price_reference`` (a day's statistics
+    written before ``behaviours`` existed do not)."""
+    name = PRICE_REFERENCES[price_reference][1]
+    return any(s.feature == name for s in stats)
 
 
 def read_stats(df: "DataFrame", population: str = SERVING) -> list[FeatureStat]:

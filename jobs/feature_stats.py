@@ -48,7 +48,7 @@ def _stats(ctx: JobContext, tables: DeltaTables) -> str:
     seq_version = tables.version(t.USER_SEQUENCES)
     serving_seq = tables.read(t.USER_SEQUENCES, dt=day.isoformat(), version=seq_version)
     inputs.versions[t.USER_SEQUENCES.name] = seq_version
-    serving = st.user_side_stats(serving_seq)
+    serving = st.user_side_stats(serving_seq) + st.behaviour_price_stats(serving_seq)
     items = encode_items(inputs.snapshot(t.ITEMS), cfg.sequences)
     try:
         imp = inputs.partitions(t.IMPRESSIONS, [day.isoformat()]) if inputs.available(t.IMPRESSIONS) else None
@@ -88,10 +88,12 @@ def _stats(ctx: JobContext, tables: DeltaTables) -> str:
             f"{cfg.stats.drift_threshold}: {names}; check the training set's sampling (positive_upsample, "
             f"negative_rate, caps)")
     n_users = next((s.count for s in serving if s.feature == "user_dense[0]"), 0)
-    n_cats = sum(1 for s in serving if s.feature.startswith(st.CATEGORY_PRICE))
+    n_cats = sum(1 for s in serving if s.feature.startswith(f"{st.CATEGORY_PRICE}["))
+    n_visited = sum(1 for s in serving if s.feature.startswith(f"{st.BEHAVIOUR_CATEGORY_PRICE}["))
     return "\n".join([*lines, *([report] if report else []),
-                      f"{JOB}: wrote {res.describe()} dt={day}: {len(serving) - n_cats} features over "
-                      f"{n_users:,} serving users, the mean price of {n_cats} categories"])
+                      f"{JOB}: wrote {res.describe()} dt={day}: {len(serving) - n_cats - n_visited} features over "
+                      f"{n_users:,} serving users, the mean price of {n_cats} categories in the catalogue and of "
+                      f"{n_visited} in the users' behaviours"])
 
 
 def parser() -> argparse.ArgumentParser:

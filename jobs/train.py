@@ -77,8 +77,8 @@ def run(ctx: JobContext) -> str:
         # the serving population the model is about to serve: the latest statistics up to the test days
         until = max([last.isoformat(), *data.test_days])
         stats = serving_statistics(tables, _dt.date.fromisoformat(until), cfg.inputs.rank_features_dim)
-        spec = ModelSpec.from_config(cfg, tasks=data.tasks, norm=stats.norm, logit_offsets=data.logit_offsets,
-                                     category_log_price=stats.category_log_price)
+        spec = ModelSpec.from_config(cfg, tasks=data.tasks, logit_offsets=data.logit_offsets,
+                                     **stats.model_inputs(cfg.training.model.price_reference))
         init_state, epochs, select = None, tc.epochs, True
         stats_note = {"feature_stats_day": stats.day, "feature_stats_version": stats.version}
         valid_files = data.valid_files

@@ -4,11 +4,11 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from core import tables as t
 from core.errors import PlatformError
-from features.stats import category_prices, norm_from_stats, read_stats
+from features.stats import FeatureStat, category_prices, has_reference, norm_from_stats, read_stats
 
 if TYPE_CHECKING:
     from core.delta import DeltaTables
@@ -86,10 +86,26 @@ def training_data(tables: "DeltaTables", train_days: Sequence[str], wanted_tasks
 
 @dataclass(frozen=True)
 class Statistics:
+    """One day's serving-population statistics (``features/feature_stats``)."""
+
     day: str
     version: int
-    norm: dict[str, tuple[list[float], list[float]]]
-    category_log_price: dict[int, float]
+    rank_dim: int
+    stats: tuple[FeatureStat, ...]
+
+    def model_inputs(self, price_reference: str) -> dict[str, Any]:
+        """``ModelSpec.from_config``'s ``norm`` and ``category_log_price`` under ``model.price_reference``.
+
+        Raises:
+            PlatformError: the day's statistics lack that reference's (written by an older feature_stats).
+        """
+        if not has_reference(self.stats, price_reference):
+            raise PlatformError(f"features/feature_stats dt={self.day} has no statistics of "
+                                f"model.price_reference={price_reference!r} (written before they existed); rerun "
+                                f"`python -m jobs.feature_stats --date {self.day}` or set "
+                                f"training.model.price_reference=catalogue")
+        return {"norm": norm_from_stats(self.stats, self.rank_dim, price_reference),
+                "category_log_price": category_prices(self.stats, price_reference)}
 
 
 def serving_statistics(tables: "DeltaTables", until: _dt.date, rank_dim: int) -> Statistics:
@@ -101,4 +117,4 @@ def serving_statistics(tables: "DeltaTables", until: _dt.date, rank_dim: int) ->
     if not days:
         raise PlatformError(f"features/feature_stats has no day on or before {until}; run feature_stats")
     stats = read_stats(tables.read(t.FEATURE_STATS, dt=days[-1], version=version))
-    return Statistics(days[-1], version, norm_from_stats(stats, rank_dim), category_prices(stats))
+    return Statistics(days[-1], version, rank_dim, tuple(stats))

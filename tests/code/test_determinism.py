@@ -54,7 +54,8 @@ def test_training_with_a_fixed_seed_is_reproducible(tiny_pipeline) -> None:
     data = training_data(tables, meta["splits"]["train"], cfg.training.tasks)
     stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
     small = load_config(LOCAL_CONF, [*SMALL, "training.deterministic=true", "training.reader_workers=2"])
-    spec = ModelSpec.from_config(small, tasks=data.tasks, norm=stats.norm, logit_offsets=data.logit_offsets)
+    spec = ModelSpec.from_config(small, tasks=data.tasks, logit_offsets=data.logit_offsets,
+                                 **stats.model_inputs(small.training.model.price_reference))
     a, b = (train_and_test("dupn", spec, small.training, data, seed=3, progress=False) for _ in range(2))
     assert a.test and a.valid
     assert a.test == b.test and a.valid == b.valid

@@ -64,7 +64,7 @@ def test_model_selection_never_reads_the_test_split(tiny_pipeline, monkeypatch) 
     data = training_data(tables, meta["splits"]["train"], cfg.training.tasks)
     stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
     small = load_config(LOCAL_CONF, [*SMALL, "training.epochs=2"])
-    spec = ModelSpec.from_config(small, tasks=data.tasks, norm=stats.norm)
+    spec = ModelSpec.from_config(small, tasks=data.tasks, **stats.model_inputs(small.training.model.price_reference))
     read: list[str] = []
     original = petastorm.make_batch_reader
 

@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
@@ -136,9 +137,26 @@ def test_serving_statistics_equal_a_direct_numpy_computation(tiny_pipeline) -> N
         assert s.count == (priced["cat"] == cat).sum() and s.mean == pytest.approx(mean, rel=1e-6), cat
     rel = priced["lp"] - priced["cat"].map(means)
     assert stats[st.REL_PRICE].count == len(rel) and stats[st.REL_PRICE].var == pytest.approx(rel.var(ddof=0), rel=1e-5)
-    # the training population is recorded next to the serving one (the snapshot's prices are no population)
+    # the same over the serving users' behaviours (valid positions with a price), per behaviour's category
+    seq = tables.read(t.USER_SEQUENCES, dt=TINY_END).select("seq_len", "seq_log_price", "seq_category").collect()
+    beh = pd.DataFrame({"cat": np.concatenate([np.array(r.seq_category[:r.seq_len]) for r in seq]),
+                        "lp": np.concatenate([np.array(r.seq_log_price[:r.seq_len], np.float64) for r in seq])})
+    beh = beh[beh["lp"] > 0]
+    visited = beh.groupby("cat")["lp"].mean()
+    assert {f for f in stats if f.startswith(f"{st.BEHAVIOUR_CATEGORY_PRICE}[")} == \
+        {f"{st.BEHAVIOUR_CATEGORY_PRICE}[{c}]" for c in visited.index}
+    for cat, mean in visited.items():
+        s = stats[f"{st.BEHAVIOUR_CATEGORY_PRICE}[{cat}]"]
+        assert s.count == (beh["cat"] == cat).sum() and s.mean == pytest.approx(mean, rel=1e-6), cat
+    rel_b = beh["lp"] - beh["cat"].map(visited)
+    assert stats[st.BEHAVIOUR_REL_PRICE].count == len(rel_b)
+    assert stats[st.BEHAVIOUR_REL_PRICE].var == pytest.approx(rel_b.var(ddof=0), rel=1e-5)
+    reference = st.category_prices(stats.values(), "behaviours")
+    assert all(reference[c] == pytest.approx(visited[c], rel=1e-6) for c in visited.index)
+    # the training population is recorded next to the serving one (the category prices are no population)
     train = {s.feature: s for s in read_stats(tables.read(t.FEATURE_STATS, dt=TINY_END), "training")}
-    snapshot = {f for f in stats if f.startswith(f"{st.CATEGORY_PRICE}[") or f == st.REL_PRICE}
+    snapshot = {f for f in stats if f.startswith((f"{st.CATEGORY_PRICE}[", f"{st.BEHAVIOUR_CATEGORY_PRICE}["))
+                or f in (st.REL_PRICE, st.BEHAVIOUR_REL_PRICE)}
     assert set(train) == set(stats) - snapshot and "rank_features[0]" in train
 
 
