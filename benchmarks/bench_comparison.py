@@ -202,6 +202,7 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "recency_by_behavior": (False, frozenset({"dupn"})),
     "category_profile": (0, frozenset({"dupn"})),
     "price_reference": ("catalogue", frozenset(get_args(ModelFamily))),
+    "price_match": (False, frozenset({"dupn"})),
 }
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}

@@ -235,6 +235,8 @@ class ModelConfig(_Strict):
     price_reference: Literal["catalogue", "behaviours"] = Field(
         "catalogue", description="what a price is relative to: its category's mean log price over the item "
         "snapshot (catalogue) or over the serving users' behaviours (behaviours; features/stats.py)")
+    price_match: bool = Field(False, description="item heads also read the target's relative price against the "
+                              "user's mean relative price of each behaviour type (the gap and its absolute value)")
     ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "
                                                   "(0 = the paper's linear softmax only)")
     l2r_item_score: bool = Field(True, description="the L2R score adds an MLP score of the user-item match to "

@@ -92,22 +92,25 @@ def local_paths(files: list[str]) -> list[str] | None:
     return [unquote(p.path) for p in parsed]
 
 
-def _arrow_table(paths: list[str], columns: list[str], user_id: int | None = None) -> Any:
+def _arrow_table(paths: list[str], columns: list[str], users: list[int] | None = None) -> Any:
+    """``columns`` of the Parquet ``paths`` (of ``users`` only: row groups whose ``user_id`` range misses
+    them are not read)."""
     import pyarrow.dataset as pads
 
-    if not paths:
+    if not paths or users == []:
         import pyarrow as pa
 
         return pa.table({c: [] for c in columns})
     data = pads.dataset(paths, format="parquet")
-    where = None if user_id is None else pads.field("user_id") == user_id
+    key = pads.field("user_id")
+    where = None if users is None else key == users[0] if len(users) == 1 else key.isin(users)
     return data.to_table(columns=columns, filter=where)
 
 
 def lookup_files(paths: list[str], user_id: int, version: int, day: str) -> dict[str, Any]:
     """:func:`lookup` without Spark: one user's row from the snapshot's local Parquet ``paths``
     (:func:`local_paths`), reading only the row groups whose ``user_id`` range holds it."""
-    rows = _arrow_table(paths, list(USER_COLUMNS), user_id).slice(0, 1).to_pylist()
+    rows = _arrow_table(paths, list(USER_COLUMNS), [user_id]).slice(0, 1).to_pylist()
     return _user_record(rows[0] if rows else None, user_id, version, day)
 
 
@@ -302,7 +305,8 @@ def indexed_similar(tables: "DeltaTables", version: int, day: str, user_id: int,
         raise PlatformError(f"{SPEC.name} dt={day}: the vector index at {index.path} holds {index.manifest['dim']} "
                             f"floats per user, the table {len(target)}: rebuild it or use --exact")
     found = index.search(target, k, exclude=user_id, nprobe=nprobe)
-    tiers = _tiers_of(paths, [u for u, _ in found])
+    got = _arrow_table(paths, ["user_id", "ppp_tier"], [u for u, _ in found])
+    tiers = dict(zip(got.column("user_id").to_pylist(), got.column("ppp_tier").to_pylist()))
     balanced = used == "balanced"
     blocks = tuple(str(b.get("block")) for b in (commit.metadata.get("layout") or [])) if balanced else ()
     scanned = int(min(nprobe or index.manifest["nprobe"], index.manifest["nlist"]))
@@ -310,16 +314,6 @@ def indexed_similar(tables: "DeltaTables", version: int, day: str, user_id: int,
                       [{"user_id": u, "cosine": s, "ppp_tier": tiers.get(u)} for u, s in found], method="index",
                       index={**{key: index.manifest[key] for key in ("kind", "nlist", "rows")}, "nprobe": scanned,
                              "path": str(recorded["path"]), "commit_version": commit.version})
-
-
-def _tiers_of(paths: list[str], users: list[int]) -> dict[int, int]:
-    import pyarrow.dataset as pads
-
-    if not users:
-        return {}
-    data = pads.dataset(paths, format="parquet")
-    got = data.to_table(columns=["user_id", "ppp_tier"], filter=pads.field("user_id").isin(users))
-    return dict(zip(got.column("user_id").to_pylist(), got.column("ppp_tier").to_pylist()))
 
 
 def partition_commit(tables: "DeltaTables", version: int, day: str) -> "Commit | None":

@@ -82,29 +82,24 @@ def _text(obj: Any, args: argparse.Namespace) -> str:
 
 
 def without_spark(ctx: JobContext, day: str | None, version: int | None) -> dict[str, Any] | None:
-    """``user`` / ``tiers`` read from the snapshot's local files with Arrow; None where that path does not
-    apply (``--spark``, the Spark Delta engine, files outside the local file system)."""
+    """``user`` / ``tiers`` read from the snapshot's local files with Arrow, ``similar`` through the date's
+    nearest-neighbour index; None where Spark answers (the other commands, ``--spark``, ``similar --exact``,
+    the Spark Delta engine, files outside the local file system, no index for this date and measure)."""
     args = ctx.args
-    tables = None if args.spark else get_tables_without_spark(ctx.cfg)
+    spark = getattr(args, "spark", False) or getattr(args, "exact", False)
+    if spark or args.command not in ("user", "tiers", "similar"):
+        return None
+    tables = get_tables_without_spark(ctx.cfg)
     if tables is None:
         return None
     v, d = reps.resolve(tables, day, version)
     if args.command == "tiers":
         return reps.tier_counts_files(tables, v, d)
+    if args.command == "similar":
+        found = reps.indexed_similar(tables, v, d, args.user_id, args.k, args.measure, args.nprobe)
+        return None if found is None else _neighbours(args.user_id, d, v, found)
     paths = reps.local_paths(tables.files(t.USER_REPRESENTATIONS, dt=d, version=v))
     return None if paths is None else reps.lookup_files(paths, args.user_id, v, d)
-
-
-def indexed(ctx: JobContext, day: str | None, version: int | None) -> dict[str, Any] | None:
-    """``similar`` through the date's nearest-neighbour index, without Spark; None where the exact scan
-    answers (``--exact``, the Spark Delta engine, no index for this date and measure)."""
-    args = ctx.args
-    tables = None if args.exact else get_tables_without_spark(ctx.cfg)
-    if tables is None:
-        return None
-    v, d = reps.resolve(tables, day, version)
-    found = reps.indexed_similar(tables, v, d, args.user_id, args.k, args.measure, args.nprobe)
-    return None if found is None else _neighbours(args.user_id, d, v, found)
 
 
 def _neighbours(user_id: int, day: str, version: int, found: reps.Neighbours) -> dict[str, Any]:
@@ -117,8 +112,7 @@ def run(ctx: JobContext) -> str:
     args = ctx.args
     day = args.date.isoformat() if getattr(args, "date", None) else None
     version = getattr(args, "version", None)
-    obj: Any = (without_spark(ctx, day, version) if args.command in ("user", "tiers")
-                else indexed(ctx, day, version) if args.command == "similar" else None)
+    obj: Any = without_spark(ctx, day, version)
     if obj is not None:
         return _text(_shown(obj, args), args)
     tables = get_tables(get_spark(ctx.cfg), ctx.cfg)

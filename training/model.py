@@ -146,7 +146,10 @@ class UserTower(nn.Module):
         # with the category profile, also each pool's log decayed count in the target's category and that
         # count's share of the pool's mass
         profile_match = 2 * self.recency_pools if self.profile_buckets else 0
-        self.match_dim = 2 * self.n_interests + self.recency_pools + profile_match
+        # with model.price_match, item targets' price gaps to the behaviour types' mean prices (and their size)
+        self.price_match = m.price_match and self.behaviour_prices > 0
+        self.match_dim = 2 * self.n_interests + self.recency_pools + profile_match + \
+            (2 * self.behaviour_prices if self.price_match else 0)
         self.category_match_dim = self.n_interests + self.recency_pools + profile_match
 
     def price_features(self, representation: Tensor) -> Tensor:
@@ -172,13 +175,19 @@ class UserTower(nn.Module):
         flat = representation[:, start:start + self.n_interests * self.interest_dim]
         return flat.reshape(representation.shape[0], self.n_interests, self.interest_dim)
 
-    def match(self, representation: Tensor, category: Tensor, tags: Tensor | None = None) -> Tensor:
-        """User-target match features (N, G, ``match_dim``) of representations (N, ·) and targets
-        (N, G) (+ tags (N, G, K_tags)): the category cosines of the K + P interests, their tag cosines
-        (with tags; :func:`training.modules.match_scores`), then the P time-decay pools' category
-        cosines times log(1 + their mass), then (with ``model.category_profile``) each pool's
-        log(1 + decayed count) in the target's own category and that count's share of the pool's mass.
-        Without tags: (N, G, ``category_match_dim``), no tag part."""
+    def match(self, representation: Tensor, category: Tensor, tags: Tensor | None = None,
+              log_price: Tensor | None = None) -> Tensor:
+        """User-target match features (N, G, ``match_dim``) of representations (N, ·) and item targets
+        (N, G) (+ tags (N, G, K_tags), + log prices (N, G)): the category cosines of the K + P interests,
+        their tag cosines (with tags; :func:`training.modules.match_scores`), then the P time-decay pools'
+        category cosines times log(1 + their mass), then (with ``model.category_profile``) each pool's
+        log(1 + decayed count) in the target's own category and that count's share of the pool's mass,
+        then (with ``model.price_match``) the target's normalised relative price minus the user's mean of
+        each behaviour type (click, fav, cart, buy; 0 for a type without behaviours or a target without
+        a price) and those gaps' absolute values: how far the target sits from the prices the user takes.
+        Without tags (a talent): (N, G, ``category_match_dim``), no tag or price part."""
+        if tags is not None and self.price_match and log_price is None:
+            raise ValueError("model.price_match: item targets' match features need their log prices")
         keys = self.items.key(category, tags)
         interests = self.interests(representation)[..., :self.key_dim]
         scores = match_scores(interests, keys, self.items.category.embedding_dim)
@@ -194,7 +203,21 @@ class UserTower(nn.Module):
             in_target = profile.gather(2, bucket).transpose(1, 2)  # (N, G, P)
             share = torch.expm1(in_target) / torch.expm1(mass).clamp_min(1e-6)
             parts += [in_target, share]
+        if tags is not None and self.price_match:
+            assert log_price is not None
+            parts += list(self.price_gaps(representation, category, log_price))
         return torch.cat(parts, dim=-1)
+
+    def price_gaps(self, representation: Tensor, category: Tensor, log_price: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, G, 4) twice: the item targets' normalised relative price minus the user's mean relative price
+        of each behaviour type, and its absolute value (zeros where either is unknown)."""
+        prices = representation[:, self._prices_at:self._prices_at + 2 * self.behaviour_prices]
+        prices = prices.reshape(prices.shape[0], self.behaviour_prices, 2)  # (mean, log(1 + count)) per type
+        known = (prices[..., 1] > 0).to(prices.dtype).unsqueeze(1)  # (N, 1, 4)
+        target = self.items.relative_price(log_price, category)  # (N, G)
+        priced = (log_price > 0).to(prices.dtype).unsqueeze(-1)  # (N, G, 1)
+        gap = (target.unsqueeze(-1) - prices[..., 0].unsqueeze(1)) * known * priced
+        return gap, gap.abs()
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Representation of each row's user.
@@ -697,7 +720,8 @@ class DUPNModel(TaskModel):
                 assert representation is not None
                 tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
                 match = tower.match(representation.index_select(0, rows), slot_view(batch, "item_category", rows),
-                                    slot_view(batch, "item_tags", rows, self.spec.max_tags))
+                                    slot_view(batch, "item_tags", rows, self.spec.max_tags),
+                                    slot_view(batch, "item_log_price", rows))
             l2r_items = "l2r" in self.heads and getattr(self.heads["l2r"], "item_score", None) is not None
             items = self.target_items(batch, rows) if "ctr" in self.heads or l2r_items else None
             if "ctr" in self.heads:
@@ -825,7 +849,7 @@ class ItemScorer(nn.Module):
             tags = need(batch, "item_tags", who)
             tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
             match = tower.match(representation, batch["item_category"].unsqueeze(1),
-                                tags.reshape(tags.shape[0], 1, -1))
+                                tags.reshape(tags.shape[0], 1, -1), batch["item_log_price"].unsqueeze(1))
         logit = self.ctr(self.mixer(representation[:, :self.mixer_in])["ctr"], items.unsqueeze(1),
                          None if rank is None else rank.unsqueeze(1), None, match).squeeze(1)
         return torch.sigmoid(logit + self.offset)

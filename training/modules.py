@@ -149,9 +149,16 @@ class ItemEmbedding(nn.Module):
             raise KeyError(f"no price statistics '{price_input}'; known: {sorted(self.price_norms)}")
         log_price = log_price.float()
         price = self.price_norms[price_input](log_price).unsqueeze(-1)
-        rel = torch.where(log_price > 0, log_price - self.category_prices[category], torch.zeros_like(log_price))
         return torch.cat([self.item(item), self.shop(shop), self.brand(brand), self.category(category),
-                          bag_mean(self.tags, tags), price, self.rel_norm(rel).unsqueeze(-1)], dim=-1)
+                          bag_mean(self.tags, tags), price, self.relative_price(log_price, category).unsqueeze(-1)],
+                         dim=-1)
+
+    def relative_price(self, log_price: Tensor, category: Tensor) -> Tensor:
+        """(...) normalised log price relative to the category's reference price (0 where the price is
+        unknown, before normalisation)."""
+        log_price = log_price.float()
+        rel = torch.where(log_price > 0, log_price - self.category_prices[category], torch.zeros_like(log_price))
+        return self.rel_norm(rel)
 
     @property
     def key_dim(self) -> int:

@@ -12,6 +12,7 @@ import torch
 from core.config import Config
 from core.errors import ConfigError
 from core.tables import KIND_IDS
+from features.encoding import BEHAVIOR_INDEX
 from tests.model.conftest import G, random_batch, tiny_spec
 from training.losses import task_losses
 from training.model import (
@@ -445,3 +446,40 @@ def test_recency_interests_add_pools_masses_and_match_features() -> None:
     others = torch.arange(10) != 1
     torch.testing.assert_close(after[others], rep[others].detach())
     assert torch.all(after[1, -2:] < masses[1])  # older behaviours weigh less in every pool
+
+
+def test_price_match_gives_item_heads_the_targets_gap_to_the_users_prices() -> None:
+    """With model.price_match the item heads read 8 more match features: the target's normalised relative
+    price minus the user's mean of each behaviour type (click, fav, cart, buy), and its absolute value,
+    zero where the user has no behaviour of that type or the target has no price; talents get none."""
+    torch.manual_seed(0)
+    plain = build_model(tiny_spec(recency_interests=2))
+    priced = build_model(tiny_spec(recency_interests=2, price_match=True))
+    assert isinstance(priced, DUPNModel) and isinstance(plain, DUPNModel)
+    tower = priced.tower
+    assert isinstance(tower, UserTower)
+    assert tower.match_dim - plain.tower.match_dim == 8  # type: ignore[union-attr]
+    assert tower.category_match_dim == plain.tower.category_match_dim  # type: ignore[union-attr]
+    batch = random_batch(n=12, seed=3)
+    with torch.no_grad():
+        rep = priced.eval()(batch)["representation"]
+        category, tags, price = batch["item_category"], batch["item_tags"], batch["item_log_price"]
+        tags = tags.reshape(tags.shape[0], category.shape[1], -1)
+        match = tower.match(rep, category, tags, price)
+        n = int(batch["seq_len"].max())
+        x = tower.items.relative_price(batch["seq_log_price"][:, :n], batch["seq_category"][:, :n])
+        valid = torch.arange(n).unsqueeze(0) < batch["seq_len"].unsqueeze(1)
+        target = tower.items.relative_price(price, category)
+    gap, size = match[..., -8:-4], match[..., -4:]
+    for j, name in enumerate(("click", "fav", "cart", "buy")):
+        of_type = (batch["seq_behavior"][:, :n] == BEHAVIOR_INDEX[name]) & valid
+        count = of_type.sum(dim=1)
+        mean = (x * of_type).sum(dim=1) / count.clamp_min(1)
+        want = (target - mean.unsqueeze(1)) * (count > 0).unsqueeze(1) * (price > 0)
+        torch.testing.assert_close(gap[..., j], want, atol=1e-5, rtol=1e-4)
+        assert (count == 0).any() and (count > 0).any()  # the batch has users with and without the type
+    torch.testing.assert_close(size, gap.abs())
+    assert (gap[price <= 0] == 0).all() and (price <= 0).any()
+    with pytest.raises(ValueError, match="price_match"):
+        tower.match(rep, category, tags)
+    _total(priced.train(), batch).backward()  # trains end to end
