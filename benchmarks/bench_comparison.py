@@ -206,13 +206,14 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
 }
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
+LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0}
 
 
 def _without_later_fields(part: Any) -> Any:
     """A resolved spec or training config without the settings added later that cannot change its run."""
     if not isinstance(part, dict):
         return part
-    out = dict(part)
+    out = {k: v for k, v in part.items() if k not in LATER_TRAINING_FIELDS or v != LATER_TRAINING_FIELDS[k]}
     model = part.get("model")
     if isinstance(model, dict):
         out["model"] = {k: v for k, v in model.items() if k not in LATER_MODEL_FIELDS or (

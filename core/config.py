@@ -318,6 +318,8 @@ class TrainingConfig(_Strict):
     lr: float = Field(0.001, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(1024, ge=1)
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="validation scores, and training keeps, an exponential "
+                             "moving average of the weights with this decay per step (0 = the weights themselves)")
     epochs: int = Field(2, ge=1)
     incremental_epochs: int = Field(1, ge=1)
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Iterator, Mapping, Protocol, Sequence
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from core.config import TrainingConfig
 from core.errors import PlatformError
@@ -326,6 +327,13 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
         logger.info("warm start from the given weights")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
+    # the weights validation scores and training keeps: the model's, or their moving average
+    averaged = AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) \
+        if cfg.ema_decay > 0 else None
+
+    def scored() -> TaskModel:
+        return unwrap(averaged.module) if averaged is not None else unwrap(model)
+
     weighting = build_weighting(cfg.weighting, work.loss_names, last_shared_layer(model), work.known_losses)
     task = TrainTask(model, weighting, cfg, work.loss_names, losses=work.losses, counts=work.counts)
     result = TrainResult(state=b"", world_size=world)
@@ -355,14 +363,14 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
         stop = False
         if rank == 0 and has_valid:
             t0 = time.perf_counter()
-            scores = work.score(unwrap(model), valid_batches(), analyse=last)
+            scores = work.score(scored(), valid_batches(), analyse=last)
             score = work.selection_score(scores, cfg)
             row = {"step": float(step), "epoch": float(epoch), "epoch_fraction": step / steps_per_epoch,
                    "selection_score": score, "eval_seconds": time.perf_counter() - t0,
                    **{f"valid_{k}": v for k, v in scores.items()}}
             result.evals.append(row)
             if plan.select:
-                selector.offer(score, unwrap(model), row)
+                selector.offer(score, scored(), row)
                 stop = selector.exhausted
             progress.log.info("validation at step %d (epoch %.2f): score %.4f %s%s", step, step / steps_per_epoch,
                               score, work.shown(scores),
@@ -385,6 +393,8 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
                 break
             assert batch is not None  # every rank has one (checked collectively above)
             stats = task.step(batch)
+            if averaged is not None:
+                averaged.update_parameters(unwrap(model))
             examples = work.examples(batch)
             result.train_samples += examples * world
             result.train_rows += rows_of(batch) * world
@@ -418,7 +428,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     if rank != 0:
         dist.destroy_process_group()
         return None
-    final = unwrap(model)
+    final = scored()
     if plan.select and selector.best_state is not None:
         final.load_state_dict(selector.best_state)
         result.selected = dict(selector.best_row)
