@@ -14,7 +14,7 @@ from training.trainer import TrainPlan, load_state, train_process
 
 
 def _train(spec: ModelSpec, batch: Batch, decay: float, monkeypatch: pytest.MonkeyPatch,
-           select: bool = False) -> tuple[Any, list[dict[str, torch.Tensor]]]:
+           select: bool = True, valid: bool = False) -> tuple[Any, list[dict[str, torch.Tensor]]]:
     seen: list[dict[str, torch.Tensor]] = []
     step = TrainTask.step
 
@@ -24,7 +24,9 @@ def _train(spec: ModelSpec, batch: Batch, decay: float, monkeypatch: pytest.Monk
         return out
 
     monkeypatch.setattr(TrainTask, "step", recording)
-    data = {"train": TensorBatches(batch, 8, seed=0), "valid": TensorBatches(batch, 32, shuffle=False)}
+    data = {"train": TensorBatches(batch, 8, seed=0)}
+    if valid:
+        data["valid"] = TensorBatches(batch, 32, shuffle=False)
     cfg = TrainingConfig(optimizer="adam", lr=0.01, batch_size=8, torch_threads=1, ema_decay=decay)
     plan = TrainPlan(spec=spec.to_dict(), training=cfg, train_files=(), valid_files=(), epochs=2, select=select,
                      progress=False)
@@ -53,11 +55,21 @@ def test_the_kept_weights_are_the_moving_average_of_every_steps_weights(
                                seen[-1]["tower.projection.weight"])  # without it: the last step's weights
 
 
+def test_incremental_training_keeps_its_last_weights(make_spec: Callable[..., ModelSpec],
+                                                     make_batch: Callable[..., Batch],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without selection (a day's incremental training) the average is not used: its few steps would
+    barely move an average that remembers hundreds."""
+    result, seen = _train(make_spec(), make_batch(n=32, seed=4), 0.8, monkeypatch, select=False)
+    torch.testing.assert_close(load_state(result.state)["weights"]["tower.projection.weight"],
+                               seen[-1]["tower.projection.weight"])
+
+
 def test_validation_selects_among_the_averaged_weights(
         make_spec: Callable[..., ModelSpec], make_batch: Callable[..., Batch],
         monkeypatch: pytest.MonkeyPatch) -> None:
     spec, batch = make_spec(), make_batch(n=32, seed=4)
-    result, seen = _train(spec, batch, 0.5, monkeypatch, select=True)
+    result, seen = _train(spec, batch, 0.5, monkeypatch, valid=True)
     assert result is not None and result.evals and result.selected
     kept = load_state(result.state)["weights"]["tower.projection.weight"]
     assert all(not torch.allclose(kept, w["tower.projection.weight"]) for w in seen)
