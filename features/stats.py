@@ -128,7 +128,10 @@ def _category_price_stats(priced: "DataFrame", mean_name: str, rel_name: str) ->
                                              F.var_pop("p").alias("v")).collect()
     out = [FeatureStat(f"{mean_name}[{int(r['category'])}]", int(r["n"]), float(r["m"]), float(r["v"] or 0.0))
            for r in per_cat]
-    means = priced.groupBy("category").agg(F.avg("p").alias("_m"))
+    # the collected means (one row per category) rather than a second aggregation of every row
+    key = priced.schema["category"].dataType.simpleString()
+    means = priced.sparkSession.createDataFrame([(r["category"], float(r["m"])) for r in per_cat],
+                                                f"category {key}, _m double")
     rel = priced.join(F.broadcast(means), "category").select((F.col("p") - F.col("_m")).alias("r"))
     return out + _moments(rel, {rel_name: F.col("r")})
 
