@@ -186,8 +186,7 @@ def _score_batches(batches: Iterable["pa.RecordBatch"], state: "Broadcast[bytes]
         yield pa.RecordBatch.from_arrays([
             batch.column("user_id"), _list_array(rep.numpy()),
             pa.array(probs_np.argmax(axis=1).astype(np.int32) + 1), _list_array(probs_np),
-            pa.array([model_name] * n, pa.string()), pa.array([model_version] * n, pa.string()),
-            pa.array([day] * n, pa.string())], schema=schema)
+            *(pa.repeat(pa.scalar(v, pa.string()), n) for v in (model_name, model_version, day))], schema=schema)
 
 
 def representation_schema() -> "pa.Schema":

@@ -327,10 +327,11 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
         logger.info("warm start from the given weights")
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    # the weights validation scores and training keeps: the model's, or (full training) their moving average;
-    # incremental training keeps its last weights: one day's steps are fewer than the average remembers
+    # the weights validation scores and training keeps: the model's, or (full training) their moving average,
+    # kept by rank 0 alone (the only rank that scores and returns them); incremental training keeps its last
+    # weights: one day's steps are fewer than the average remembers
     averaged = AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay)) \
-        if cfg.ema_decay > 0 and plan.select else None
+        if cfg.ema_decay > 0 and plan.select and rank == 0 else None
 
     def scored() -> TaskModel:
         return unwrap(averaged.module) if averaged is not None else unwrap(model)
