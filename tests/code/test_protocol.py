@@ -63,7 +63,7 @@ def test_model_selection_never_reads_the_test_split(tiny_pipeline, monkeypatch) 
     meta = tables.last_metadata(t.TRAINING_EXAMPLES)
     data = training_data(tables, meta["splits"]["train"], cfg.training.tasks)
     stats = serving_statistics(tables, dt.date.fromisoformat(data.test_days[-1]), cfg.inputs.rank_features_dim)
-    small = load_config(LOCAL_CONF, [*SMALL, "training.epochs=2"])
+    small = load_config(LOCAL_CONF, [*SMALL, "training.epochs=2", "training.early_stopping.min_delta=0"])
     spec = ModelSpec.from_config(small, tasks=data.tasks, **stats.model_inputs(small.training.model.price_reference))
     read: list[str] = []
     original = petastorm.make_batch_reader
