@@ -36,21 +36,34 @@ def whole_tree(proc: psutil.Process) -> list[psutil.Process]:
     return [proc, *proc.children(recursive=True)]
 
 
-def run_worker(module: str, args: list[str],
-               processes: Callable[[psutil.Process], list[psutil.Process]] = whole_tree) -> dict[str, float]:
-    """Run ``python -m <module> --worker <args>``; its last stdout line is a JSON result, to which
-    ``peak_rss_mb`` (the peak summed RSS of ``processes(worker)``, sampled every 0.2 s) is added."""
+class Sampled:
+    """A finished process: exit code, wall seconds, the peak summed RSS (bytes) of the processes
+    ``processes`` picked and of the process alone, and the end of its stderr."""
+
+    def __init__(self, returncode: int, seconds: float, peak_rss: int, peak_root_rss: int, stdout: str,
+                 stderr_tail: str):
+        self.returncode, self.seconds, self.stdout, self.stderr_tail = returncode, seconds, stdout, stderr_tail
+        self.peak_rss, self.peak_root_rss = peak_rss, peak_root_rss
+
+
+def run_sampled(cmd: Sequence[str], processes: Callable[[psutil.Process], list[psutil.Process]] = whole_tree,
+                capture_stdout: bool = True, env: dict[str, str] | None = None) -> Sampled:
+    """Run ``cmd`` from the checkout's root, sampling every 0.2 s the summed RSS of ``processes(proc)`` and
+    the RSS of the process itself; stderr is kept in a temporary file (its last 4,000 characters are
+    returned), stdout is captured or passed through."""
     err = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", module, "--worker", *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=err, text=True)
-    peak = 0
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(list(cmd), cwd=ROOT, stdout=subprocess.PIPE if capture_stdout else None, stderr=err,
+                            text=True, env=env)
+    peak = peak_root = 0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak
+        nonlocal peak, peak_root
         me = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
+                peak_root = max(peak_root, me.memory_info().rss)
                 peak = max(peak, sum(p.memory_info().rss for p in processes(me)))
             except psutil.Error:
                 pass
@@ -59,16 +72,25 @@ def run_worker(module: str, args: list[str],
     th = threading.Thread(target=sample, daemon=True)
     th.start()
     out, _ = proc.communicate()
+    seconds = time.perf_counter() - t0
     stop.set()
     th.join()
     err.seek(0)
     tail = err.read()[-4000:]
     err.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker {module} {args} failed (exit {proc.returncode}); its stderr "
-                           f"ends with:\n{tail}")
-    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    result["peak_rss_mb"] = peak / 2**20
+    return Sampled(proc.returncode, seconds, peak, peak_root, out or "", tail)
+
+
+def run_worker(module: str, args: list[str],
+               processes: Callable[[psutil.Process], list[psutil.Process]] = whole_tree) -> dict[str, float]:
+    """Run ``python -m <module> --worker <args>``; its last stdout line is a JSON result, to which
+    ``peak_rss_mb`` (the peak summed RSS of ``processes(worker)``, sampled every 0.2 s) is added."""
+    res = run_sampled([sys.executable, "-m", module, "--worker", *args], processes)
+    if res.returncode != 0:
+        raise RuntimeError(f"benchmark worker {module} {args} failed (exit {res.returncode}); its stderr "
+                           f"ends with:\n{res.stderr_tail}")
+    result: dict[str, float] = json.loads(res.stdout.strip().splitlines()[-1])
+    result["peak_rss_mb"] = res.peak_rss / 2**20
     return result
 
 
