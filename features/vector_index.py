@@ -21,10 +21,13 @@ are measured by ``benchmarks/bench_similar.py`` (``benchmarks/results/similar.md
 records why this index kind was chosen over HNSW (hnswlib, faiss) and 8-bit quantised lists.
 
 Building reads the committed Parquet files twice with Arrow in record batches (a sample of rows to
-train the coarse centroids, then every row), so the builder holds the index and one batch, not a
-second copy of the table. The index holds rows x dim float32 (5 GB at one million 1,250-float
-vectors): the node that builds or searches it needs that much memory or page cache; the Spark
-driver is not involved.
+train the coarse centroids, then every row). The second pass adds the rows to shards of at most
+``shard_rows`` rows, each written to disk as soon as it is full, and the shards' lists are then merged
+into one lists file (faiss ``OnDiskInvertedLists``) that queries memory-map. So the builder holds the
+training sample and one shard, never the whole index: its memory does not grow with the users (the
+index itself is rows x dim float32 on disk, 5 GB at one million 1,250-float vectors; the pages a query
+touches are page cache). The lists file is named relative to the index folder and re-attached when the
+index is opened, so the folder can be renamed or the lake moved.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import math
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -45,6 +49,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_ROOT = "_index"
 INDEX_FILE = "index.faiss"
+LISTS_FILE = "lists.ivfdata"
 MANIFEST = "manifest.json"
 KIND = "faiss_ivf_flat"
 Spans = Sequence[Sequence[tuple[int, int]]]  # per block: its column runs (first, last), inclusive
@@ -122,8 +127,8 @@ class BuildResult:
 
 
 def build(paths: Sequence[str], out_dir: str, blocks: Spans | None, *, nlist: int | None = None,
-          nprobe: int = 32, train_rows: int = 65_536, batch_rows: int = 65_536, threads: int | None = None,
-          seed: int = 0, about: dict[str, Any] | None = None) -> BuildResult:
+          nprobe: int = 32, train_rows: int = 65_536, batch_rows: int = 65_536, shard_rows: int = 131_072,
+          threads: int | None = None, seed: int = 0, about: dict[str, Any] | None = None) -> BuildResult:
     """Build the index of the vectors in the Parquet ``paths`` into ``out_dir`` (atomically: a
     temporary folder renamed at the end, so a reader sees a whole index or none).
 
@@ -132,6 +137,7 @@ def build(paths: Sequence[str], out_dir: str, blocks: Spans | None, *, nlist: in
         blocks: the measure's blocks (:func:`search_space`); None for the whole-vector cosine.
         nlist: coarse lists (default :func:`default_nlist`); nprobe: lists a query scans by default.
         train_rows: rows sampled (seeded) to train the coarse centroids.
+        shard_rows: rows the builder holds at most while adding (a shard; the shards go to disk and are merged).
         about: extra manifest fields (date, table version of the commit, model).
 
     Raises:
@@ -161,23 +167,34 @@ def build(paths: Sequence[str], out_dir: str, blocks: Spans | None, *, nlist: in
     del chunks
     trained = time.monotonic()
     logger.info("vector index: trained %d lists on %d of %d rows in %.1f s", lists, len(sample), n, trained - started)
+    tmp = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    shards: list[str] = []
+    shard: Any = None
     done, last = 0, trained
-    for ids, vec in batches(paths, batch_rows):  # pass 2: every row
-        index.add_with_ids(search_space(vec, blocks), ids)
+    for ids, vec in batches(paths, batch_rows):  # pass 2: every row, one shard in memory at a time
+        if shard is None:
+            shard = faiss.clone_index(index)
+        shard.add_with_ids(search_space(vec, blocks), ids)
         done += len(ids)
+        if shard.ntotal >= shard_rows:
+            shards.append(_write_shard(faiss, shard, tmp, len(shards)))
+            shard = None
         now = time.monotonic()
         if now - last >= 5 or done == n:
             rate = done / max(now - trained, 1e-9)
             logger.info("vector index: added %d/%d rows (%.0f rows/s, ETA %.0f s)", done, n, rate, (n - done) / rate)
             last = now
+    if shard is not None:
+        shards.append(_write_shard(faiss, shard, tmp, len(shards)))
+    _merge_on_disk(faiss, index, shards, os.path.join(tmp, LISTS_FILE))
     manifest = {"kind": KIND, "library": f"faiss-cpu {faiss.__version__}", "metric": "inner_product",
                 "measure": "cosine" if blocks is None else "balanced",
                 "blocks": None if blocks is None else [[list(r) for r in spans] for spans in blocks],
                 "rows": int(n), "dim": int(dim), "nlist": int(lists), "nprobe": int(min(nprobe, lists)),
-                "train_rows": int(len(sample)), "build_s": round(time.monotonic() - started, 2), **(about or {})}
-    tmp = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+                "train_rows": int(len(sample)), "lists_file": LISTS_FILE, "shards": len(shards),
+                "build_s": round(time.monotonic() - started, 2), **(about or {})}
     faiss.write_index(index, os.path.join(tmp, INDEX_FILE))
     with open(os.path.join(tmp, MANIFEST), "w") as fh:  # written last: its presence marks a whole index
         json.dump(manifest, fh, indent=1)
@@ -185,6 +202,49 @@ def build(paths: Sequence[str], out_dir: str, blocks: Spans | None, *, nlist: in
         shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)
     return BuildResult(out_dir, manifest)
+
+
+def _write_shard(faiss: Any, shard: Any, folder: str, i: int) -> str:
+    path = os.path.join(folder, f"shard-{i:05d}.faiss")
+    faiss.write_index(shard, path)
+    return path
+
+
+@contextmanager
+def _stdout_to_devnull() -> Iterator[None]:
+    """faiss' on-disk lists print a line to the C stdout each time they grow their file; a job's stdout
+    carries its summary, so file descriptor 1 points at /dev/null meanwhile."""
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(null)
+        os.close(saved)
+
+
+def _merge_on_disk(faiss: Any, index: Any, shards: list[str], lists_path: str) -> None:
+    """Give the trained, empty ``index`` one on-disk lists file holding every shard's lists (each shard
+    memory-mapped while it is read), then remove the shards."""
+    ivf = faiss.extract_index_ivf(index)
+    opened = [faiss.read_index(p, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY) for p in shards]
+    parts = faiss.InvertedListsPtrVector()
+    for shard in opened:
+        parts.push_back(faiss.extract_index_ivf(shard).invlists)
+    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, lists_path)
+    with _stdout_to_devnull():
+        total = lists.merge_from_multiple(parts.data(), parts.size(), False)
+    index.ntotal = ivf.ntotal = total
+    ivf.replace_invlists(lists, True)
+    lists.this.disown()  # the index owns the lists now
+    del opened, parts
+    for p in shards:
+        os.remove(p)
 
 
 def prune_siblings(out_dir: str) -> list[str]:
@@ -231,8 +291,9 @@ class Index:
 
 
 def open_index(path: str, mmap: bool = True) -> Index:
-    """Open the index in ``path``; ``mmap`` maps its lists from disk instead of reading them (a query
-    touches only the ``nprobe`` lists it scans).
+    """Open the index in ``path``. Its lists file is memory-mapped (a query touches only the ``nprobe``
+    lists it scans); ``mmap`` only concerns an index built before the lists had their own file, whose
+    lists are otherwise read into memory.
 
     Raises:
         PlatformError: no whole index there (never built, still being built, or removed).
@@ -245,5 +306,15 @@ def open_index(path: str, mmap: bool = True) -> Index:
         manifest = json.load(fh)
     if manifest.get("kind") != KIND:
         raise PlatformError(f"vector index at {path} is of kind {manifest.get('kind')!r}, not {KIND!r}: rebuild it")
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
-    return Index(path, manifest, faiss.read_index(os.path.join(path, INDEX_FILE), flags))
+    index_file = os.path.join(path, INDEX_FILE)
+    if manifest.get("lists_file") is None:  # an index of before the lists went to their own file
+        flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if mmap else 0
+        return Index(path, manifest, faiss.read_index(index_file, flags))
+    index = faiss.read_index(index_file, faiss.IO_FLAG_SKIP_IVF_DATA | faiss.IO_FLAG_READ_ONLY)
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    lists.filename = os.path.join(path, manifest["lists_file"])  # the folder's own, wherever it was built
+    if not os.path.exists(lists.filename):
+        raise PlatformError(f"vector index at {path} lacks its lists file {manifest['lists_file']}: rebuild it")
+    lists.read_only = True
+    lists.do_mmap()
+    return Index(path, manifest, index)

@@ -93,7 +93,7 @@ def test_build_is_atomic_and_a_missing_or_foreign_index_is_refused(tmp_path: Pat
     paths = write_vectors(tmp_path, ids, emb)
     out = str(tmp_path / "idx")
     vi.build(paths, out, None)
-    assert sorted(os.listdir(out)) == [vi.INDEX_FILE, vi.MANIFEST]
+    assert sorted(os.listdir(out)) == [vi.INDEX_FILE, vi.LISTS_FILE, vi.MANIFEST]  # the shards merged and removed
     assert not [p for p in os.listdir(tmp_path) if ".tmp-" in p]
     vi.build(paths, out, BLOCKS)  # a rebuild replaces it whole
     assert vi.open_index(out).manifest["measure"] == "balanced"
@@ -103,6 +103,24 @@ def test_build_is_atomic_and_a_missing_or_foreign_index_is_refused(tmp_path: Pat
     Path(out, vi.MANIFEST).write_text(json.dumps({**manifest, "kind": "hnsw"}))
     with pytest.raises(PlatformError, match="not 'faiss_ivf_flat': rebuild it"):
         vi.open_index(out)
+
+
+def test_shards_merge_into_the_same_index_and_the_folder_can_move(tmp_path: Path) -> None:
+    """The builder holds one shard at a time; the merged lists answer as one shard does, and the lists
+    file is found beside the index wherever the folder is."""
+    ids, emb = clustered(2_000)
+    paths = write_vectors(tmp_path, ids, emb)
+    one = vi.build(paths, str(tmp_path / "one"), BLOCKS, nprobe=4, train_rows=2_000)
+    many = vi.build(paths, str(tmp_path / "many"), BLOCKS, nprobe=4, train_rows=2_000, batch_rows=128,
+                    shard_rows=300)
+    assert (one.manifest["shards"], many.manifest["shards"]) == (1, 6)  # 5 shards of 3 batches of 128 rows, 1 of 80
+    os.rename(many.path, tmp_path / "moved")
+    a, b = vi.open_index(one.path), vi.open_index(str(tmp_path / "moved"))
+    for row in range(0, 2_000, 101):
+        assert b.search(emb[row], 10, exclude=int(ids[row])) == a.search(emb[row], 10, exclude=int(ids[row]))
+    os.remove(tmp_path / "moved" / vi.LISTS_FILE)
+    with pytest.raises(PlatformError, match="lacks its lists file lists.ivfdata: rebuild it"):
+        vi.open_index(str(tmp_path / "moved"))
 
 
 def test_bad_vectors_are_refused_with_the_fix(tmp_path: Path) -> None:
