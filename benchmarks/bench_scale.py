@@ -227,7 +227,32 @@ def fmt(x: float | None, spec: str = ".2f") -> str:
     return "" if x is None else format(x, spec)
 
 
-def report(runs: list[dict], events_per_day: float, usd: float, cores: int, command: str, wall: float) -> str:
+def reading(runs: list[dict], rows_: list[dict]) -> list[str]:
+    """What the tables say, computed: where the daily time goes, the incremental against the full build,
+    the stages that grow faster than the data, and the stages whose Python driver grows with it."""
+    small, big = runs[0], runs[-1]
+    daily = [s for s in STAGES if s.daily is not None]
+    total = sum(big["stages"][s.name]["seconds"] for s in daily)
+    shares = sorted(((big["stages"][s.name]["seconds"] / total, s.name) for s in daily), reverse=True)
+    out = [f"Of the daily stages' {total:,.0f} s at {big['events'] / 1e6:.1f}M events, "
+           + ", ".join(f"{name} takes {share:.0%}" for share, name in shares) + "."]
+    inc, full = "sequences, incremental", "sequences, full (same day)"
+    out.append("The incremental sequences against the full rebuild of the same day: " + "; ".join(
+        f"{r['stages'][full]['seconds'] / r['stages'][inc]['seconds']:.2f}x faster at {r['events'] / 1e6:.1f}M events"
+        for r in runs) + " (start-up included; bench_incremental_sequences.md measures the builds alone).")
+    fast = [f"{a['stage']} (b = {a['exponent']:.2f})" for a in rows_[1:]
+            if a["exponent"] is not None and a["exponent"] > 1.1]
+    out.append("Stages growing faster than the events (b > 1.1): " + (", ".join(fast) if fast else "none") + ".")
+    drv = [(s.name, small["stages"][s.name]["driver_rss_mb"], big["stages"][s.name]["driver_rss_mb"]) for s in STAGES]
+    grown = [f"{name} ({a:,.0f} → {b:,.0f} MB)" for name, a, b in drv if b > 1.25 * a + 50]
+    out.append("Python drivers that grew by more than a quarter (and 50 MB) with "
+               f"{big['events'] / small['events']:.1f}× the events: " + (", ".join(grown) if grown else "none") + ".")
+    return out
+
+
+def report(runs: list[dict], events_per_day: float, usd: float, cores: int, command: str, wall: float,
+           provenance: str = "") -> str:
+    """The markdown report; ``provenance``: the machine and commit of the run (default: this checkout's)."""
     small, big = runs[0], runs[-1]
     ratio = big["events"] / small["events"]
     rows_ = analyse(small, big, events_per_day)
@@ -264,10 +289,16 @@ def report(runs: list[dict], events_per_day: float, usd: float, cores: int, comm
     return f"""# The daily pipeline at two sizes on one machine
 
 Command: `{command}`
-Machine: {machine()}; commit {commit()}; wall time {wall:,.0f} s. Each stage a new process as a scheduler runs
-it (`python -m jobs.<job>`), `local[*]`, the config's Spark settings.
+Machine: {provenance or f"{machine()}; commit {commit()}"}; wall time {wall:,.0f} s. Each stage a new process
+as a scheduler runs it (`python -m jobs.<job>`), `local[*]`, the config's Spark settings, nothing else running.
 
 {sizes}
+
+## Reading
+
+{chr(10).join(f"* {line}" for line in reading(runs, rows_))}
+
+## Stages
 
 | {lines[0][2:]}
 {chr(10).join(lines[1:])}
@@ -313,11 +344,20 @@ def main() -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--resume", action="store_true", help="keep the stages the JSON beside --out records")
     p.add_argument("--out", type=Path, default=None, help="the markdown report (the JSON is written beside it)")
+    p.add_argument("--render", action="store_true", help="rewrite --out from the JSON beside it only")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     command = "python -m benchmarks.bench_scale --users " + " ".join(map(str, args.users)) + \
         "".join(f" --set {o}" for o in args.overrides) + (f" --out {args.out}" if args.out else "")
     js = args.out.with_suffix(".json") if args.out else args.work_dir / "scale.json"
+    cores = os.cpu_count() or 1
+    if args.render:
+        done = json.loads(js.read_text())
+        body = report(done["runs"], args.events_per_day, args.usd_per_core_hour, cores, done["command"],
+                      done["wall_s"], done["provenance"])
+        write_result(args.out, done["command"], body)
+        print(body)
+        return
     previous = json.loads(js.read_text()) if args.resume and js.exists() else {}
     partial: dict = {"command": command, "partial": previous.get("partial", {})}
 
@@ -331,9 +371,10 @@ def main() -> None:
                      previous.get("partial", {}).get(str(u), {}), save)
             for u in args.users]
     wall = time.perf_counter() - t0 + previous.get("wall_s", 0.0)
-    cores = os.cpu_count() or 1
-    body = report(runs, args.events_per_day, args.usd_per_core_hour, cores, command, wall)
-    js.write_text(json.dumps({"command": command, "wall_s": wall, "runs": runs, "partial": partial["partial"],
+    provenance = f"{machine()}; commit {commit()}"
+    body = report(runs, args.events_per_day, args.usd_per_core_hour, cores, command, wall, provenance)
+    js.write_text(json.dumps({"command": command, "wall_s": wall, "provenance": provenance, "runs": runs,
+                              "partial": partial["partial"],
                               "analysis": analyse(runs[0], runs[-1], args.events_per_day)}, indent=1))
     write_result(args.out, command, body)
     print(body)

@@ -80,6 +80,10 @@ SECTIONS: tuple[Section, ...] = (
     Section("Performance: similarity search through the index", "similar.md",
             "query similar through the nightly job's nearest-neighbour index: recall@10 against the exact scan and "
             "latency at the published size and at one million users, and the choice of index kind."),
+    Section("Performance: the daily pipeline at two sizes", "scale.md",
+            "Every stage of the daily pipeline on two sizes of the demo world: wall time, peak memory of the job and "
+            "of its Python driver, each stage's scaling exponent, and a projection of the daily cost at 1B events.",
+            command="python -m benchmarks.bench_scale --users 20000 200000 --out benchmarks/results/scale.md"),
 )
 # results files kept for their history, replaced by another section's file
 SUPERSEDED: dict[str, str] = {}

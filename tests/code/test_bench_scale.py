@@ -57,3 +57,9 @@ def test_the_days_of_a_world_and_the_report() -> None:
     text = report([run(1_000_000, 1.0), run(4_000_000, 4.0)], 1e9, 0.05, 2, "python -m benchmarks.bench_scale", 60)
     assert "| training, 1 epoch | 110.0 | 410.0 |" in text
     assert "Daily total:" in text and "core-hours" in text
+    assert "Stages growing faster than the events (b > 1.1): none." in text
+    assert "Python drivers that grew by more than a quarter (and 50 MB) with 4.0× the events: none." in text
+    grown = run(4_000_000, 4.0)
+    grown["stages"]["nightly job (publish)"]["driver_rss_mb"] = 900.0
+    text = report([run(1_000_000, 1.0), grown], 1e9, 0.05, 2, "python -m benchmarks.bench_scale", 60, "here")
+    assert "4.0× the events: nightly job (publish) (150 → 900 MB)." in text
