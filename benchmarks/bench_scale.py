@@ -163,7 +163,8 @@ def run_stage(stage: Stage, days: Days, config: str, overrides: list[str]) -> di
                          f"with:\n{res.stderr_tail}")
     logger.info("%s: %.1f s, peak RSS %.0f MB (Python driver %.0f MB)", stage.name, res.seconds,
                 res.peak_rss / MB, res.peak_root_rss / MB)
-    return {"seconds": res.seconds, "peak_rss_mb": res.peak_rss / MB, "driver_rss_mb": res.peak_root_rss / MB}
+    return {"seconds": res.seconds, "peak_rss_mb": res.peak_rss / MB, "driver_rss_mb": res.peak_root_rss / MB,
+            "driver_anon_mb": res.peak_root_anon / MB, "commit": commit()}
 
 
 def run_size(users: int, config: str, extra: list[str], work: Path, done: dict[str, dict],
@@ -250,6 +251,23 @@ def reading(runs: list[dict], rows_: list[dict]) -> list[str]:
     return out
 
 
+def anon_line(runs: list[dict]) -> str:
+    """The drivers' anonymous memory (RSS without file-backed pages such as the memory-mapped index) and the
+    commits the stages ran at, for the stages that recorded them."""
+    anon = [f"{s.name} " + " → ".join(f"{r['stages'][s.name]['driver_anon_mb']:,.0f}" for r in runs) + " MB"
+            for s in STAGES if all("driver_anon_mb" in r["stages"][s.name] for r in runs)]
+    commits = sorted({st.get("commit", "") for r in runs for st in r["stages"].values()} - {""})
+    redone = sorted({name for r in runs for name, st in r["stages"].items() if st.get("commit")})
+    out = ""
+    if anon:
+        out += "Anonymous part of the driver's peak (without file-backed pages), smaller → larger size: " + \
+            "; ".join(anon) + "."
+    if redone:
+        out += f" Stages run at commit {', '.join(commits)} (the others at the commit above, before the run was " \
+            f"resumed with --resume): {', '.join(s.name for s in STAGES if s.name in redone)}."
+    return out
+
+
 def report(runs: list[dict], events_per_day: float, usd: float, cores: int, command: str, wall: float,
            provenance: str = "") -> str:
     """The markdown report; ``provenance``: the machine and commit of the run (default: this checkout's)."""
@@ -313,6 +331,7 @@ start-up for the stages that start Spark; RSS exponent the same for the process 
 
 The Python driver's peak RSS ranged {min(drivers):,.0f}–{max(drivers):,.0f} MB over every stage and both sizes
 (driver RSS exponents: {", ".join(f"{s.name} {fmt(a['driver_rss_exponent'])}" for s, a in zip(STAGES, rows_))}).
+{anon_line(runs)}
 
 ## Projection to {events_per_day:,.0f} events a day
 
@@ -371,7 +390,7 @@ def main() -> None:
                      previous.get("partial", {}).get(str(u), {}), save)
             for u in args.users]
     wall = time.perf_counter() - t0 + previous.get("wall_s", 0.0)
-    provenance = f"{machine()}; commit {commit()}"
+    provenance = previous.get("provenance") or f"{machine()}; commit {commit()}"  # the first run's, when resumed
     body = report(runs, args.events_per_day, args.usd_per_core_hour, cores, command, wall, provenance)
     js.write_text(json.dumps({"command": command, "wall_s": wall, "provenance": provenance, "runs": runs,
                               "partial": partial["partial"],

@@ -38,12 +38,13 @@ def whole_tree(proc: psutil.Process) -> list[psutil.Process]:
 
 class Sampled:
     """A finished process: exit code, wall seconds, the peak summed RSS (bytes) of the processes
-    ``processes`` picked and of the process alone, and the end of its stderr."""
+    ``processes`` picked, of the process alone and of its anonymous part (RSS minus file-backed pages, such
+    as memory-mapped files the kernel can drop), and the end of its stderr."""
 
-    def __init__(self, returncode: int, seconds: float, peak_rss: int, peak_root_rss: int, stdout: str,
-                 stderr_tail: str):
+    def __init__(self, returncode: int, seconds: float, peak_rss: int, peak_root_rss: int, peak_root_anon: int,
+                 stdout: str, stderr_tail: str):
         self.returncode, self.seconds, self.stdout, self.stderr_tail = returncode, seconds, stdout, stderr_tail
-        self.peak_rss, self.peak_root_rss = peak_rss, peak_root_rss
+        self.peak_rss, self.peak_root_rss, self.peak_root_anon = peak_rss, peak_root_rss, peak_root_anon
 
 
 def run_sampled(cmd: Sequence[str], processes: Callable[[psutil.Process], list[psutil.Process]] = whole_tree,
@@ -55,15 +56,16 @@ def run_sampled(cmd: Sequence[str], processes: Callable[[psutil.Process], list[p
     t0 = time.perf_counter()
     proc = subprocess.Popen(list(cmd), cwd=ROOT, stdout=subprocess.PIPE if capture_stdout else None, stderr=err,
                             text=True, env=env)
-    peak = peak_root = 0
+    peak = peak_root = peak_anon = 0
     stop = threading.Event()
 
     def sample() -> None:
-        nonlocal peak, peak_root
+        nonlocal peak, peak_root, peak_anon
         me = psutil.Process(proc.pid)
         while not stop.is_set():
             try:
-                peak_root = max(peak_root, me.memory_info().rss)
+                mem = me.memory_info()
+                peak_root, peak_anon = max(peak_root, mem.rss), max(peak_anon, mem.rss - mem.shared)
                 peak = max(peak, sum(p.memory_info().rss for p in processes(me)))
             except psutil.Error:
                 pass
@@ -78,7 +80,7 @@ def run_sampled(cmd: Sequence[str], processes: Callable[[psutil.Process], list[p
     err.seek(0)
     tail = err.read()[-4000:]
     err.close()
-    return Sampled(proc.returncode, seconds, peak, peak_root, out or "", tail)
+    return Sampled(proc.returncode, seconds, peak, peak_root, peak_anon, out or "", tail)
 
 
 def run_worker(module: str, args: list[str],
