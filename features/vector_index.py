@@ -128,7 +128,7 @@ class BuildResult:
 
 
 def build(paths: Sequence[str], out_dir: str, blocks: Spans | None, *, nlist: int | None = None,
-          nprobe: int = 32, train_rows: int = 65_536, batch_rows: int = 65_536, shard_rows: int = 131_072,
+          nprobe: int = 32, train_rows: int = 65_536, batch_rows: int = 16_384, shard_rows: int = 65_536,
           threads: int | None = None, seed: int = 0, about: dict[str, Any] | None = None) -> BuildResult:
     """Build the index of the vectors in the Parquet ``paths`` into ``out_dir`` (atomically: a
     temporary folder renamed at the end, so a reader sees a whole index or none).
