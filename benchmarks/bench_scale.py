@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from benchmarks.common import WORK, commit, machine, run_sampled, write_result
 from core import tables as t
@@ -152,7 +152,7 @@ def measure(cfg: Config, days: Days) -> dict[str, int]:
             "published_users": rows(cfg, t.USER_REPRESENTATIONS, days.last)}
 
 
-def run_stage(stage: Stage, days: Days, config: str, overrides: list[str]) -> dict[str, float]:
+def run_stage(stage: Stage, days: Days, config: str, overrides: list[str]) -> dict[str, Any]:
     sets = [a for o in overrides for a in ("--set", o)]
     cmd = [sys.executable, "-m", stage.module, "--config", config, *sets, "--log-level", "WARNING",
            *stage.args(days)]

@@ -106,8 +106,7 @@ def _rows(paths: Sequence[str]) -> int:
 
 def batches(paths: Sequence[str], batch_rows: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(user ids (n,), vectors (n, D)) of the files, in record batches of at most ``batch_rows``, one file
-    and one row group after another (a dataset scanner reads ahead across files, which at 200,000 users
-    held 1.5 GB)."""
+    and one row group after another (a dataset scanner reads ahead across files and holds several of them)."""
     import pyarrow.parquet as pq
 
     for path in paths:
