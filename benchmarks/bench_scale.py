@@ -66,14 +66,6 @@ class Days:
         start = first + dt.timedelta(days=WARM_UP_DAYS)
         return Days(start.isoformat(), (last - 2 * one).isoformat(), (last - one).isoformat(), last.isoformat())
 
-    @staticmethod
-    def of_counts(built: int, train: int) -> "Days":
-        """Days with these counts of built and training days (what the projection needs of a recorded run)."""
-        start = dt.date(2000, 1, 1)
-        last = start + dt.timedelta(days=built - 1)
-        return Days(start.isoformat(), (start + dt.timedelta(days=train - 1)).isoformat(),
-                    (last - dt.timedelta(days=1)).isoformat(), last.isoformat())
-
     def n_built(self) -> int:
         """Days of the training set (training, validation and test days)."""
         return (dt.date.fromisoformat(self.last) - dt.date.fromisoformat(self.start)).days + 1
@@ -86,13 +78,13 @@ class Days:
 class Stage:
     """One step of the pipeline: its name, what a scheduler runs (module and arguments), whether it starts
     Spark, and what share of its measured work one day of a running pipeline repeats (``daily``: a function
-    of the world's days; ``None``: not a daily step)."""
+    of the training set's days and its training days; ``None``: not a daily step)."""
 
     name: str
     module: str
     args: Callable[[Days], list[str]]
     spark: bool = True
-    daily: Callable[[Days], float] | None = None
+    daily: Callable[[int, int], float] | None = None
     note: str = ""
     project: bool = True  # a batch stage whose work follows the data (the queries' latency does not)
 
@@ -104,20 +96,21 @@ STAGES: tuple[Stage, ...] = (
           note="the upstream's logs, not a daily step"),
     Stage("sequences, full (day before)", "jobs.build_sequences", lambda d: ["--date", d.before_last, "--full"],
           note="the fallback when yesterday's state is unusable"),
-    Stage("sequences, incremental", "jobs.build_sequences", lambda d: ["--date", d.last], daily=lambda d: 1.0,
-          note="yesterday's state advanced by the last day"),
+    Stage("sequences, incremental", "jobs.build_sequences", lambda d: ["--date", d.last],
+          daily=lambda built, train: 1.0, note="yesterday's state advanced by the last day"),
     Stage("sequences, full (same day)", "jobs.build_sequences", lambda d: ["--date", d.last, "--full"],
           note="the same partition rebuilt from the whole look-back"),
     Stage("training set", "jobs.build_training_set", lambda d: ["--start", d.start, "--end", d.last],
-          daily=lambda d: 1 / d.n_built(), note="every day of the set built; a daily run builds one"),
+          daily=lambda built, train: 1 / built, note="every day of the set built; a daily run builds one"),
     Stage("statistics", "jobs.feature_stats",
-          lambda d: ["--date", d.last, "--training-start", d.start, "--training-end", d.last], daily=lambda d: 1.0),
+          lambda d: ["--date", d.last, "--training-start", d.start, "--training-end", d.last],
+          daily=lambda built, train: 1.0),
     Stage("training, 1 epoch", "jobs.train", lambda d: ["--mode", "full", "--start", d.start, "--end", d.train_end],
-          daily=lambda d: 1 / d.n_train(),
+          daily=lambda built, train: 1 / train,
           note="one epoch of every training day, validation scoring, the test day, registration; "
                "a daily incremental run trains one day"),
     Stage("nightly job (publish)", "jobs.publish_user_representations", lambda d: ["--date", d.last],
-          daily=lambda d: 1.0, note="scoring every user, checks, the Delta commit, the vector index"),
+          daily=lambda built, train: 1.0, note="scoring every user, checks, the Delta commit, the vector index"),
     Stage("query user", "jobs.query", lambda d: ["user", str(FIRST_USER)], spark=False, project=False,
           note="one lookup, a new process"),
     Stage("query similar", "jobs.query", lambda d: ["similar", str(FIRST_USER), "--k", "10"], spark=False,
@@ -216,11 +209,10 @@ def analyse(small: dict, big: dict, events_per_day: float) -> list[dict]:
         projected = None
         if b is not None and stage.project and stage is not STAGES[0]:
             projected = fixed + work_seconds(stage, big) * factor ** max(b, 1.0)
-        daily = None
-        if projected is not None and stage.daily is not None:
-            daily = projected * stage.daily(Days.of_counts(big["built_days"], big["training_days"]))
+        share = stage.daily(big["built_days"], big["training_days"]) if stage.daily is not None else None
+        daily = None if projected is None or share is None else projected * share
         out.append({"stage": stage.name, "exponent": b, "rss_exponent": mem_b, "driver_rss_exponent": drv_b,
-                    "projected_s": projected, "daily_s": daily})
+                    "projected_s": projected, "daily_share": share, "daily_s": daily})
     return out
 
 
@@ -291,17 +283,13 @@ def report(runs: list[dict], events_per_day: float, usd: float, cores: int, comm
     factor = events_per_day / per_day
     proj = ["| stage | projected s on these 2 cores | core-hours | daily share | daily core-hours |",
             "|---|---:|---:|---:|---:|"]
-    total_daily = 0.0
-    counts = Days.of_counts(big["built_days"], big["training_days"])
-    for stage, a in zip(STAGES[1:], rows_[1:]):
-        p = a["projected_s"]
-        ch = None if p is None else p * cores / 3600
-        share = stage.daily(counts) if stage.daily is not None else None
-        dch = None if ch is None or share is None else ch * share
-        total_daily += dch or 0.0
-        if p is not None:
-            proj.append(f"| {stage.name} | {fmt(p, ',.0f')} | {fmt(ch, ',.1f')} | {fmt(share, '.3f')} | "
-                        f"{fmt(dch, ',.1f')} |")
+    hours = cores / 3600  # core-hours per second of this machine
+    total_daily = sum(a["daily_s"] or 0.0 for a in rows_) * hours
+    for a in rows_:
+        if a["projected_s"] is not None:
+            dch = None if a["daily_s"] is None else a["daily_s"] * hours
+            proj.append(f"| {a['stage']} | {fmt(a['projected_s'], ',.0f')} | {fmt(a['projected_s'] * hours, ',.1f')} | "
+                        f"{fmt(a['daily_share'], '.3f')} | {fmt(dch, ',.1f')} |")
     notes = "\n".join(f"* *{s.name}*: {s.note}." for s in STAGES if s.note)
     drivers = [r["stages"][s.name]["driver_rss_mb"] for r in runs for s in STAGES]
     return f"""# The daily pipeline at two sizes on one machine

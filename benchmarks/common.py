@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -36,26 +37,29 @@ def whole_tree(proc: psutil.Process) -> list[psutil.Process]:
     return [proc, *proc.children(recursive=True)]
 
 
+@dataclass(frozen=True)
 class Sampled:
     """A finished process: exit code, wall seconds, the peak summed RSS (bytes) of the processes
     ``processes`` picked, of the process alone and of its anonymous part (RSS minus file-backed pages, such
-    as memory-mapped files the kernel can drop), and the end of its stderr."""
+    as memory-mapped files the kernel can drop), its stdout and the end of its stderr."""
 
-    def __init__(self, returncode: int, seconds: float, peak_rss: int, peak_root_rss: int, peak_root_anon: int,
-                 stdout: str, stderr_tail: str):
-        self.returncode, self.seconds, self.stdout, self.stderr_tail = returncode, seconds, stdout, stderr_tail
-        self.peak_rss, self.peak_root_rss, self.peak_root_anon = peak_rss, peak_root_rss, peak_root_anon
+    returncode: int
+    seconds: float
+    peak_rss: int
+    peak_root_rss: int
+    peak_root_anon: int
+    stdout: str
+    stderr_tail: str
 
 
-def run_sampled(cmd: Sequence[str], processes: Callable[[psutil.Process], list[psutil.Process]] = whole_tree,
-                capture_stdout: bool = True, env: dict[str, str] | None = None) -> Sampled:
+def run_sampled(cmd: Sequence[str],
+                processes: Callable[[psutil.Process], list[psutil.Process]] = whole_tree) -> Sampled:
     """Run ``cmd`` from the checkout's root, sampling every 0.2 s the summed RSS of ``processes(proc)`` and
-    the RSS of the process itself; stderr is kept in a temporary file (its last 4,000 characters are
-    returned), stdout is captured or passed through."""
+    the RSS of the process itself; stdout is captured, stderr kept in a temporary file (its last 4,000
+    characters are returned)."""
     err = tempfile.TemporaryFile(mode="w+")
     t0 = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), cwd=ROOT, stdout=subprocess.PIPE if capture_stdout else None, stderr=err,
-                            text=True, env=env)
+    proc = subprocess.Popen(list(cmd), cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
     peak = peak_root = peak_anon = 0
     stop = threading.Event()
 
@@ -80,7 +84,7 @@ def run_sampled(cmd: Sequence[str], processes: Callable[[psutil.Process], list[p
     err.seek(0)
     tail = err.read()[-4000:]
     err.close()
-    return Sampled(proc.returncode, seconds, peak, peak_root, peak_anon, out or "", tail)
+    return Sampled(proc.returncode, seconds, peak, peak_root, peak_anon, out, tail)
 
 
 def run_worker(module: str, args: list[str],

@@ -206,16 +206,23 @@ def build(paths: Sequence[str], out_dir: str, blocks: Spans | None, *, nlist: in
     return BuildResult(out_dir, manifest)
 
 
+def _lists_file(faiss: Any, ivf: Any, sources: Sequence[Any], path: str) -> tuple[Any, int]:
+    """A lists file at ``path`` holding the ``sources``' lists (inverted lists of ``ivf``'s shape), list by list;
+    returns its memory-mapped lists and their number of entries."""
+    parts = faiss.InvertedListsPtrVector()
+    for source in sources:
+        parts.push_back(source)
+    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, path)
+    with _stdout_to_devnull():
+        total = lists.merge_from_multiple(parts.data(), parts.size(), False)
+    return lists, int(total)
+
+
 def _write_shard(faiss: Any, shard: Any, folder: str, i: int) -> tuple[str, Any]:
     """Move a full shard's lists out of memory into a lists file of their own (memory-mapped from then on)."""
     path = os.path.join(folder, f"shard-{i:05d}.ivfdata")
     ivf = faiss.extract_index_ivf(shard)
-    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, path)
-    parts = faiss.InvertedListsPtrVector()
-    parts.push_back(ivf.invlists)
-    with _stdout_to_devnull():
-        lists.merge_from_multiple(parts.data(), parts.size(), False)
-    return path, lists
+    return path, _lists_file(faiss, ivf, [ivf.invlists], path)[0]
 
 
 @contextmanager
@@ -240,13 +247,8 @@ def _merge_on_disk(faiss: Any, index: Any, shards: list[tuple[str, Any]], lists_
     """Give the trained, empty ``index`` one lists file holding every shard's lists, read from their
     memory-mapped files list by list."""
     ivf = faiss.extract_index_ivf(index)
-    parts = faiss.InvertedListsPtrVector()
-    for _, shard_lists in shards:
-        parts.push_back(shard_lists)
-    lists = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, lists_path)
-    with _stdout_to_devnull():
-        total = lists.merge_from_multiple(parts.data(), parts.size(), False)
-    index.ntotal = ivf.ntotal = total
+    lists, index.ntotal = _lists_file(faiss, ivf, [shard_lists for _, shard_lists in shards], lists_path)
+    ivf.ntotal = index.ntotal
     ivf.replace_invlists(lists, True)
     lists.this.disown()  # the index owns the lists now
 

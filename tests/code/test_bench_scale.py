@@ -6,6 +6,8 @@ import math
 import pytest
 
 from benchmarks.bench_scale import STAGES, Days, analyse, report
+from benchmarks.common import ROOT
+from core.config import load_config
 
 STARTUP = STAGES[0].name
 
@@ -52,7 +54,7 @@ def test_a_sublinear_exponent_is_projected_as_linear() -> None:
 
 
 def test_the_days_of_a_world_and_the_report() -> None:
-    days = Days.of_counts(10, 8)
+    days = Days.of(load_config(ROOT / "conf" / "local.yaml"))  # 14 days, the first 4 a warm-up
     assert (days.n_built(), days.n_train()) == (10, 8)
     text = report([run(1_000_000, 1.0), run(4_000_000, 4.0)], 1e9, 0.05, 2, "python -m benchmarks.bench_scale", 60)
     assert "| training, 1 epoch | 110.0 | 410.0 |" in text
