@@ -36,8 +36,10 @@ class TableSpec:
     # Columns that may be absent from an input table without failing (none for contract tables).
     optional: tuple[str, ...] = field(default=())
     # A column point lookups filter on: writes sort each file by it, so with row groups of at most
-    # row_group_bytes (0: Spark's default) a lookup reads the few row groups whose range holds the value.
+    # row_group_bytes a lookup reads the few row groups whose range holds the value.
     lookup_key: str = ""
+    # The Parquet row-group size writes aim for (0: Spark's default, 128 MB). A reader that takes whole
+    # row groups (Petastorm) holds a few of them decoded at once, so a table it reads bounds them.
     row_group_bytes: int = 0
 
     @property
@@ -218,7 +220,10 @@ TRAINING_EXAMPLES = TableSpec("features/training_examples", T.StructType(
        _f("follow_weight", FLT, False), _f("label_tier", INT, False), _f("ppp_user", INT, False),
        _f("dt", STR, False)]), ("dt",),
     "point-in-time multi-task training examples, one row per example group: one user at one instant with "
-    "its behaviour sequence encoded once (an impression list, a follow impression or a tier label)")
+    "its behaviour sequence encoded once (an impression list, a follow impression or a tier label)",
+    # Petastorm decodes a row group whole; with Spark's default a training driver grew with the data
+    # (benchmarks/results/scale.md: 1.0 GB at 2M events, 2.7 GB at 20M, where row groups were 27 MB)
+    row_group_bytes=4 << 20)
 
 FEATURE_STATS = TableSpec("features/feature_stats", T.StructType([
     _f("feature", STR, False), _f("population", STR, False), _f("count", LONG, False),

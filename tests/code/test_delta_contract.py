@@ -174,3 +174,30 @@ def test_replace_several_partitions_in_one_commit(spark, tables: DeltaTables) ->
     assert counts(tables.read(SPEC)) == {"2026-11-01": 3, "2026-11-02": 2, "2026-11-03": 5}
     with pytest.raises(PlatformError, match="not partitioned by job"):
         tables.write(new, SPEC, replace={"job": "x"})
+
+
+def test_row_group_bytes_bounds_the_row_groups_a_write_makes(spark, tables: DeltaTables) -> None:
+    """A spec's row_group_bytes caps the Parquet row groups of its files (Spark's default is 128 MB),
+    which bounds what a whole-row-group reader such as Petastorm holds; the training set sets it."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from core.tables import TRAINING_EXAMPLES
+
+    assert 0 < TRAINING_EXAMPLES.row_group_bytes <= 16 << 20
+    bound = 64 << 10
+    spec = dataclasses.replace(SPEC, name="test/small_groups", row_group_bytes=bound)
+    df = (spark.range(40_000, numPartitions=1)
+          .select(F.col("id").alias("user_id"), F.rand(1).cast("float").alias("score"),
+                  F.array(F.sha2(F.col("id").cast("string"), 256)).alias("tags"),
+                  F.lit(dt.datetime(2026, 11, 1, 12)).alias("ts"), F.lit("2026-11-01").alias("dt")))
+    tables.write(df, spec)
+    [path] = [f[len("file://"):] for f in tables.files(spec, dt="2026-11-01")]
+    meta = pq.ParquetFile(path).metadata
+    sizes = [meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)]
+    assert meta.num_rows == 40_000 and meta.num_row_groups >= 10, sizes
+    assert max(sizes) <= 2 * bound, sizes
+    tables.write(df, SPEC)  # no bound: one row group
+    [path] = [f[len("file://"):] for f in tables.files(SPEC, dt="2026-11-01")]
+    assert pq.ParquetFile(path).metadata.num_row_groups == 1
