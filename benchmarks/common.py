@@ -23,12 +23,12 @@ WORK = ROOT / "benchmarks" / "_work"
 
 
 def commit() -> str:
-    """This checkout's short commit, with ``+changes`` when its tracked files differ from it
-    (``unknown`` outside a git checkout)."""
+    """This checkout's short commit, with ``+changes`` when its tracked files other than the results
+    (which a resumed benchmark rewrites itself) differ from it (``unknown`` outside a git checkout)."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "-uno") else "")
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "-uno", "--", ".", ":(exclude)benchmarks/results") else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
