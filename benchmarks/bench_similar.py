@@ -342,6 +342,14 @@ def synthetic_rows(files: Sequence[str], rows: np.ndarray) -> tuple[np.ndarray, 
     return ids_[back], vec_[back]
 
 
+def _anon(built: dict) -> str:
+    """The build's anonymous peak, for results that recorded it (the rest of its RSS is the pages of the
+    memory-mapped lists it writes, which the kernel can drop)."""
+    if "peak_anon_mb" not in built:
+        return ""
+    return f" of which {built['peak_anon_mb']:,.0f} MB anonymous (the rest: pages of the memory-mapped files)"
+
+
 def _sweep_table(rows: list[dict[str, Any]], default: int) -> list[str]:
     out = ["| nprobe | recall@10 | median ms | p95 ms |", "|---:|---:|---:|---:|"]
     for r in rows:
@@ -382,7 +390,8 @@ def render(r: dict[str, Any], default_nprobe: int) -> str:
              f"## {big['users']:,} synthetic users (between neighbouring published users, noise {r['noise']})", "",
              f"{big['users']:,} users x {real['dim']} floats; the platform's build "
              f"(`features.vector_index.build`): {big['nlist']:,} lists, {big['build_s']:.0f} s, peak RSS "
-             f"{big['peak_rss_mb']:,.0f} MB, index {big['size_mb']:,.0f} MB on disk; opened (memory-mapped) in "
+             f"{big['peak_rss_mb']:,.0f} MB{_anon(big)}, index {big['size_mb']:,.0f} MB on disk; opened "
+             "(memory-mapped) in "
              f"{big['open_s']:.2f} s.", "", *_sweep_table(big["sweep"], default_nprobe), "",
              *([f"Every query of this population finds its exact top {K} at every nprobe: users drawn between "
                 "neighbouring published users are easier to search than a real population, so the published "

@@ -28,7 +28,8 @@ def commit() -> str:
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        return git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain", "-uno", "--", ".", ":(exclude)benchmarks/results") else "")
+        changed = git("status", "--porcelain", "-uno", "--", ".", ":(exclude)benchmarks/results")
+        return git("rev-parse", "--short", "HEAD") + ("+changes" if changed else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -90,13 +91,15 @@ def run_sampled(cmd: Sequence[str],
 def run_worker(module: str, args: list[str],
                processes: Callable[[psutil.Process], list[psutil.Process]] = whole_tree) -> dict[str, float]:
     """Run ``python -m <module> --worker <args>``; its last stdout line is a JSON result, to which
-    ``peak_rss_mb`` (the peak summed RSS of ``processes(worker)``, sampled every 0.2 s) is added."""
+    ``peak_rss_mb`` (the peak summed RSS of ``processes(worker)``, sampled every 0.2 s) and
+    ``peak_anon_mb`` (the worker's own peak RSS without file-backed pages) are added."""
     res = run_sampled([sys.executable, "-m", module, "--worker", *args], processes)
     if res.returncode != 0:
         raise RuntimeError(f"benchmark worker {module} {args} failed (exit {res.returncode}); its stderr "
                            f"ends with:\n{res.stderr_tail}")
     result: dict[str, float] = json.loads(res.stdout.strip().splitlines()[-1])
     result["peak_rss_mb"] = res.peak_rss / 2**20
+    result["peak_anon_mb"] = res.peak_root_anon / 2**20
     return result
 
 
