@@ -43,6 +43,11 @@ SECTIONS: tuple[Section, ...] = (
             "oracle", "comparison.md",
             "Every model under one protocol (train on the training days, select on the validation day, score the "
             "test day once), 3 seeds, with the world's oracle; DUPN-all against the targets and against every row."),
+    Section("DUPN-all on the training set's current layout (row groups of at most 4 MB)", "comparison_layout.md",
+            "The platform's model re-run under the comparison's protocol on a lake built by the current code, whose "
+            "training-set files hold several row groups where the comparison's held one; 3 seeds.",
+            command="python -m benchmarks.bench_comparison --rows dupn_all --name comparison_layout "
+                    "--cache-dir benchmarks/results/comparison_layout_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
     Section("Do the published vectors tell users apart", "neighbours.md",

@@ -22,7 +22,8 @@ def test_every_results_file_is_in_the_report_and_missing_ones_are_named(tmp_path
                                        "(2026-12-02, 2 cores); do not edit -->\n# Census\n\n| a |\n|---|\n| 1 |\n"
                                        "![plot](census.png) [docs](../../docs/tabular.md)\n")
     text = render(results, out)
-    census = text.split("## 5. Census-income against torch-rechub")[1].split("## 6.")[0]
+    n = next(i for i, s in enumerate(SECTIONS, 1) if s.file == "census.md")
+    census = text.split(f"## {n}. Census-income against torch-rechub")[1].split(f"## {n + 1}.")[0]
     assert "written by `python -m benchmarks.bench_census --seeds 0` (2026-12-02, 2 cores)" in census
     assert "### Census" in census and "| 1 |" in census  # the file's heading demoted under its section
     assert "![plot](../benchmarks/results/census.png)" in census and "[docs](tabular.md)" in census
