@@ -90,6 +90,9 @@ class Row:
     cache_as: str = ""  # the row name in the run cache's keys, for a row whose runs were made under another name
 
 
+# the user's history with the target item, which DUPN's heads have no exact match of: every GBDT ablation
+# below the first leaves it out, so each is read against the GBDT without it
+NOITEM = ("item_n_30d", "item_last_age_h")
 ROWS: tuple[Row, ...] = (
     Row("wide", "Wide (logistic regression, one-hot + crosses)", "baselines",
         ("training.model.family=wide", CATALOGUE, NOEMA)),
@@ -100,22 +103,22 @@ ROWS: tuple[Row, ...] = (
     Row("gbdt", "GBDT (LightGBM, hand-crafted point-in-time features)", "baselines", kind="gbdt"),
     Row("gbdt_noitem", "GBDT without the user's history with the target item (item_n_30d and item_last_age_h "
         "left out; DUPN's heads have no exact-item match either)", "baselines", kind="gbdt",
-        exclude=("item_n_30d", "item_last_age_h")),
+        exclude=NOITEM),
     Row("gbdt_norecency", "GBDT without the recency of the target's category either (also cat_last_age_h, "
         "cat_last_buy_age_h and cat_recency_rank left out: the GBDT's strongest CTR features, which DUPN's heads "
         "have no exact counterpart of)", "baselines", kind="gbdt",
-        exclude=("item_n_30d", "item_last_age_h", "cat_last_age_h", "cat_last_buy_age_h", "cat_recency_rank")),
+        exclude=(*NOITEM, "cat_last_age_h", "cat_last_buy_age_h", "cat_recency_rank")),
     Row("gbdt_noprev", "GBDT without earlier days' popularity either (also the item's, category's, talent's and "
         "user's impressions and rates of the days before left out: DUPN learns them only through ids)", "baselines",
-        kind="gbdt", exclude=("item_n_30d", "item_last_age_h", "item_imps_prev", "item_ctr_prev", "item_cvr_prev",
-                              "cat_imps_prev", "cat_ctr_prev", "item_events_prev", "talent_imps_prev",
-                              "talent_follow_rate_prev", "user_follow_imps_prev", "user_follow_rate_prev")),
+        kind="gbdt", exclude=(*NOITEM, "item_imps_prev", "item_ctr_prev", "item_cvr_prev", "cat_imps_prev",
+                              "cat_ctr_prev", "item_events_prev", "talent_imps_prev", "talent_follow_rate_prev",
+                              "user_follow_imps_prev", "user_follow_rate_prev")),
     Row("gbdt_noprice", "GBDT without the target's price against the user's either (also target_rel_price, "
         "target_price_gap_buy and target_price_gap_deep left out)", "baselines", kind="gbdt",
-        exclude=("item_n_30d", "item_last_age_h", "target_rel_price", "target_price_gap_buy", "target_price_gap_deep")),
+        exclude=(*NOITEM, "target_rel_price", "target_price_gap_buy", "target_price_gap_deep")),
     Row("gbdt_noquery", "GBDT without the query's category either (also query_category_share and has_query left "
         "out)", "baselines", kind="gbdt",
-        exclude=("item_n_30d", "item_last_age_h", "query_category_share", "has_query")),
+        exclude=(*NOITEM, "query_category_share", "has_query")),
     Row("popularity", "Popularity (the item's events in the 7 days before; nothing learned)", "baselines",
         kind="heuristic", feature="item_events_prev"),
     Row("recent_category", "Recently interacted category (the user's share of events in the target's category, "
@@ -354,10 +357,9 @@ class Runner:
         return train, valid, test
 
     def _gbdt_columns(self) -> list[str]:
-        from features.gbdt import task_features
+        from features.gbdt import feature_columns
 
-        rank_dim = self.cfg.inputs.rank_features_dim
-        return sorted({c for task in ("ctr", "cvr", "l2r", "follow", "ppp") for c in task_features(task, rank_dim)})
+        return sorted(feature_columns(self.cfg.inputs.rank_features_dim))
 
     def gbdt(self, row: Row, seed: int) -> RunOutcome:
         from features.gbdt import gbdt_spec, task_features
