@@ -130,6 +130,9 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_bpatt", "DUPN-bpatt (properties in the attention)", "DUPN ablations",
         ("training.model.property_in=attention", NOPROFILE, CATALOGUE, NOEMA)),
     Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",)),
+    Row("dupn_priors", "DUPN-all with the target's earlier-days statistics (the query's share in the item's "
+        "category, the talent's and the user's earlier follows)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.target_priors=true")),
     Row("dupn_catalogue", "DUPN-all with prices relative to the catalogue's mean, without the average of the weights "
         "(the platform's model before both)", "DUPN ablations", ("training.model.property_in=all", CATALOGUE, NOEMA),
         cache_as=REFERENCE),
@@ -243,6 +246,7 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "category_profile": (0, frozenset({"dupn"})),
     "price_reference": ("catalogue", frozenset(get_args(ModelFamily))),
     "price_match": (False, frozenset({"dupn"})),
+    "target_priors": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
 }
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}

@@ -46,8 +46,8 @@ from training.step import TrainTask
 from training.weighting import build_weighting
 
 logger = logging.getLogger("bench_training")
-SLOT_KEYS = ("item", "item_shop", "item_brand", "item_category", "item_log_price", "label_click", "label_cart",
-             "label_buy", "ctr_weight", "l2r_gain")
+SLOT_KEYS = ("item", "item_shop", "item_brand", "item_category", "item_log_price", "item_query_share", "label_click",
+             "label_cart", "label_buy", "ctr_weight", "l2r_gain")
 
 
 def explode(batch: Mapping[str, Tensor], max_tags: int, rank_dim: int) -> dict[str, Tensor]:

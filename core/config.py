@@ -224,6 +224,10 @@ class ModelConfig(_Strict):
     attention_heads: int = Field(4, ge=1, description="attention distributions over the behaviours; each also "
                                  "pools the behaviours' interest keys into the representation")
     match_features: bool = Field(True, description="heads read the user-target match of the pooled interests")
+    target_priors: bool = Field(False, description="heads also read the target's earlier-days statistics of "
+                                "features/training_examples: item heads the share of the query's earlier searches "
+                                "in the item's category, the follow head the talent's and the user's earlier "
+                                "follow impressions and rates (features/priors.py)")
     recency_interests: int = Field(0, ge=0, description="time-decay pools of the behaviours' interest keys (a "
                                    "learned weight per age bucket, not normalised), beside the attention's: each "
                                    "adds an interest and the log of its decayed behaviour count")

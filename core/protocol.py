@@ -57,6 +57,11 @@ class DaySplit:
             raise KeyError(f"unknown split '{split}'; splits are {SPLITS}")
         return {TRAIN: self.train, VALID: self.valid, TEST: self.test}[split]
 
+    @property
+    def all_days(self) -> tuple[str, ...]:
+        """Every day of the range, in date order."""
+        return self.train + self.valid + self.test
+
     def as_dict(self) -> dict[str, list[str]]:
         return {TRAIN: list(self.train), VALID: list(self.valid), TEST: list(self.test)}
 

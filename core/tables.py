@@ -202,8 +202,11 @@ KIND_OF_TASK = {"ctr": "impressions", "l2r": "impressions", "follow": "follow", 
 
 # Columns of one impression slot (arrays of length G = training_set.group_size; item_tags G*max_tags,
 # rank_features G*rank_dim, row-major). Slots past n_items are padding (index 0, value 0, weight 0).
+# item_query_share: the share of the list's query's earlier searches in the slot item's category
+# (features/priors.py; 0 when the list has no query).
 SLOT_COLUMNS = ("example_id", "item", "item_shop", "item_brand", "item_category", "item_tags", "item_log_price",
-                "rank_features", "label_click", "label_cart", "label_buy", "ctr_weight", "l2r_gain")
+                "item_query_share", "rank_features", "label_click", "label_cart", "label_buy", "ctr_weight",
+                "l2r_gain")
 
 TRAINING_EXAMPLES = TableSpec("features/training_examples", T.StructType(
     [_f("group_id", LONG, False), _f("list_id", LONG, False), _f("kind", STR, False), _f("kind_id", INT, False),
@@ -213,10 +216,13 @@ TRAINING_EXAMPLES = TableSpec("features/training_examples", T.StructType(
        _f("example_id", T.ArrayType(LONG), False),
        _f("item", INTS, False), _f("item_shop", INTS, False), _f("item_brand", INTS, False),
        _f("item_category", INTS, False), _f("item_tags", INTS, False), _f("item_log_price", FLOATS, False),
-       _f("rank_features", FLOATS, False), _f("label_click", FLOATS, False), _f("label_cart", FLOATS, False),
+       _f("item_query_share", FLOATS, False), _f("rank_features", FLOATS, False), _f("label_click", FLOATS, False),
+       _f("label_cart", FLOATS, False),
        _f("label_buy", FLOATS, False), _f("ctr_weight", FLOATS, False), _f("l2r", INT, False),
        _f("l2r_gain", FLOATS, False),
-       _f("talent", INT, False), _f("talent_category", INT, False), _f("label_follow", FLT, False),
+       _f("talent", INT, False), _f("talent_category", INT, False),
+       # features.priors.TALENT_PRIOR of a follow row (the talent's and the user's earlier follows); zeros elsewhere
+       _f("talent_prior", FLOATS, False), _f("label_follow", FLT, False),
        _f("follow_weight", FLT, False), _f("label_tier", INT, False), _f("ppp_user", INT, False),
        _f("dt", STR, False)]), ("dt",),
     "point-in-time multi-task training examples, one row per example group: one user at one instant with "

@@ -30,6 +30,7 @@ from pyspark.sql import types as T
 from core import tables as t
 from core.tables import TableSpec
 from features import encoding as enc
+from features import priors
 from features.training_set import impression_slots
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 DAY = 86_400.0
 WINDOWS = {"1h": 3_600.0, "1d": DAY, "3d": 3 * DAY, "7d": 7 * DAY, "30d": 30 * DAY}
 HALF_LIVES = {"1d": DAY, "3d": 3 * DAY}
-POPULARITY_DAYS = 7
+POPULARITY_DAYS = priors.POPULARITY_DAYS
 PRICE_BEHAVIOURS = {"click": enc.BEHAVIOR_INDEX["click"], "fav": enc.BEHAVIOR_INDEX["fav"],
                     "cart": enc.BEHAVIOR_INDEX["cart"], "buy": enc.BEHAVIOR_INDEX["buy"]}
 
@@ -106,14 +107,13 @@ def encoded_events(events: "DataFrame", items: "DataFrame", cfg_buckets_query: i
     it = items.join(F.broadcast(cat_mean), "category", "left").select(
         "item_id", F.col("category").alias("cat"), "log_price",
         F.when(F.col("log_price") > 0, F.col("log_price") - F.col("_cat_mean")).alias("rel_price"))
-    tok = F.split(F.lower(F.trim(F.coalesce("query", F.lit("")))), r"\s+")[0]
     return events.join(F.broadcast(it), "item_id", "left").select(
         "user_id", "event_time", F.col("event_time").cast("double").alias("t"),
         enc.enum_index(F.col("behavior"), enc.BEHAVIOR_INDEX).alias("beh"),
         F.coalesce("cat", F.lit(enc.UNKNOWN)).alias("cat"), "item_id",
         F.when(F.col("log_price") > 0, F.col("log_price")).alias("log_price"), "rel_price",
-        F.when((F.col("scene") == "search") & (F.length(tok) > 0),
-               enc.hashed(tok, "query_token", cfg_buckets_query)).otherwise(F.lit(0)).alias("qtok"), "dt")
+        F.when(F.col("scene") == "search", priors.first_query_token(F.col("query"), cfg_buckets_query))
+        .otherwise(F.lit(enc.PAD)).alias("qtok"), "dt")
 
 
 def _window_sums(age: "Column", prefix: str) -> list["Column"]:
@@ -173,17 +173,6 @@ def user_aggregates(anchors: "DataFrame", ev: "DataFrame") -> tuple["DataFrame",
     return per_cat, totals, per_item
 
 
-def _prior_days(daily: "DataFrame", keys: Sequence[str], days: Sequence[str], sums: Sequence[str]) -> "DataFrame":
-    """Sums of ``sums`` per ``keys`` over the POPULARITY_DAYS days before each day of ``days`` (column ``dt``)."""
-    from pyspark.sql import functions as F
-
-    spark = daily.sparkSession
-    targets = spark.createDataFrame([(d,) for d in days], "day string")
-    joined = daily.join(F.broadcast(targets), (F.col("dt") < F.col("day"))
-                        & (F.col("dt") >= F.date_format(F.date_sub(F.to_date("day"), POPULARITY_DAYS), "yyyy-MM-dd")))
-    return joined.groupBy(*keys, "day").agg(*[F.sum(c).alias(c) for c in sums]).withColumnRenamed("day", "dt")
-
-
 def popularity(impressions: "DataFrame", events: "DataFrame", follows: "DataFrame | None",
                items: "DataFrame", days: Sequence[str], item_buckets: int, talent_buckets: int) \
         -> dict[str, "DataFrame"]:
@@ -199,21 +188,13 @@ def popularity(impressions: "DataFrame", events: "DataFrame", follows: "DataFram
     cat_daily = imp.groupBy("cat", "dt").agg(F.count(F.lit(1)).alias("cimps"), F.sum("clicked").alias("cclicks"))
     ev_daily = (events.select(enc.hashed(F.col("item_id"), "item_id", item_buckets).alias("item"), "dt")
                 .groupBy("item", "dt").agg(F.count(F.lit(1)).alias("events")))
-    query_daily = (events.where(F.col("qtok") > 0).groupBy("qtok", "cat", "dt")
-                   .agg(F.count(F.lit(1)).alias("qn")))
-    out = {"item": _prior_days(item_daily, ["item"], days, ["imps", "clicks", "buys"]),
-           "cat": _prior_days(cat_daily, ["cat"], days, ["cimps", "cclicks"]),
-           "item_events": _prior_days(ev_daily, ["item"], days, ["events"]),
-           "query": _prior_days(query_daily, ["qtok", "cat"], days, ["qn"])}
+    out = {"item": priors.prior_days(item_daily, ["item"], days, ["imps", "clicks", "buys"]),
+           "cat": priors.prior_days(cat_daily, ["cat"], days, ["cimps", "cclicks"]),
+           "item_events": priors.prior_days(ev_daily, ["item"], days, ["events"])}
+    out["query"], out["query_all"] = priors.query_categories(
+        events.where(F.col("qtok") != enc.PAD).select("qtok", "cat", "dt"), days)
     if follows is not None:
-        fol = follows.select(enc.hashed(F.col("talent_id"), "talent_id", talent_buckets).alias("talent"),
-                             "user_id", "followed", "dt")
-        talent_daily = fol.groupBy("talent", "dt").agg(F.count(F.lit(1)).alias("timps"),
-                                                       F.sum("followed").alias("tfollows"))
-        out["talent"] = _prior_days(talent_daily, ["talent"], days, ["timps", "tfollows"])
-        user_daily = fol.groupBy("user_id", "dt").agg(F.count(F.lit(1)).alias("uimps"),
-                                                      F.sum("followed").alias("ufollows"))
-        out["user_follow"] = _prior_days(user_daily, ["user_id"], days, ["uimps", "ufollows"])
+        out["talent"], out["user_follow"] = priors.follow_counts(follows, days, talent_buckets)
     return out
 
 
@@ -271,8 +252,7 @@ def gbdt_examples(examples: "DataFrame", events: "DataFrame", items_encoded: "Da
     item_hashed = item_hashed.groupBy("group_id", "item").agg(F.sum("item_n_30d").alias("item_n_30d"),
                                                               F.min("item_last_age_h").alias("item_last_age_h"))
     imp = imp.join(item_hashed, ["group_id", "item"], "left").join(F.broadcast(rel), "cat", "left")
-    p_item, p_cat, p_ev, p_q = pop["item"], pop["cat"], pop["item_events"], pop["query"]
-    q_tot = p_q.groupBy("qtok", "dt").agg(F.sum("qn").alias("qall"))
+    p_item, p_cat, p_ev, p_q, q_tot = pop["item"], pop["cat"], pop["item_events"], pop["query"], pop["query_all"]
     imp = (imp.join(p_item, ["item", "dt"], "left").join(p_cat, ["cat", "dt"], "left")
            .join(p_ev, ["item", "dt"], "left").join(p_q, ["qtok", "cat", "dt"], "left")
            .join(q_tot, ["qtok", "dt"], "left"))
@@ -290,8 +270,7 @@ def gbdt_examples(examples: "DataFrame", events: "DataFrame", items_encoded: "Da
         ((F.coalesce("cclicks", F.lit(0)) + 1.0) / (F.coalesce("cimps", F.lit(0)) + 25.0)).cast("float")
         .alias("cat_ctr_prev"),
         F.coalesce("events", F.lit(0)).cast("float").alias("item_events_prev"),
-        F.when(F.col("qtok") > 0, (F.coalesce("qn", F.lit(0)) + 0.01) / (F.coalesce("qall", F.lit(0)) + 1.0))
-        .cast("float").alias("query_category_share"),
+        priors.query_share(F.col("qtok"), F.col("qn"), F.col("qall")).alias("query_category_share"),
         (F.col("qtok") > 0).cast("float").alias("has_query"),
         *[F.col("rank_features")[i].cast("float").alias(f"rank_{i}") for i in range(rank_dim)])
     imp = (imp.drop("item_n_30d").withColumnRenamed("_item_n", "item_n_30d")
@@ -316,12 +295,7 @@ def gbdt_examples(examples: "DataFrame", events: "DataFrame", items_encoded: "Da
                                 for c in ("timps", "tfollows", "uimps", "ufollows")])
     fol = shares(fol.join(per_cat, ["group_id", "cat"], "left").join(totals, "group_id", "left")).select(
         "*", F.col("cat").cast("float").alias("target_category"),
-        F.coalesce("timps", F.lit(0)).cast("float").alias("talent_imps_prev"),
-        ((F.coalesce("tfollows", F.lit(0)) + 0.5) / (F.coalesce("timps", F.lit(0)) + 3.0)).cast("float")
-        .alias("talent_follow_rate_prev"),
-        F.coalesce("uimps", F.lit(0)).cast("float").alias("user_follow_imps_prev"),
-        ((F.coalesce("ufollows", F.lit(0)) + 0.5) / (F.coalesce("uimps", F.lit(0)) + 3.0)).cast("float")
-        .alias("user_follow_rate_prev")).join(prof, "user_id", "left")
+        *[c.alias(name) for name, c in priors.talent_prior_columns().items()]).join(prof, "user_id", "left")
     parts.append(_rows(fol, "follow", cols, {"label_follow": F.col("label_follow"),
                                              "follow_weight": F.col("follow_weight")}))
     # ---- purchasing-power rows

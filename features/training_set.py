@@ -31,6 +31,7 @@ from core.protocol import range_days
 from core import tables as t
 from core.config import SequencesConfig, TaskSampling, TrainingSetConfig
 from features import encoding as enc
+from features import priors
 from features.sequences import assemble, end_of_day, latest_n_before, pad
 
 if TYPE_CHECKING:
@@ -89,16 +90,18 @@ def _defaults(cfg: SequencesConfig, rank_dim: int, group_size: int) -> dict[str,
         "list_id": F.lit(0).cast("bigint"), "query_tokens": ints(cfg.max_query_tokens), "n_items": F.lit(0),
         "example_id": F.array_repeat(F.lit(0).cast("bigint"), G), "item": ints(G), "item_shop": ints(G),
         "item_brand": ints(G), "item_category": ints(G), "item_tags": ints(G * K), "item_log_price": floats(G),
-        "rank_features": floats(G * rank_dim), "label_click": floats(G), "label_cart": floats(G),
+        "item_query_share": floats(G), "rank_features": floats(G * rank_dim), "label_click": floats(G),
+        "label_cart": floats(G),
         "label_buy": floats(G), "ctr_weight": floats(G), "l2r": F.lit(0), "l2r_gain": floats(G),
-        "talent": F.lit(enc.PAD), "talent_category": F.lit(enc.PAD), "label_follow": _f32(0.0),
+        "talent": F.lit(enc.PAD), "talent_category": F.lit(enc.PAD),
+        "talent_prior": floats(len(priors.TALENT_PRIOR)), "label_follow": _f32(0.0),
         "follow_weight": _f32(0.0), "label_tier": F.lit(-1), "ppp_user": F.lit(pr.PPP_TRAIN_USER),
     }
 
 
 EXAMPLE_COLUMNS = ["group_id", "list_id", "kind", "kind_id", "split", "user_id", "anchor_time", "dt",
-                   "query_tokens", "n_items", *t.SLOT_COLUMNS, "l2r", "talent", "talent_category", "label_follow",
-                   "follow_weight", "label_tier", "ppp_user"]
+                   "query_tokens", "n_items", *t.SLOT_COLUMNS, "l2r", "talent", "talent_category", "talent_prior",
+                   "label_follow", "follow_weight", "label_tier", "ppp_user"]
 
 
 def _finish(df: "DataFrame", kind: str, cfg: SequencesConfig, rank_dim: int, group_size: int) -> "DataFrame":
@@ -112,13 +115,16 @@ def _finish(df: "DataFrame", kind: str, cfg: SequencesConfig, rank_dim: int, gro
 
 
 def impression_groups(imp: "DataFrame", items: "DataFrame", tsc: TrainingSetConfig, seq: SequencesConfig,
-                      rank_dim: int, days: pr.DaySplit, tasks: Sequence[str]) -> "DataFrame":
+                      rank_dim: int, days: pr.DaySplit, tasks: Sequence[str],
+                      searches: "DataFrame") -> "DataFrame":
     """``impressions`` rows of valid ``raw/impressions`` rows.
 
     Args:
         imp: valid impressions.
         items: :func:`features.sequences.encode_items` output (target item attributes).
         tasks: the enabled tasks (``ctr`` and/or ``l2r``).
+        searches: :func:`features.priors.search_categories` of the behaviour before the examples' days
+            (``item_query_share``).
 
     CTR sampling (training split): negatives are kept with ``ctr.negative_rate``, positives get
     weight ``ctr.positive_upsample``; a dropped negative keeps its slot (weight 0) only inside an
@@ -160,16 +166,21 @@ def impression_groups(imp: "DataFrame", items: "DataFrame", tsc: TrainingSetConf
     target = items.select("item_id", F.col("shop").alias("_shop"), F.col("brand").alias("_brand"),
                           F.col("category").alias("_category"), F.col("tags").alias("_tags"),
                           F.col("log_price").alias("_log_price"))
-    base = base.join(target, "item_id", "left")
     unknown = F.lit(enc.UNKNOWN)
+    base = (base.join(target, "item_id", "left")
+            .withColumn("cat", F.coalesce("_category", unknown))
+            .withColumn("qtok", priors.first_query_token(F.col("query"), b.query_token)))
+    by_category, by_query = priors.query_categories(searches, days.all_days)
+    base = base.join(by_category, ["qtok", "cat", "dt"], "left").join(by_query, ["qtok", "dt"], "left")
     slot = F.struct(
         F.col("_slot").alias("pos"),
         F.xxhash64(F.lit(tsc.seed), F.lit("ctr"), "user_id", "_ident", "event_time").alias("example_id"),
         enc.hashed(F.col("item_id"), "item_id", b.item_id).alias("item"),
         F.coalesce("_shop", unknown).alias("item_shop"), F.coalesce("_brand", unknown).alias("item_brand"),
-        F.coalesce("_category", unknown).alias("item_category"),
+        F.col("cat").alias("item_category"),
         F.coalesce("_tags", F.array_repeat(F.lit(enc.PAD), K)).alias("item_tags"),
         F.coalesce("_log_price", _f32(0.0)).alias("item_log_price"),
+        F.coalesce(priors.query_share(F.col("qtok"), F.col("qn"), F.col("qall")), _f32(0.0)).alias("item_query_share"),
         F.col("rank_features").alias("rank_features"),
         F.col("clicked").cast("float").alias("label_click"), F.col("carted").cast("float").alias("label_cart"),
         F.col("bought").cast("float").alias("label_buy"), F.col("_w").alias("ctr_weight"),
@@ -190,6 +201,7 @@ def impression_groups(imp: "DataFrame", items: "DataFrame", tsc: TrainingSetConf
         field("item_brand", pad_i).alias("item_brand"), field("item_category", pad_i).alias("item_category"),
         pad(F.flatten(F.transform(s, lambda x: x["item_tags"])), G * K, pad_i).alias("item_tags"),
         field("item_log_price", zero).alias("item_log_price"),
+        field("item_query_share", zero).alias("item_query_share"),
         pad(F.flatten(F.transform(s, lambda x: x["rank_features"])), G * rank_dim, zero).alias("rank_features"),
         *[field(c, zero).alias(c) for c in ("label_click", "label_cart", "label_buy", "ctr_weight", "l2r_gain")])
     out = cap_groups(out, tsc.ctr.cap_per_user_day, tsc.seed, "impressions")
@@ -197,8 +209,10 @@ def impression_groups(imp: "DataFrame", items: "DataFrame", tsc: TrainingSetConf
 
 
 def follow_rows(fol: "DataFrame", tsc: TrainingSetConfig, seq: SequencesConfig, rank_dim: int,
-                days: pr.DaySplit) -> "DataFrame":
-    """``follow`` rows: the talent hashed into its own space, its category into the item categories' space."""
+                days: pr.DaySplit, earlier: "DataFrame") -> "DataFrame":
+    """``follow`` rows: the talent hashed into its own space, its category into the item categories' space,
+    and ``talent_prior`` (:data:`features.priors.TALENT_PRIOR`) from ``earlier``: valid ``raw/follows``
+    rows of the :data:`features.priors.POPULARITY_DAYS` days before the examples' days (or more)."""
     from pyspark.sql import functions as F
 
     b, s = seq.hash_buckets, tsc.follow
@@ -216,6 +230,11 @@ def follow_rows(fol: "DataFrame", tsc: TrainingSetConfig, seq: SequencesConfig, 
                     enc.hashed(F.col("talent_category_id"), "category_id", b.category_id).alias("talent_category"),
                     F.col("followed").cast("float").alias("label_follow"))
             .dropDuplicates(["group_id"]))
+    by_talent, by_user = priors.follow_counts(earlier, days.all_days, b.talent_id)
+    prior = priors.talent_prior_columns()
+    base = (base.join(by_talent, ["talent", "dt"], "left").join(by_user, ["user_id", "dt"], "left")
+            .withColumn("talent_prior", F.array(*[prior[c] for c in priors.TALENT_PRIOR]))
+            .drop("timps", "tfollows", "uimps", "ufollows"))
     return _finish(cap_groups(base, s.cap_per_user_day, tsc.seed, "follow"), "follow", seq, rank_dim,
                    tsc.group_size)
 

@@ -6,7 +6,9 @@
 Tasks: ``ctr`` and ``l2r`` from ``raw/impressions``, ``follow`` from ``raw/follows``, ``ppp``
 from ``raw/ppp_labels``; a task whose label table is absent is skipped with a warning. One row
 per example group (an impression list, a follow impression, a tier label) with its user's
-sequence as of its own ``event_time`` (strictly earlier behaviour only). Splits follow the
+sequence as of its own ``event_time`` (strictly earlier behaviour only) and its target's
+earlier-days statistics (``features/priors.py``: the week before each day of ``raw/events`` and
+``raw/follows`` is read too). Splits follow the
 evaluation protocol (``core/protocol.py``): the last ``training_set.test_days`` days are the
 test split, the ``validation_days`` before them the validation split; purchasing-power labels
 of held-out users never enter the training split. Sampling of the training split follows
@@ -16,12 +18,14 @@ partitions ``dt`` in [start, end] are replaced in one atomic commit.
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 
 import logging
 from functools import reduce
 from typing import TYPE_CHECKING
 
 from core import protocol as pr
+from core.protocol import range_days
 from core import tables as t
 from core.cli import JobContext, base_parser, main_entry
 from core.delta import DeltaTables, get_tables
@@ -29,6 +33,7 @@ from core.errors import PlatformError
 from core.spark import get_spark
 from features import training_set as ts
 from features.inputs import Inputs
+from features.priors import POPULARITY_DAYS, search_categories
 from features.quality import enforce_bound, release, write_quarantine
 from features.sequences import encode_behaviour, encode_items, encode_users
 
@@ -66,16 +71,19 @@ def _build(ctx: JobContext, tables: DeltaTables, days: list[str]) -> str:
     parts = []
     items = encode_items(inputs.snapshot(t.ITEMS), seq)
     users = encode_users(inputs.snapshot(t.USERS))
+    # the heads' earlier-days statistics (features/priors.py) read the days before the range too
+    events = inputs.partitions(t.EVENTS, ts.behaviour_days(start, end, max(seq.lookback_days, POPULARITY_DAYS)))
     if {"ctr", "l2r"} & set(tasks):
         imp = inputs.partitions(t.IMPRESSIONS, days)
-        parts.append(ts.impression_groups(imp.valid, items, tsc, seq, rank_dim, split, tasks))
+        searches = search_categories(events.valid, items, seq.hash_buckets.query_token)
+        parts.append(ts.impression_groups(imp.valid, items, tsc, seq, rank_dim, split, tasks, searches))
     if "follow" in tasks:
-        fol = inputs.partitions(t.FOLLOWS, days)
-        parts.append(ts.follow_rows(fol.valid, tsc, seq, rank_dim, split))
+        fol = inputs.partitions(t.FOLLOWS, range_days(start - _dt.timedelta(days=POPULARITY_DAYS), end))
+        labelled = fol.valid.where(fol.valid["dt"].isin(days))
+        parts.append(ts.follow_rows(labelled, tsc, seq, rank_dim, split, fol.valid))
     if "ppp" in tasks:
         lab = inputs.partitions(t.PPP_LABELS, days)
         parts.append(ts.ppp_rows(lab.valid, tsc, seq, rank_dim, split))
-    events = inputs.partitions(t.EVENTS, ts.behaviour_days(start, end, seq.lookback_days))
     validations = inputs.validations
     try:
         lines = enforce_bound(tables, validations, end, JOB, ctx.run_id, cfg.quality.max_quarantine_share)

@@ -34,10 +34,10 @@ Batch = dict[str, Tensor]
 
 USER_FIELDS = ("seq_len", "seq_item", "seq_shop", "seq_brand", "seq_category", "seq_tags", "seq_behavior",
                "seq_scene", "seq_time_bucket", "seq_log_price", "user_age", "user_gender", "user_city", "user_dense")
-SLOT_FIELDS = ("item", "item_shop", "item_brand", "item_category", "item_tags", "item_log_price", "rank_features",
-               "label_click", "label_cart", "label_buy", "ctr_weight", "l2r_gain")
+SLOT_FIELDS = ("item", "item_shop", "item_brand", "item_category", "item_tags", "item_log_price", "item_query_share",
+               "rank_features", "label_click", "label_cart", "label_buy", "ctr_weight", "l2r_gain")
 EXAMPLE_FIELDS = ("kind_id", "n_items", "query_tokens", *SLOT_FIELDS, "l2r", "talent", "talent_category",
-                  "label_follow", "follow_weight", "label_tier", "ppp_user")
+                  "talent_prior", "label_follow", "follow_weight", "label_tier", "ppp_user")
 # evaluation also needs the keys the metrics group by (users for the bootstrap, lists for NDCG)
 EVAL_KEYS = ("user_id", "list_id")
 TRAIN_FIELDS = USER_FIELDS + EXAMPLE_FIELDS

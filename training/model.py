@@ -611,6 +611,38 @@ class PPPHead(nn.Module):
         return logits
 
 
+# ====================================================================== target priors
+ITEM_PRIOR_DIM = 3     # has a query, the share of its earlier searches in the item's category, its log
+FOLLOW_PRIOR_DIM = 4   # log counts and log rates of the talent's and the user's earlier follow impressions
+
+
+def item_priors(batch: Batch, rows: Tensor) -> Tensor:
+    """(N, G, 3) earlier-days statistics of the impression slots of ``rows`` (``model.target_priors``):
+    whether the list has a query, and the smoothed share of that query's earlier searches in the slot
+    item's category (``item_query_share``, :mod:`features.priors`) and its log, both 0 without a query."""
+    share = slot_view(batch, "item_query_share", rows).float()
+    has_query = (need(batch, "query_tokens", "the item heads' priors").index_select(0, rows)[:, :1] != 0) \
+        .to(share.dtype).expand_as(share)
+    log_share = torch.log(share.clamp_min(1e-4)) / 5.0
+    return torch.stack([has_query, share * has_query, log_share * has_query], dim=-1)
+
+
+def follow_priors(batch: Batch, rows: Tensor) -> Tensor:
+    """(N, 4) earlier-days statistics of follow rows ``rows`` (``talent_prior``, :data:`features.priors.TALENT_PRIOR`:
+    the talent's follow impressions and rate, the user's): log1p of the counts / 4 and log of the rates / 3."""
+    prior = need(batch, "talent_prior", "the follow head's priors").index_select(0, rows).float()
+    counts, rates = prior[:, 0::2], prior[:, 1::2].clamp_min(1e-4)
+    return torch.stack([torch.log1p(counts[:, 0]) / 4.0, torch.log(rates[:, 0]) / 3.0,
+                        torch.log1p(counts[:, 1]) / 4.0, torch.log(rates[:, 1]) / 3.0], dim=-1)
+
+
+def with_priors(match: Tensor | None, priors: Tensor | None) -> Tensor | None:
+    """The heads' extra inputs: match features, then prior statistics (either may be absent)."""
+    if priors is None:
+        return match
+    return priors if match is None else torch.cat([match, priors], dim=-1)
+
+
 # ====================================================================== the model
 def rows_of_kind(batch: Batch, kind: str) -> Tensor:
     """(N,) int64 indices of the batch rows of one kind (``impressions`` rows: those with items)."""
@@ -678,6 +710,10 @@ class DUPNModel(TaskModel):
         self.matches = m.match_features and hasattr(self.tower, "match")
         k2 = cast(UserTower, self.tower).match_dim if self.matches else 0
         k1 = cast(UserTower, self.tower).category_match_dim if self.matches else 0
+        # the target priors enter each head beside the match features
+        self.priors = m.target_priors
+        k2 += ITEM_PRIOR_DIM if self.priors else 0
+        k1 += FOLLOW_PRIOR_DIM if self.priors else 0
         for name in spec.head_names:
             if name in ("ctr", "cvr"):
                 heads[name] = ItemHead(d, item_dim, m.head_hidden, m.dropout,
@@ -722,6 +758,7 @@ class DUPNModel(TaskModel):
                 match = tower.match(representation.index_select(0, rows), slot_view(batch, "item_category", rows),
                                     slot_view(batch, "item_tags", rows, self.spec.max_tags),
                                     slot_view(batch, "item_log_price", rows))
+            match = with_priors(match, item_priors(batch, rows) if self.priors else None)
             l2r_items = "l2r" in self.heads and getattr(self.heads["l2r"], "item_score", None) is not None
             items = self.target_items(batch, rows) if "ctr" in self.heads or l2r_items else None
             if "ctr" in self.heads:
@@ -741,6 +778,7 @@ class DUPNModel(TaskModel):
                 assert representation is not None
                 tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
                 match = tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0]
+            match = with_priors(match, follow_priors(batch, rows) if self.priors else None)
             logit = self.heads["follow"](task_in["follow"].index_select(0, rows),
                                          need(batch, "talent", "the follow head").index_select(0, rows), category,
                                          match)
@@ -832,6 +870,7 @@ class ItemScorer(nn.Module):
         self.mixer, self.mixer_in = model.mixer, model.mixer_in
         self.ctr = model.heads["ctr"]
         self.matches = model.matches
+        self.priors = model.priors
         self.max_tags = model.spec.max_tags
         self.offset = model.spec.offset("ctr")
 
@@ -850,6 +889,8 @@ class ItemScorer(nn.Module):
             tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
             match = tower.match(representation, batch["item_category"].unsqueeze(1),
                                 tags.reshape(tags.shape[0], 1, -1), batch["item_log_price"].unsqueeze(1))
+        if self.priors:  # no query when scoring candidates: the query statistics are absent (zeros)
+            match = with_priors(match, items.new_zeros(items.shape[0], 1, ITEM_PRIOR_DIM))
         logit = self.ctr(self.mixer(representation[:, :self.mixer_in])["ctr"], items.unsqueeze(1),
                          None if rank is None else rank.unsqueeze(1), None, match).squeeze(1)
         return torch.sigmoid(logit + self.offset)

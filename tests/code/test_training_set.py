@@ -230,3 +230,51 @@ def test_absent_label_table_disables_its_task_with_a_warning(spark, tmp_path: Pa
 def test_range_must_leave_a_training_day(spark, tmp_path: Path, world, capsys) -> None:
     assert run(build_training_set, tmp_path, "--start", "2026-11-02", "--end", "2026-11-03", overrides=OV) == 1
     assert "leaves no training day" in capsys.readouterr().err
+
+
+def test_target_priors_count_the_week_before_the_examples_day_only(spark, tmp_path: Path) -> None:
+    """``item_query_share`` of a slot: the smoothed share of the earlier searches starting with the list's
+    query token that landed in the slot item's category, over the 7 days before the list's day (the day
+    itself and older days left out, other tokens ignored; 0 without a query). ``talent_prior`` of a follow
+    row: the talent's and the user's follow impressions and smoothed rates over the same days."""
+    tables = get_tables(spark, make_config(tmp_path))
+    put(spark, tables, t.ITEMS, [{"item_id": i, "shop_id": 10 + i, "category_id": 7 if i < 5 else 8,
+                                  "price": 10.0 * i, "tags": ["style:a"]} for i in range(1, 6)])
+    put(spark, tables, t.USERS, [{"user_id": 1, "age_level": 2, "gender": "M", "city_level": 1}])
+    put(spark, tables, t.EVENTS, [
+        *[event(u, 1, "2026-10-28T12:00:00", scene="search", query="Red dress") for u in (2, 3, 4)],
+        event(2, 5, "2026-10-26T00:00:00", scene="search", query="red"),          # first day of the week: in
+        event(2, 5, "2026-10-25T23:59:59", scene="search", query="red"),          # 8 days before: out
+        event(3, 5, "2026-11-02T09:00:00", scene="search", query="red"),          # the list's own day: out
+        event(3, 2, "2026-10-29T09:00:00", scene="search", query="blue shoe"),    # another token: out
+        event(4, 2, "2026-10-29T09:00:00", scene="recommend", query="red"),       # not a search: out
+    ])
+    put(spark, tables, t.IMPRESSIONS, [
+        impression(1, 2, "2026-11-02T10:00:00", clicked=1, query="red shoe"),
+        impression(1, 5, "2026-11-02T10:00:00", query="red shoe"),
+        impression(1, 3, "2026-11-02T15:00:00", clicked=1, scene="recommend", query=None),
+        impression(1, 3, "2026-11-03T08:00:00", scene="recommend", query=None),
+        impression(1, 1, "2026-11-04T08:00:00", scene="recommend", query=None),
+    ])
+    put(spark, tables, t.FOLLOWS, [
+        follow(2, 77, "2026-10-30T10:00:00", 1), follow(3, 77, "2026-10-31T10:00:00", 0),
+        follow(4, 77, "2026-11-01T10:00:00", 0), follow(4, 77, "2026-10-20T10:00:00", 1),   # 10-20: out
+        follow(1, 88, "2026-10-31T10:00:00", 0),
+        follow(5, 77, "2026-11-02T09:00:00", 1),                                          # the same day: out
+        follow(1, 77, "2026-11-02T11:00:00", 1),
+    ])
+    put(spark, tables, t.PPP_LABELS, [{"user_id": 1, "tier": 6, "dt": "2026-11-02"}])
+    assert run(build_training_set, tmp_path, *RANGE, overrides=OV) == 0
+    rows = tables.read(t.TRAINING_EXAMPLES).collect()
+    buckets = make_config(tmp_path).sequences.hash_buckets
+    search = next(r for r in rows if r.kind == "impressions" and r.event_time == ts("2026-11-02T10:00:00"))
+    share = {s["item"]: s["item_query_share"] for s in slots(search)}
+    # "red": 3 searches in category 7 (item 1) and 1 in category 8 (item 5) in 10-26..11-01
+    assert share[hashed(spark, 2, "item_id", buckets.item_id)] == pytest.approx((3 + 0.01) / (4 + 1))
+    assert share[hashed(spark, 5, "item_id", buckets.item_id)] == pytest.approx((1 + 0.01) / (4 + 1))
+    assert search.item_query_share[2] == 0.0                                          # padding
+    rec = next(r for r in rows if r.kind == "impressions" and r.event_time == ts("2026-11-02T15:00:00"))
+    assert rec.item_query_share == [0.0] * G                                         # no query
+    fol = next(r for r in rows if r.kind == "follow" and r.user_id == 1)
+    assert fol.talent_prior == pytest.approx([3.0, (1 + 0.5) / (3 + 3), 1.0, (0 + 0.5) / (1 + 3)])
+    assert all(r.talent_prior == [0.0] * 4 for r in rows if r.kind != "follow")

@@ -69,6 +69,7 @@ def random_batch(n: int = 32, seed: int = 0, kinds: list[int] | None = None) -> 
     batch["item_tags"] = (ids("tag", n, G, K) * slots.unsqueeze(-1)).reshape(n, G * K)
     batch["item_log_price"] = torch.randn(n, G, generator=g) * slots
     batch["rank_features"] = (torch.randn(n, G, F, generator=g) * slots.unsqueeze(-1)).reshape(n, G * F)
+    batch["item_query_share"] = torch.rand(n, G, generator=g) * slots * (query[:, :1] != 0)
     # Learnable labels: parity of the target's ids and of the user's age.
     click = (batch["item"] % 2 == 0).float() * slots
     batch["label_click"] = click
@@ -80,6 +81,9 @@ def random_batch(n: int = 32, seed: int = 0, kinds: list[int] | None = None) -> 
     follow = kind == 1
     batch["talent"] = torch.where(follow, ids("talent", n), torch.zeros(n, dtype=torch.long))
     batch["talent_category"] = torch.where(follow, ids("category", n), torch.zeros(n, dtype=torch.long))
+    prior = torch.stack([torch.randint(0, 50, (n,), generator=g).float(), torch.rand(n, generator=g),
+                         torch.randint(0, 20, (n,), generator=g).float(), torch.rand(n, generator=g)], dim=1)
+    batch["talent_prior"] = prior * follow.unsqueeze(1)
     batch["label_follow"] = ((batch["talent"] % 2 == 0) & follow).float()
     batch["follow_weight"] = follow.float()
     batch["label_tier"] = torch.where(kind == 2, batch["user_age"] % 7, torch.full_like(kind, -1))

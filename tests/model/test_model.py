@@ -14,10 +14,11 @@ from core.errors import ConfigError
 from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
 from tests.model.conftest import G, random_batch, tiny_spec
+from training.evaluation import auc as auc_of
 from training.losses import task_losses
 from training.model import (
-    DUPNModel, GateStats, TaskModel, UserTower, attach_gate_stats, build_model, last_shared_layer, rows_of_kind,
-    scatter_rows)
+    FOLLOW_PRIOR_DIM, ITEM_PRIOR_DIM, DUPNModel, GateStats, TaskModel, UserTower, attach_gate_stats, build_model,
+    last_shared_layer, rows_of_kind, scatter_rows)
 from training.spec import SPEC_VERSION, ModelSpec
 
 ARCHITECTURES = ("shared_bottom", "mmoe", "cgc", "ple", "cross_stitch")
@@ -26,8 +27,8 @@ Batch = dict[str, torch.Tensor]
 SLOT_OUTPUTS = ("ctr_logit", "cvr_logit", "l2r_score")
 # slot columns and the width of each slot's entry (None: one value per slot)
 SLOT_WIDTHS = {"item": None, "item_shop": None, "item_brand": None, "item_category": None, "item_tags": 3,
-               "item_log_price": None, "rank_features": 4, "label_click": None, "label_cart": None,
-               "label_buy": None, "ctr_weight": None, "l2r_gain": None}
+               "item_log_price": None, "item_query_share": None, "rank_features": 4, "label_click": None,
+               "label_cart": None, "label_buy": None, "ctr_weight": None, "l2r_gain": None}
 
 
 def _slots(x: torch.Tensor) -> torch.Tensor:
@@ -483,3 +484,85 @@ def test_price_match_gives_item_heads_the_targets_gap_to_the_users_prices() -> N
     with pytest.raises(ValueError, match="price_match"):
         tower.match(rep, category, tags)
     _total(priced.train(), batch).backward()  # trains end to end
+
+
+def test_target_priors_reach_the_heads_and_only_their_own_rows() -> None:
+    """With model.target_priors the item heads read 3 more inputs per slot (whether the list has a query,
+    the query's earlier share in the item's category and its log) and the follow head 4 (the talent's and
+    the user's earlier follow counts and rates): changing a row's priors changes that row's scores, leaves
+    every other row's and the representation alone, and a list without a query ignores its shares."""
+    torch.manual_seed(0)
+    plain = build_model(tiny_spec())
+    model = build_model(tiny_spec(target_priors=True))
+    assert isinstance(model, DUPNModel) and isinstance(plain, DUPNModel)
+    assert model.heads["ctr"].match_dim - plain.heads["ctr"].match_dim == ITEM_PRIOR_DIM  # type: ignore
+    assert model.heads["follow"].match_dim - plain.heads["follow"].match_dim == FOLLOW_PRIOR_DIM  # type: ignore
+    batch = random_batch(n=12, seed=5)
+    model.eval()
+    with torch.no_grad():
+        before = model(batch)
+    imp = (batch["kind_id"] == 0) & (batch["query_tokens"][:, 0] != 0)
+    row = int(torch.nonzero(imp)[0])
+    fol = int(torch.nonzero(batch["kind_id"] == 1)[0])
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["item_query_share"][row, 0] = 0.9 if float(batch["item_query_share"][row, 0]) < 0.5 else 0.01
+    changed["talent_prior"][fol] = torch.tensor([500.0, 0.6, 40.0, 0.02])
+    no_query = int(torch.nonzero((batch["kind_id"] == 0) & (batch["query_tokens"][:, 0] == 0))[0])
+    changed["item_query_share"][no_query, 0] = 0.7
+    with torch.no_grad():
+        after = model(changed)
+    torch.testing.assert_close(after["representation"], before["representation"])
+    for key, moved in (("ctr_logit", row), ("l2r_score", row), ("follow_logit", fol)):
+        others = torch.arange(12) != moved
+        torch.testing.assert_close(after[key][others], before[key][others])
+        assert not torch.allclose(after[key][moved], before[key][moved]), key
+    # the share of a list without a query is never read
+    torch.testing.assert_close(after["ctr_logit"][no_query], before["ctr_logit"][no_query])
+    # serving: the scorer has no query and needs no priors in its batch
+    scorer = model.item_scorer()
+    k = batch["item_tags"].shape[1] // batch["item"].shape[1]
+    items = {"item": batch["item"][:, 0], "item_shop": batch["item_shop"][:, 0],
+             "item_brand": batch["item_brand"][:, 0], "item_category": batch["item_category"][:, 0],
+             "item_tags": batch["item_tags"][:, :k], "item_log_price": batch["item_log_price"][:, 0],
+             "rank_features": batch["rank_features"][:, :batch["rank_features"].shape[1] // batch["item"].shape[1]]}
+    with torch.no_grad():
+        p = scorer(before["representation"], items)
+    assert p.shape == (12,) and torch.all((p > 0) & (p < 1))
+
+
+def test_target_priors_let_the_item_head_learn_a_label_that_only_the_share_explains() -> None:
+    """A click label that is the query's earlier share in the item's category (above 0.5) is learnt with
+    target priors and not without them (no other input carries it)."""
+    def trained_auc(priors: bool) -> float:
+        torch.manual_seed(0)
+        model = build_model(tiny_spec(tasks=("ctr",), target_priors=priors))
+        opt = torch.optim.Adam(model.parameters(), lr=0.02)
+        batches = []
+        for seed in range(6):
+            b = random_batch(n=48, seed=seed, kinds=[0] * 48)
+            b["query_tokens"][:, 0] = 3  # every list has a query
+            slots = b["ctr_weight"] > 0
+            for key in ("item", "item_shop", "item_brand", "item_category", "item_tags"):
+                b[key] = torch.where(b[key] > 0, 3, 0)  # one item everywhere: its ids tell nothing
+            b["item_query_share"] = torch.rand(b["item"].shape, generator=torch.Generator().manual_seed(seed + 100)) \
+                * slots
+            b["label_click"] = (b["item_query_share"] > 0.5).float() * slots
+            batches.append(b)
+        model.train()
+        for _ in range(40):
+            for b in batches[:5]:
+                out = model(b)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    out["ctr_logit"], b["label_click"], weight=b["ctr_weight"])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        model.eval()
+        test = batches[5]
+        with torch.no_grad():
+            logit = model(test)["ctr_logit"]
+        keep = test["ctr_weight"] > 0
+        return auc_of(test["label_click"][keep].numpy(), logit[keep].numpy())
+
+    assert trained_auc(True) > 0.85  # 0.93 when written
+    assert trained_auc(False) < 0.65  # 0.51: the model memorises the training rows' other inputs
