@@ -73,6 +73,8 @@ NOPROFILE_REFERENCE = "dupn_noprofile"
 CATALOGUE = "training.model.price_reference=catalogue"
 # So did the average of the weights (training.ema_decay): every row measured before it trains without.
 NOEMA = "training.ema_decay=0"
+# And so did the target priors (model.target_priors): every neural row measured before them reads none.
+NOPRIORS = "training.model.target_priors=false"
 
 
 @dataclass(frozen=True)
@@ -95,11 +97,11 @@ class Row:
 NOITEM = ("item_n_30d", "item_last_age_h")
 ROWS: tuple[Row, ...] = (
     Row("wide", "Wide (logistic regression, one-hot + crosses)", "baselines",
-        ("training.model.family=wide", CATALOGUE, NOEMA)),
-    Row("wide_deep", "Wide&Deep", "baselines", ("training.model.family=wide_deep", CATALOGUE, NOEMA)),
+        ("training.model.family=wide", CATALOGUE, NOEMA, NOPRIORS)),
+    Row("wide_deep", "Wide&Deep", "baselines", ("training.model.family=wide_deep", CATALOGUE, NOEMA, NOPRIORS)),
     Row("dssm", "DSSM (profile + bag of items; item tower)", "baselines",
-        ("training.model.family=dssm", CATALOGUE, NOEMA)),
-    Row("cnn_max", "CNN-max", "baselines", ("training.model.family=cnn_max", CATALOGUE, NOEMA)),
+        ("training.model.family=dssm", CATALOGUE, NOEMA, NOPRIORS)),
+    Row("cnn_max", "CNN-max", "baselines", ("training.model.family=cnn_max", CATALOGUE, NOEMA, NOPRIORS)),
     Row("gbdt", "GBDT (LightGBM, hand-crafted point-in-time features)", "baselines", kind="gbdt"),
     Row("gbdt_noitem", "GBDT without the user's history with the target item (item_n_30d and item_last_age_h "
         "left out; DUPN's heads have no exact-item match either)", "baselines", kind="gbdt",
@@ -124,51 +126,60 @@ ROWS: tuple[Row, ...] = (
     Row("recent_category", "Recently interacted category (the user's share of events in the target's category, "
         "1-day half-life; nothing learned)", "baselines", kind="heuristic", feature="cat_decayed_share_1d"),
     Row("dupn_nobp", "DUPN-nobp (no behaviour properties)", "DUPN ablations",
-        ("training.model.property_in=none", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA)),
+        ("training.model.property_in=none", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA,
+         NOPRIORS)),
     Row("dupn_bplstm", "DUPN-bplstm (properties in the LSTM)", "DUPN ablations",
-        ("training.model.property_in=lstm", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA)),
+        ("training.model.property_in=lstm", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA,
+         NOPRIORS)),
     Row("dupn_bpatt", "DUPN-bpatt (properties in the attention)", "DUPN ablations",
-        ("training.model.property_in=attention", NOPROFILE, CATALOGUE, NOEMA)),
-    Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",)),
-    Row("dupn_priors", "DUPN-all with the target's earlier-days statistics (the query's share in the item's "
-        "category, the talent's and the user's earlier follows)", "DUPN ablations",
-        ("training.model.property_in=all", "training.model.target_priors=true")),
+        ("training.model.property_in=attention", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+    # its runs were made as the row that tried the target priors, before they became the platform's
+    Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",),
+        cache_as="dupn_priors"),
+    Row("dupn_nopriors", "DUPN-all without the target priors (the platform's model before them)", "DUPN ablations",
+        ("training.model.property_in=all", NOPRIORS), cache_as=REFERENCE),
     Row("dupn_catalogue", "DUPN-all with prices relative to the catalogue's mean, without the average of the weights "
-        "(the platform's model before both)", "DUPN ablations", ("training.model.property_in=all", CATALOGUE, NOEMA),
+        "(the platform's model before both)", "DUPN ablations",
+        ("training.model.property_in=all", CATALOGUE, NOEMA, NOPRIORS),
         cache_as=REFERENCE),
     Row("dupn_price_match", "DUPN-all with price match features, without the average of the weights (tried, not kept: "
         "no gain on validation over the next row)",
-        "DUPN ablations", ("training.model.property_in=all", "training.model.price_match=true", NOEMA),
+        "DUPN ablations", ("training.model.property_in=all", "training.model.price_match=true", NOEMA, NOPRIORS),
         cache_as=REFERENCE),
     Row("dupn_noema", "DUPN-all without the average of the weights (the platform's model before it)",
-        "DUPN ablations", ("training.model.property_in=all", NOEMA), cache_as=REFERENCE),
+        "DUPN ablations", ("training.model.property_in=all", NOEMA, NOPRIORS), cache_as=REFERENCE),
     Row("dupn_ema995", "DUPN-all with a shorter average of the weights (decay 0.995; tried, not kept)",
-        "DUPN ablations", ("training.model.property_in=all", "training.ema_decay=0.995"), cache_as=REFERENCE),
+        "DUPN ablations", ("training.model.property_in=all", "training.ema_decay=0.995", NOPRIORS),
+        cache_as=REFERENCE),
     Row("dupn_noprofile", "DUPN-all without the category profile (the platform's model before it; the reference of "
         "the ablations, designs and weightings, all measured without it)", "DUPN ablations",
-        ("training.model.property_in=all", NOPROFILE, CATALOGUE, NOEMA), cache_as=REFERENCE),
+        ("training.model.property_in=all", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS), cache_as=REFERENCE),
     Row("dupn_nopools", "DUPN-all without the time-decay pools (the platform's model before them)", "DUPN ablations",
-        ("training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA)),
+        ("training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
     Row("dupn_paper", "DUPN-all with the paper's heads (one attention, no match features, linear tier and "
         "ranking heads)", "DUPN ablations",
         ("training.model.attention_heads=1", "training.model.match_features=false", "training.model.ppp_hidden=0",
-         "training.model.l2r_item_score=false", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA)),
-    Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task", (NOPROFILE, CATALOGUE, NOEMA),
+         "training.model.l2r_item_score=false", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA,
+         NOPRIORS)),
+    Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task",
+        (NOPROFILE, CATALOGUE, NOEMA, NOPRIORS),
         kind="stl"),
     Row("mtl_shared_bottom", "shared-bottom", "sharing designs",
-        ("training.model.architecture=shared_bottom", NOPROFILE, CATALOGUE, NOEMA)),
-    Row("mtl_mmoe", "MMoE", "sharing designs", ("training.model.architecture=mmoe", NOPROFILE, CATALOGUE, NOEMA)),
-    Row("mtl_cgc", "CGC", "sharing designs", ("training.model.architecture=cgc", NOPROFILE, CATALOGUE, NOEMA)),
+        ("training.model.architecture=shared_bottom", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+    Row("mtl_mmoe", "MMoE", "sharing designs",
+        ("training.model.architecture=mmoe", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+    Row("mtl_cgc", "CGC", "sharing designs",
+        ("training.model.architecture=cgc", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
     Row("mtl_ple", "PLE (2 levels)", "sharing designs",
-        ("training.model.architecture=ple", NOPROFILE, CATALOGUE, NOEMA)),
+        ("training.model.architecture=ple", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
     Row("mtl_cross_stitch", "cross-stitch", "sharing designs",
-        ("training.model.architecture=cross_stitch", NOPROFILE, CATALOGUE, NOEMA)),
+        ("training.model.architecture=cross_stitch", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
     Row("w_fixed", "fixed weights (1 each)", "task weightings",
-        ("training.weighting.kind=fixed", NOPROFILE, CATALOGUE, NOEMA)),
+        ("training.weighting.kind=fixed", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
     Row("w_uncertainty", "uncertainty (Kendall et al.)", "task weightings", ("training.weighting.kind=uncertainty",
-                                                                             NOPROFILE, CATALOGUE, NOEMA)),
+                                                                             NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
     Row("w_gradnorm", "GradNorm (Chen et al.)", "task weightings",
-        ("training.weighting.kind=gradnorm", NOPROFILE, CATALOGUE, NOEMA)),
+        ("training.weighting.kind=gradnorm", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
 )
 
 

@@ -48,6 +48,13 @@ SECTIONS: tuple[Section, ...] = (
             "training-set files hold several row groups where the comparison's held one; 3 seeds.",
             command="python -m benchmarks.bench_comparison --rows dupn_all --name comparison_layout "
                     "--cache-dir benchmarks/results/comparison_layout_runs --set lake_root=<a make demo's lake>"),
+    Section("DUPN-all with the target priors, beside DUPN-all without them and the GBDT on the same lake",
+            "comparison_priors.md",
+            "The platform's model, whose heads read the query's and the talent's earlier-days statistics, against "
+            "the model before them and the GBDT, all on one training set built by the current code; 3 seeds.",
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_nopriors gbdt gbdt_noitem "
+                    "--name comparison_priors --cache-dir benchmarks/results/comparison_priors_runs "
+                    "--set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
     Section("Do the published vectors tell users apart", "neighbours.md",

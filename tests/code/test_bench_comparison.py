@@ -152,9 +152,10 @@ def test_dupn_noprofile_finds_the_runs_made_as_dupn_all_before_the_category_prof
     before = {"spec": {"model": model}}
     now = {"spec": {"model": {**model, "category_profile": 0}}}
     profiled = {"spec": {"model": {**model, "category_profile": 256}}}
+    made_as = Row(REFERENCE, "", "DUPN ablations")  # the row's runs then (it now reads dupn_priors' runs)
     assert NOPROFILE in rows["dupn_noprofile"].overrides
-    assert _cache_key(rows["dupn_noprofile"], now, 3, 0) == _cache_key(rows[REFERENCE], before, 3, 0)
-    assert _cache_key(rows[REFERENCE], profiled, 3, 0) != _cache_key(rows[REFERENCE], before, 3, 0)
+    assert _cache_key(rows["dupn_noprofile"], now, 3, 0) == _cache_key(made_as, before, 3, 0)
+    assert _cache_key(made_as, profiled, 3, 0) != _cache_key(made_as, before, 3, 0)
     assert _cache_key(rows["dupn_noprofile"], now, 3, 1) != _cache_key(rows["dupn_noprofile"], now, 3, 0)
 
 
@@ -171,3 +172,22 @@ def test_rows_without_the_category_profile_are_also_read_against_dupn_noprofile(
     assert any(line.startswith("| DUPN-bpatt") and "| > |" in line for line in first.splitlines())
     fair = [line for line in second.splitlines() if line.startswith("| ")][1:]  # after the header row
     assert len(fair) == 1 and fair[0].startswith("| DUPN-bpatt") and "| ≈ |" in fair[0]  # wide keeps the profile
+
+
+def test_dupn_all_finds_the_runs_made_as_dupn_priors_and_dupn_nopriors_those_made_before_them() -> None:
+    """Once the target priors are the platform's: DUPN-all's key is the one its runs were made under (the
+    row that tried the priors), dupn_nopriors' the key of DUPN-all's runs made before them, and every other
+    neural row pins them off, so its earlier runs keep their keys."""
+    rows = {r.key: r for r in ROWS}
+    model = {"family": "dupn", "property_in": "all", "recency_interests": 3, "category_profile": 256}
+    before = {"spec": {"model": model}}
+    off = {"spec": {"model": {**model, "target_priors": False}}}
+    on = {"spec": {"model": {**model, "target_priors": True}}}
+    tried = Row("dupn_priors", "", "DUPN ablations")
+    assert _cache_key(rows[REFERENCE], on, 3, 0) == _cache_key(tried, on, 3, 0)
+    assert _cache_key(rows["dupn_nopriors"], off, 3, 0) == _cache_key(Row(REFERENCE, "", "DUPN ablations"), before,
+                                                                      3, 0)
+    assert _cache_key(rows[REFERENCE], on, 3, 0) != _cache_key(rows["dupn_nopriors"], off, 3, 0)
+    pinned = [r.key for r in ROWS if r.kind in ("neural", "stl") and r.key != REFERENCE
+              and "training.model.target_priors=false" not in r.overrides]
+    assert pinned == []
