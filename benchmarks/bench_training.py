@@ -37,7 +37,7 @@ from core import tables as t
 from core.config import TrainingConfig, load_config
 from core.delta import get_tables
 from core.spark import get_spark
-from training.data import TRAIN_FIELDS, Batch, PetastormSource, TensorBatches
+from training.data import SLOT_FIELDS, TRAIN_FIELDS, Batch, PetastormSource, TensorBatches
 from training.datasets import serving_statistics, training_data
 from training.losses import row_counts
 from training.model import build_model, last_shared_layer
@@ -46,8 +46,8 @@ from training.step import TrainTask
 from training.weighting import build_weighting
 
 logger = logging.getLogger("bench_training")
-SLOT_KEYS = ("item", "item_shop", "item_brand", "item_category", "item_log_price", "item_query_share", "label_click",
-             "label_cart", "label_buy", "ctr_weight", "l2r_gain")
+# one value per slot (item_tags and rank_features hold several, handled apart)
+SLOT_KEYS = tuple(k for k in SLOT_FIELDS if k not in ("item_tags", "rank_features"))
 
 
 def explode(batch: Mapping[str, Tensor], max_tags: int, rank_dim: int) -> dict[str, Tensor]:

@@ -28,14 +28,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from core.tables import SLOT_COLUMNS
+
 logger = logging.getLogger(__name__)
 
 Batch = dict[str, Tensor]
 
 USER_FIELDS = ("seq_len", "seq_item", "seq_shop", "seq_brand", "seq_category", "seq_tags", "seq_behavior",
                "seq_scene", "seq_time_bucket", "seq_log_price", "user_age", "user_gender", "user_city", "user_dense")
-SLOT_FIELDS = ("item", "item_shop", "item_brand", "item_category", "item_tags", "item_log_price", "item_query_share",
-               "rank_features", "label_click", "label_cart", "label_buy", "ctr_weight", "l2r_gain")
+# the slot columns a model reads (the examples' ids stay in the table)
+SLOT_FIELDS = tuple(c for c in SLOT_COLUMNS if c != "example_id")
 EXAMPLE_FIELDS = ("kind_id", "n_items", "query_tokens", *SLOT_FIELDS, "l2r", "talent", "talent_category",
                   "talent_prior", "label_follow", "follow_weight", "label_tier", "ppp_user")
 # evaluation also needs the keys the metrics group by (users for the bootstrap, lists for NDCG)

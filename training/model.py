@@ -631,9 +631,8 @@ def follow_priors(batch: Batch, rows: Tensor) -> Tensor:
     """(N, 4) earlier-days statistics of follow rows ``rows`` (``talent_prior``, :data:`features.priors.TALENT_PRIOR`:
     the talent's follow impressions and rate, the user's): log1p of the counts / 4 and log of the rates / 3."""
     prior = need(batch, "talent_prior", "the follow head's priors").index_select(0, rows).float()
-    counts, rates = prior[:, 0::2], prior[:, 1::2].clamp_min(1e-4)
-    return torch.stack([torch.log1p(counts[:, 0]) / 4.0, torch.log(rates[:, 0]) / 3.0,
-                        torch.log1p(counts[:, 1]) / 4.0, torch.log(rates[:, 1]) / 3.0], dim=-1)
+    counts, rates = torch.log1p(prior[:, 0::2]) / 4.0, torch.log(prior[:, 1::2].clamp_min(1e-4)) / 3.0
+    return torch.stack([counts, rates], dim=-1).flatten(1)  # back to the columns' order
 
 
 def with_priors(match: Tensor | None, priors: Tensor | None) -> Tensor | None:
