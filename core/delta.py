@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ContextManager, Iterable, Literal, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Literal, Mapping, Sequence, cast
 from urllib.parse import unquote, urlparse
 
 from core import faults, leases
@@ -259,6 +259,44 @@ class DeltaTables(abc.ABC):
         """Atomically replace exactly partition ``dt`` of ``spec`` with ``df``."""
         return self.write(df, spec, "overwrite", replace={"dt": dt}, metadata=metadata)
 
+    def replace_partition_files(self, spec: TableSpec, dt: str, stage: Callable[[str], Mapping[str, Any]],
+                                metadata: dict[str, Any] | None = None) -> WriteResult:
+        """Atomically replace exactly partition ``dt`` of ``spec`` with the Parquet files that
+        ``stage(folder)`` writes under ``folder/dt=<dt>/`` (e.g. Spark tasks writing one file each
+        with pyarrow; nothing row-sized passes through the driver). The files hold ``spec``'s columns
+        without the partition column. ``stage`` returns more commit metadata; when it raises (a failed
+        check), nothing is committed and its files are removed."""
+        self._check_writable(spec)
+        self._check_schema(spec)
+        staging = f"{self.uri(spec)}/_staging/{uuid.uuid4().hex}"
+        fs = _HadoopFs(self.spark, staging)
+        try:
+            extra = stage(staging)
+            meta = {"engine": self.engine, **(metadata or {}), **extra}
+            try:
+                result = self._commit_staged(spec, staging, fs, "overwrite", {"dt": [dt]}, meta)
+            except PlatformError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - storage failures become one line naming the table
+                if not _is_storage_failure(exc):
+                    raise
+                raise PlatformError(
+                    f"writing table {spec.name} at {self.uri(spec)} failed, nothing was committed: "
+                    f"{storage_cause(exc)}; check that lake_root ({self.root}) is writable and has free space") from exc
+        finally:
+            fs.delete(staging)
+        logger.info("wrote %s", result.describe())
+        faults.point("write.committed")
+        return result
+
+    def _check_schema(self, spec: TableSpec) -> None:
+        """Fail before any work when the table exists with another schema (engines that can tell)."""
+
+    @abc.abstractmethod
+    def _commit_staged(self, spec: TableSpec, staging: str, fs: "_HadoopFs", mode: WriteMode,
+                       replace: dict[str, list[str]] | None, metadata: dict[str, Any]) -> WriteResult:
+        """Commit the Parquet files under ``staging`` (partition folders inside) in one transaction."""
+
     def partitions(self, spec: TableSpec, version: int | None = None) -> list[str]:
         """Sorted ``dt`` values present in a snapshot (from the file list, no data scan)."""
         out = set()
@@ -427,53 +465,61 @@ class RsDeltaTables(DeltaTables):
             raise SchemaError(f"table {spec.name} exists with a different schema ({'; '.join(diffs)}): "
                               f"migrate or remove the table before writing")
 
+    def _check_schema(self, spec: TableSpec) -> None:
+        if self.exists(spec):
+            self._check_existing_schema(self._table(spec), spec)
+
     def _write(self, df: "DataFrame", spec: TableSpec, mode: WriteMode, replace: dict[str, list[str]] | None,
                metadata: dict[str, Any]) -> WriteResult:
-        from deltalake import CommitProperties, DeltaTable
-        from deltalake.transaction import AddAction, create_table_with_add_actions
-
         table_uri = self.uri(spec)
-        if self.exists(spec):  # fail before any work when the table has another schema
-            self._check_existing_schema(self._table(spec), spec)
+        self._check_schema(spec)  # fail before any work when the table has another schema
         staging = f"{table_uri}/_staging/{uuid.uuid4().hex}"
         fs = _HadoopFs(self.spark, staging)
         try:
             _row_groups(df.write, spec).mode("errorifexists").partitionBy(*spec.partition_by).parquet(staging)
-            faults.point("write.staged")
-            adds: list[AddAction] = []
-            rows: int | None = 0
-            for st in fs.list_parquet(staging):
-                rel = st.path[len(fs.qualify(staging)) + 1:]
-                pvalues = _partition_values(rel, spec.partition_by)
-                outside = {k: pvalues.get(k) for k, vs in (replace or {}).items() if pvalues.get(k) not in vs}
-                if outside:
-                    raise PlatformError(f"write to {spec.name} replacing {replace} contains rows of {outside}")
-                dest = f"{fs.qualify(table_uri)}/{rel}"
-                fs.move(st.path, dest)
-                n = _parquet_rows(dest)
-                rows = rows + n if (n is not None and rows is not None) else None
-                stats = json.dumps({"numRecords": n}) if n is not None else "{}"
-                adds.append(AddAction(rel, st.size, pvalues, st.mtime, True, stats))
-            faults.point("write.moved")  # files in the partition folders, not committed
-            props = CommitProperties(custom_metadata={"userMetadata": json.dumps(metadata, default=str)})
-            schema = self._delta_schema(spec)
-            if not self.exists(spec):
-                create_table_with_add_actions(
-                    table_uri, schema, adds, mode="error", partition_by=list(spec.partition_by) or None,
-                    name=spec.name.replace("/", "."), description=spec.description,
-                    storage_options=self.storage_options or None, commit_properties=props)
-            else:
-                table = self._table(spec)
-                self._check_existing_schema(table, spec)
-                filters = None if replace is None else [
-                    (k, "=", vs[0]) if len(vs) == 1 else (k, "in", vs) for k, vs in replace.items()]
-                table.create_write_transaction(
-                    adds, mode=mode, schema=schema, partition_by=list(spec.partition_by) or None,
-                    partition_filters=filters, commit_properties=props)
-            version = int(DeltaTable(table_uri, storage_options=self.storage_options or None).version())
-            return WriteResult(spec.name, version, len(adds), rows)
+            return self._commit_staged(spec, staging, fs, mode, replace, metadata)
         finally:
             fs.delete(staging)
+
+    def _commit_staged(self, spec: TableSpec, staging: str, fs: "_HadoopFs", mode: WriteMode,
+                       replace: dict[str, list[str]] | None, metadata: dict[str, Any]) -> WriteResult:
+        from deltalake import CommitProperties, DeltaTable
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        table_uri = self.uri(spec)
+        faults.point("write.staged")
+        adds: list[AddAction] = []
+        rows: int | None = 0
+        for st in fs.list_parquet(staging):
+            rel = st.path[len(fs.qualify(staging)) + 1:]
+            pvalues = _partition_values(rel, spec.partition_by)
+            outside = {k: pvalues.get(k) for k, vs in (replace or {}).items() if pvalues.get(k) not in vs}
+            if outside:
+                raise PlatformError(f"write to {spec.name} replacing {replace} contains rows of {outside}")
+            dest = f"{fs.qualify(table_uri)}/{rel}"
+            fs.move(st.path, dest)
+            n = _parquet_rows(dest)
+            rows = rows + n if (n is not None and rows is not None) else None
+            stats = json.dumps({"numRecords": n}) if n is not None else "{}"
+            adds.append(AddAction(rel, st.size, pvalues, st.mtime, True, stats))
+        faults.point("write.moved")  # files in the partition folders, not committed
+        props = CommitProperties(custom_metadata={"userMetadata": json.dumps(metadata, default=str)})
+        schema = self._delta_schema(spec)
+        if not self.exists(spec):
+            create_table_with_add_actions(
+                table_uri, schema, adds, mode="error", partition_by=list(spec.partition_by) or None,
+                name=spec.name.replace("/", "."), description=spec.description,
+                storage_options=self.storage_options or None, commit_properties=props)
+        else:
+            table = self._table(spec)
+            self._check_existing_schema(table, spec)
+            filters = None if replace is None else [
+                (k, "=", vs[0]) if len(vs) == 1 else (k, "in", vs) for k, vs in replace.items()]
+            table.create_write_transaction(
+                adds, mode=mode, schema=schema, partition_by=list(spec.partition_by) or None,
+                partition_filters=filters, commit_properties=props)
+        version = int(DeltaTable(table_uri, storage_options=self.storage_options or None).version())
+        return WriteResult(spec.name, version, len(adds), rows)
 
 
 class SparkDeltaTables(DeltaTables):
@@ -551,6 +597,12 @@ class SparkDeltaTables(DeltaTables):
         rows = int(metrics["numOutputRows"]) if "numOutputRows" in metrics else None
         files = int(metrics.get("numFiles", 0))
         return WriteResult(spec.name, int(last.version), files, rows)
+
+    def _commit_staged(self, spec: TableSpec, staging: str, fs: "_HadoopFs", mode: WriteMode,
+                       replace: dict[str, list[str]] | None, metadata: dict[str, Any]) -> WriteResult:
+        """delta-spark cannot adopt files it did not write: it reads the staged files and writes them."""
+        staged = self.spark.read.schema(spec.schema).option("basePath", staging).parquet(staging)
+        return self._write(spec.conform(staged), spec, mode, replace, metadata)
 
 
 def get_tables(spark: "SparkSession", cfg: "Config") -> DeltaTables:

@@ -16,6 +16,11 @@ nearest-neighbour index (``publish.index``; :mod:`features.vector_index`) at the
 recorded (``index.path``), from the committed files, for ``jobs/query.py similar``; a failed index
 build leaves the date published, is reported, and ``similar`` runs the exact scan. A second run of
 the same date, started while one runs, is refused at its start, naming the first (a write lease, :mod:`core.leases`).
+
+On a local lake (the embedded default, ``publish.from_files``) each Spark task reads a sequences
+file with pyarrow and writes its users' published file itself, the checks coming from the same
+pass; elsewhere Spark reads and writes them (``mapInArrow``). Either way each forward pass scores
+users of similar sequence length (``publish.forward_batch``).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from core.errors import PlatformError
 from core.spark import get_spark
 from features import pipeline
 from features import representations as reps
+from features.representations import local_paths
 from registry.models import ModelRegistry
 from training import inference
 from training.layout import layout_metadata, published_layout, runs
@@ -64,18 +70,27 @@ def _publish(ctx: JobContext, tables: DeltaTables) -> str:
         raise PlatformError(f"{t.USER_SEQUENCES.name} dt={ds} (v{seq_version}) has no users: nothing to publish; "
                             f"check raw/events for the look-back window of {ds} and rebuild it with build_sequences")
     state = registry.state_bytes(loaded.version)
-    out = inference.score_users(seq, state, registry.name, loaded.version, day,
-                                cfg.publish.partitions, cfg.publish.batch_size).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        checks = inference.check_representations(out, population, loaded.model.embedding_dim)
-        res = tables.replace_partition(out, t.USER_REPRESENTATIONS, ds, metadata={
-            "job": JOB, "run_id": ctx.run_id, "dt": ds, "model_name": registry.name, "model_version": loaded.version,
-            "model_run_id": loaded.run_id, "model_aliases": loaded.aliases,
-            "inputs": {t.USER_SEQUENCES.name: seq_version, **tables.metadata(t.USER_SEQUENCES, seq_version)
-                       .get("inputs", {})},
-            "rows": int(checks["rows"]), "embedding_dim": loaded.model.embedding_dim, **layout, **index})
-    finally:
-        out.unpersist()
+    metadata = {
+        "job": JOB, "run_id": ctx.run_id, "dt": ds, "model_name": registry.name, "model_version": loaded.version,
+        "model_run_id": loaded.run_id, "model_aliases": loaded.aliases,
+        "inputs": {t.USER_SEQUENCES.name: seq_version, **tables.metadata(t.USER_SEQUENCES, seq_version)
+                   .get("inputs", {})},
+        "embedding_dim": loaded.model.embedding_dim, **layout, **index}
+    files = tables.files(t.USER_SEQUENCES, dt=ds, version=seq_version)
+    if cfg.publish.from_files and local_paths(files) is not None \
+            and local_paths([tables.uri(t.USER_REPRESENTATIONS)]) is not None:
+        res = inference.publish_from_files(tables, cfg.publish, files, state, registry.name, loaded.version, ds,
+                                           population, loaded.model.embedding_dim, metadata)
+    else:
+        out = inference.score_users(seq, state, registry.name, loaded.version, day, cfg.publish.partitions,
+                                    cfg.publish.batch_size, cfg.publish.forward_batch
+                                    ).persist(StorageLevel.MEMORY_AND_DISK)
+        try:
+            checks = inference.check_representations(out, population, loaded.model.embedding_dim)
+            res = tables.replace_partition(out, t.USER_REPRESENTATIONS, ds,
+                                           metadata={**metadata, "rows": int(checks["rows"])})
+        finally:
+            out.unpersist()
     lines.append(f"{JOB}: wrote {res.describe()} dt={ds}: {population:,} users scored with "
                  f"{registry.name} version {loaded.version} under {tables.root}")
     if index:

@@ -10,10 +10,14 @@ outputs go back as Arrow list arrays built from flat buffers, with no Python per
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
 import math
+import os
 import threading
+import time
+import uuid
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
@@ -28,7 +32,10 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from pyspark import Broadcast
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
+
+    from core.config import PublishConfig
+    from core.delta import DeltaTables, WriteResult
     from torch import nn
 
     from training.model import TaskModel
@@ -94,6 +101,32 @@ def arrow_to_batch(batch: "pa.RecordBatch") -> dict[str, Any]:
     return out
 
 
+def score_by_length(part: "nn.Module", batch: dict[str, Any], forward_batch: int) -> tuple[Any, Any]:
+    """The user part over ``batch`` in forward passes of at most ``forward_batch`` users of similar
+    ``seq_len``, outputs (representation, tier probabilities) in the batch's row order.
+
+    The user tower skips the padding after the longest sequence of a pass (:class:`training.model`),
+    so a pass of users sorted by length runs about as many LSTM steps as its own users need rather
+    than ``max_len`` for every pass; a user's outputs do not depend on who shares the pass (right
+    padding, masked pooling), only the float rounding of the batched kernels does.
+    """
+    import torch
+
+    n = int(batch["seq_len"].shape[0])
+    if n <= forward_batch:
+        return part(batch)
+    order = torch.argsort(batch["seq_len"], stable=True)
+    reps, probs = [], []
+    for start in range(0, n, forward_batch):
+        rows = order[start:start + forward_batch]
+        rep, prob = part({k: v.index_select(0, rows) for k, v in batch.items()})
+        reps.append(rep)
+        probs.append(prob)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    return torch.cat(reps).index_select(0, inverse), torch.cat(probs).index_select(0, inverse)
+
+
 def _list_array(matrix: np.ndarray) -> "pa.Array":
     """(rows, width) float32 -> Arrow list<float> from the flat buffer and fixed offsets."""
     import pyarrow as pa
@@ -140,14 +173,15 @@ def load_state_file(path: "str | Path", what: str = "model") -> "TaskModel":
     return model.eval()
 
 
-_CACHE: dict[int, "nn.Module"] = {}  # the user part of any model family
+_CACHE: dict[str, "nn.Module"] = {}  # the user part of any model family, by the scoring run's token
 _LOCK = threading.Lock()
 LOADS = {"count": 0}  # how many times this process built a model (tests check "once per process")
 
 
-def _user_part(state: "Broadcast[bytes]") -> "nn.Module":
-    """The broadcast model's user part, built once per Python worker process."""
-    key = state.id if hasattr(state, "id") else id(state)
+def _user_part(state: "Broadcast[bytes]", key: str) -> "nn.Module":
+    """The broadcast model's user part, built once per Python worker process and scoring run: ``key``
+    is a token the driver draws for each run (a worker outlives runs, and the broadcast object a task
+    sees carries no id of its own: its memory address can repeat with another model)."""
     with _LOCK:
         part = _CACHE.get(key)
         if part is None:
@@ -168,20 +202,21 @@ def _user_part(state: "Broadcast[bytes]") -> "nn.Module":
     return part
 
 
-def _score_batches(batches: Iterable["pa.RecordBatch"], state: "Broadcast[bytes]", model_name: str,
-                   model_version: str, day: str) -> Iterator["pa.RecordBatch"]:
-    """The user part over Arrow record batches -> ``outputs/user_representations`` record batches."""
+def _score_batches(batches: Iterable["pa.RecordBatch"], state: "Broadcast[bytes]", key: str, model_name: str,
+                   model_version: str, day: str, forward_batch: int) -> Iterator["pa.RecordBatch"]:
+    """The user part over Arrow record batches -> ``outputs/user_representations`` record batches
+    (each batch's users in forward passes of similar length, :func:`score_by_length`)."""
     import pyarrow as pa
     import torch
 
-    part = _user_part(state)
+    part = _user_part(state, key)
     schema = representation_schema()
     for batch in batches:
         n = batch.num_rows
         if not n:
             continue
         with torch.no_grad():
-            rep, probs = part(arrow_to_batch(batch))
+            rep, probs = score_by_length(part, arrow_to_batch(batch), forward_batch)
         probs_np = probs.numpy().astype(np.float32)
         yield pa.RecordBatch.from_arrays([
             batch.column("user_id"), _list_array(rep.numpy()),
@@ -199,17 +234,20 @@ def representation_schema() -> "pa.Schema":
 
 
 def score_users(sequences: "DataFrame", state: bytes, model_name: str, model_version: str, day: _dt.date,
-                partitions: int | None = None, batch_size: int | None = None) -> "DataFrame":
+                partitions: int | None = None, batch_size: int | None = None,
+                forward_batch: int | None = None) -> "DataFrame":
     """``outputs/user_representations`` rows for every row of ``sequences`` (``features/user_sequences``).
 
     ``partitions``: spread the input over at least this many tasks; ``batch_size``: users per
-    Arrow batch, i.e. per forward pass (``publish.batch_size``).
+    Arrow batch (``publish.batch_size``), sorted by length within it and scored in forward passes
+    of ``forward_batch`` users (``publish.forward_batch``; None: one pass per Arrow batch).
     """
     spark = sequences.sparkSession
     if batch_size:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    bstate = spark.sparkContext.broadcast(state)
+    bstate, key = spark.sparkContext.broadcast(state), uuid.uuid4().hex
     name, version, ds = model_name, model_version, day.isoformat()
+    passes = forward_batch or batch_size or 1 << 30
     inputs = sequences.select("user_id", *USER_INPUTS)
     if partitions and inputs.rdd.getNumPartitions() < partitions:
         # spread a table of few files over the executors; a table already split as finely is not
@@ -217,9 +255,250 @@ def score_users(sequences: "DataFrame", state: bytes, model_name: str, model_ver
         inputs = inputs.repartition(partitions)
 
     def score(batches: Iterable["pa.RecordBatch"]) -> Iterator["pa.RecordBatch"]:
-        return _score_batches(batches, bstate, name, version, ds)
+        return _score_batches(batches, bstate, key, name, version, ds, passes)
 
     return inputs.mapInArrow(score, t.USER_REPRESENTATIONS.schema)
+
+
+# a published file's columns: the table's without the partition column (Delta keeps it in the log)
+_FILE_COLUMNS = ("user_id", "embedding", "ppp_tier", "ppp_probs", "model_name", "model_version")
+
+
+def _file_stats(user_ids: np.ndarray, emb: np.ndarray, probs: np.ndarray, tier: np.ndarray,
+                null_ids: int) -> dict[str, float]:
+    """:func:`check_representations`'s aggregates over one scored file (numpy over its matrices)."""
+    return {"rows": float(len(user_ids)), "nulls": float(null_ids),
+            "non_finite": float((~np.isfinite(emb).all(axis=1) | ~np.isfinite(probs).all(axis=1)).sum()),
+            "min_dim": float(emb.shape[1]), "max_dim": float(emb.shape[1]),
+            "bad_prob_len": 0.0 if probs.shape[1] == 7 else float(len(probs)),
+            "max_prob_sum_error": float(np.abs(probs.astype(np.float64).sum(axis=1) - 1).max()),
+            "bad_tier": float(((tier < 1) | (tier > 7)).sum()),
+            "unsorted": float(bool((np.diff(user_ids) <= 0).any()))}  # sorted here: <= 0 is a repeated user_id
+
+
+def _merge_stats(parts: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for part in parts:
+        for key, value in part.items():
+            if key not in out or math.isnan(out[key]):
+                out[key] = value
+            elif not math.isnan(value):
+                out[key] = (min if key == "min_dim" else max if key in ("max_dim", "max_prob_sum_error") else
+                            float.__add__)(out[key], value)
+    return out
+
+
+Unit = tuple[int, str, "list[int] | None"]  # (index, file, its row groups or all)
+
+
+def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, model_name: str,
+                model_version: str, batch_size: int, forward_batch: int, row_group_bytes: int) -> dict[str, Any]:
+    """One task's work: score the users of a sequences file (or of some of its row groups) and write
+    their representations, sorted by user_id, as one Parquet file in ``folder``. The outputs go
+    straight into (users, width) matrices at their sorted rows, so no Arrow list is copied or taken.
+    Returns the file's checks."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    index, path, row_groups = unit
+    os.makedirs(folder, exist_ok=True)
+    part = _user_part(state, key)
+    source = pq.ParquetFile(path)
+    id_col = source.read_row_groups(row_groups or range(source.num_row_groups), columns=["user_id"]).column(0)
+    n = len(id_col)
+    if not n:
+        return {"rows": 0.0}
+    ids = id_col.to_numpy()
+    order = np.argsort(ids, kind="stable")  # row i of the file goes to row at[i] of the output
+    at = np.empty(n, dtype=np.int64)
+    at[order] = np.arange(n)
+    emb: np.ndarray | None = None
+    probs = np.empty((n, 7), dtype=np.float32)
+    start = 0
+    for batch in source.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=list(USER_INPUTS)):
+        with torch.no_grad():
+            rep, prob = score_by_length(part, arrow_to_batch(batch), forward_batch)
+        rows = at[start:start + batch.num_rows]
+        if emb is None:
+            emb = np.empty((n, rep.shape[1]), dtype=np.float32)
+        emb[rows] = rep.numpy()
+        probs[rows] = prob.numpy()
+        start += batch.num_rows
+    assert emb is not None and start == n
+    tier = probs.argmax(axis=1).astype(np.int32) + 1
+    sorted_ids = ids[order]
+    stats = _file_stats(sorted_ids, emb, probs, tier, id_col.null_count)
+    table = pa.table([pa.array(sorted_ids), _list_array(emb), pa.array(tier), _list_array(probs),
+                      *(pa.repeat(pa.scalar(v, pa.string()), n) for v in (model_name, model_version))],
+                     names=list(_FILE_COLUMNS))
+    rows_per_group = max(1024, int(row_group_bytes * n / max(1, table.nbytes))) if row_group_bytes else None
+    pq.write_table(table, f"{folder}/part-{index:05d}-{uuid.uuid4().hex}.snappy.parquet",
+                   row_group_size=rows_per_group, use_dictionary=["model_name", "model_version"],
+                   write_statistics=["user_id", "ppp_tier"])  # what lookups prune by
+    return stats
+
+
+MAX_UNIT_USERS = 1 << 17  # a task's output file is sorted in memory: files of more users are split by row groups
+
+
+def plan_units(paths: list[str], tasks: int | None, max_users: int = MAX_UNIT_USERS) -> list[Unit]:
+    """Which rows each task scores: runs of consecutive row groups of one file, of at most ``max_users``
+    users and (to keep ``tasks`` tasks busy) at most 1/``tasks`` of all users, unless one row group holds
+    more. Reads the files' footers only."""
+    import pyarrow.parquet as pq
+
+    metas = [pq.ParquetFile(p).metadata for p in paths]
+    total = sum(m.num_rows for m in metas)
+    target = max(1, min(max_users, math.ceil(total / tasks) if tasks else max_users))
+    units: list[Unit] = []
+    for path, meta in zip(paths, metas):
+        groups: list[int] = []
+        rows = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if groups and rows + n > target:
+                units.append((len(units), path, groups))
+                groups, rows = [], 0
+            groups.append(g)
+            rows += n
+        if rows:
+            units.append((len(units), path, groups))
+    return units
+
+
+def score_user_files(spark: "SparkSession", files: list[str], folder: str, state: bytes, model_name: str,
+                     model_version: str, batch_size: int, forward_batch: int, tasks: int | None = None,
+                     row_group_bytes: int = 0) -> dict[str, float]:
+    """Score the users of local ``features/user_sequences`` Parquet ``files`` on Spark's executors, each
+    task reading its file with pyarrow and writing its users' ``outputs/user_representations`` columns
+    (without ``dt``) as one Parquet file in the local ``folder``: no JVM decoding or Arrow conversion of
+    the sequences, and the checks come from the same pass (:func:`plan_units` says which task scores
+    what). Returns :func:`check_representations`'s aggregates (``unsorted``
+    counts files whose user_ids are not strictly increasing, i.e. repeated or out of order).
+
+    Raises:
+        PlatformError: a file is not a local path.
+    """
+    from features.representations import local_paths
+
+    paths = local_paths(files)
+    if paths is None:
+        raise PlatformError(f"scoring from files needs local Parquet files, got {files[:1]}: use the Spark path "
+                            f"(score_users)")
+    units = plan_units(paths, tasks)
+    if not units:
+        return {"rows": 0.0}
+    bstate, key = spark.sparkContext.broadcast(state), uuid.uuid4().hex
+
+    def run(part: Iterable[Unit]) -> Iterator[dict[str, Any]]:
+        for unit in part:
+            yield _score_unit(unit, bstate, key, folder, model_name, model_version, batch_size, forward_batch,
+                              row_group_bytes)
+
+    sc = spark.sparkContext
+    sc.setJobGroup(key, f"nightly job: scoring {len(units)} unit(s) of sequence files", interruptOnCancel=True)
+    try:
+        with _task_progress(sc, key, len(units)):
+            parts = sc.parallelize(units, len(units)).mapPartitions(run).collect()  # one small dict per unit
+    finally:
+        for prop in ("spark.jobGroup.id", "spark.job.description", "spark.job.interruptOnCancel"):
+            sc.setLocalProperty(prop, None)  # type: ignore[arg-type]  # None removes it
+    return _merge_stats(parts)
+
+
+@contextlib.contextmanager
+def _task_progress(sc: Any, group: str, total: int, every_s: float = 10.0) -> Iterator[None]:
+    """Report the finished tasks of Spark job group ``group`` (of ``total``) while the block runs: a bar
+    on a terminal, a log line with rate and ETA every ``every_s`` seconds elsewhere."""
+    from training.progress import Progress
+
+    progress = Progress("nightly job: scoring", total, unit="tasks", every_s=every_s, log=logger)
+    done = threading.Event()
+
+    def sync() -> None:
+        tracker = sc.statusTracker()
+        finished = 0
+        for job in tracker.getJobIdsForGroup(group):
+            info = tracker.getJobInfo(job)
+            for stage in (info.stageIds if info else []):
+                st = tracker.getStageInfo(stage)
+                finished += st.numCompletedTasks if st else 0
+        for _ in range(max(0, min(finished, total) - progress.steps)):
+            progress.update(1)
+
+    def watch() -> None:
+        while not done.wait(1.0):
+            sync()
+
+    thread = threading.Thread(target=watch, name="publish-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        sync()
+        progress.close()
+        logger.info("%s", progress.describe())
+
+
+def publish_from_files(tables: "DeltaTables", cfg: "PublishConfig", files: list[str], state: bytes, name: str,
+                       version: str, ds: str, population: int, dim: int, metadata: dict[str, Any],
+                       timings: dict[str, float] | None = None) -> "WriteResult":
+    """Replace partition ``ds`` of ``outputs/user_representations`` with the users of the local sequence
+    ``files`` scored by :func:`score_user_files`, in one commit. The checks come from the scoring pass;
+    user_id's uniqueness across files from the written files' user_id column (Spark). ``timings``, when
+    given, receives the seconds of ``score`` (the scoring tasks) and ``unique`` (that check).
+
+    Raises:
+        DataQualityError: a check failed; nothing is committed.
+    """
+    from pyspark.sql import functions as F
+
+    from features.representations import local_paths
+
+    def stage(folder: str) -> dict[str, Any]:
+        target = (local_paths([f"{folder}/dt={ds}"]) or [""])[0]
+        started = time.perf_counter()
+        stats = score_user_files(tables.spark, files, target, state, name, version, cfg.batch_size,
+                                 cfg.forward_batch, cfg.partitions, t.USER_REPRESENTATIONS.row_group_bytes)
+        scored = time.perf_counter()
+        if stats.get("rows"):
+            row = tables.spark.read.parquet(target).agg(F.countDistinct("user_id")).first()
+            stats["users"] = float(row[0]) if row else 0.0
+        if timings is not None:
+            timings.update(score=scored - started, unique=time.perf_counter() - scored)
+        logger.info("scored %s users in %.1f s (%s users/s); user_id's uniqueness checked in %.1f s",
+                    f"{stats.get('rows', 0):,.0f}", scored - started,
+                    f"{stats.get('rows', 0) / max(scored - started, 1e-9):,.0f}", time.perf_counter() - scored)
+        return {"rows": int(refuse_bad(stats, population, dim)["rows"])}
+
+    return tables.replace_partition_files(t.USER_REPRESENTATIONS, ds, stage, metadata)
+
+
+def representation_problems(stats: dict[str, float], expected_users: int, dim: int) -> list[str]:
+    """What is wrong with a scored partition, from :func:`check_representations`'s aggregates."""
+    problems = []
+    if stats.get("rows") != expected_users:
+        problems.append(f"{stats.get('rows'):.0f} rows for a serving population of {expected_users}")
+    if stats.get("users", stats.get("rows")) != stats.get("rows"):
+        problems.append(f"user_id not unique ({stats.get('users'):.0f} users in {stats.get('rows'):.0f} rows)")
+    if stats.get("nulls"):
+        problems.append(f"{stats['nulls']:.0f} rows with nulls")
+    if stats.get("non_finite"):
+        problems.append(f"{stats['non_finite']:.0f} rows with NaN/Inf values")
+    if expected_users and (stats.get("min_dim") != dim or stats.get("max_dim") != dim):
+        problems.append(f"embedding length {stats.get('min_dim'):.0f}..{stats.get('max_dim'):.0f}, expected {dim}")
+    if stats.get("bad_prob_len"):
+        problems.append(f"{stats['bad_prob_len']:.0f} rows without 7 tier probabilities")
+    if expected_users and not stats.get("max_prob_sum_error", math.nan) <= 1e-4:
+        problems.append(f"tier probabilities sum off by up to {stats.get('max_prob_sum_error')}")
+    if stats.get("bad_tier"):
+        problems.append(f"{stats['bad_tier']:.0f} tiers outside 1..7")
+    if stats.get("unsorted"):
+        problems.append(f"user_id repeated within {stats['unsorted']:.0f} file(s)")
+    return problems
 
 
 def check_representations(out: "DataFrame", expected_users: int, dim: int) -> dict[str, float]:
@@ -244,26 +523,19 @@ def check_representations(out: "DataFrame", expected_users: int, dim: int) -> di
         F.sum(F.when((F.col("ppp_tier") < 1) | (F.col("ppp_tier") > 7), 1).otherwise(0)).alias("bad_tier"),
     ).first()
     stats = {k: float(v) if v is not None else math.nan for k, v in (row.asDict() if row else {}).items()}
+    return refuse_bad(stats, expected_users, dim)
+
+
+def refuse_bad(stats: dict[str, float], expected_users: int, dim: int) -> dict[str, float]:
+    """``stats`` when a scored partition passes every check.
+
+    Raises:
+        DataQualityError: naming every failed check, so the job refuses to commit.
+    """
     if not stats.get("rows"):
         raise DataQualityError(f"refusing to commit outputs/user_representations: no rows scored for a serving "
                                f"population of {expected_users}")
-    problems = []
-    if stats.get("rows") != expected_users:
-        problems.append(f"{stats.get('rows'):.0f} rows for a serving population of {expected_users}")
-    if stats.get("users") != stats.get("rows"):
-        problems.append(f"user_id not unique ({stats.get('users'):.0f} users in {stats.get('rows'):.0f} rows)")
-    if stats.get("nulls"):
-        problems.append(f"{stats['nulls']:.0f} rows with nulls")
-    if stats.get("non_finite"):
-        problems.append(f"{stats['non_finite']:.0f} rows with NaN/Inf values")
-    if expected_users and (stats.get("min_dim") != dim or stats.get("max_dim") != dim):
-        problems.append(f"embedding length {stats.get('min_dim'):.0f}..{stats.get('max_dim'):.0f}, expected {dim}")
-    if stats.get("bad_prob_len"):
-        problems.append(f"{stats['bad_prob_len']:.0f} rows without 7 tier probabilities")
-    if expected_users and not stats.get("max_prob_sum_error", math.nan) <= 1e-4:
-        problems.append(f"tier probabilities sum off by up to {stats.get('max_prob_sum_error')}")
-    if stats.get("bad_tier"):
-        problems.append(f"{stats['bad_tier']:.0f} tiers outside 1..7")
+    problems = representation_problems(stats, expected_users, dim)
     if problems:
         raise DataQualityError("refusing to commit outputs/user_representations: " + "; ".join(problems))
     return stats

@@ -77,6 +77,47 @@ def test_replace_partition_touches_only_that_partition(spark, tables: DeltaTable
     assert counts(tables.read(SPEC)) == {"2026-11-01": 10}
 
 
+def test_replace_partition_with_files_a_stage_writes(spark, tables: DeltaTables, tmp_path: Path) -> None:
+    """Files written by the caller (the nightly job's tasks, with pyarrow) replace exactly one partition in
+    one commit carrying the stage's metadata; a stage that raises commits nothing and leaves no files."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from features.representations import local_paths
+
+    tables.write(rows(spark, "2026-11-01", range(10)), SPEC)
+    tables.write(rows(spark, "2026-11-02", range(7)), SPEC)
+    ts = dt.datetime(2026, 11, 2, 12)
+
+    def stage(folder: str, n: int = 3) -> dict[str, int]:
+        target = (local_paths([f"{folder}/dt=2026-11-02"]) or [""])[0]
+        os.makedirs(target)
+        for part in range(2):
+            pq.write_table(pa.table({"user_id": pa.array(range(part * n, part * n + n), pa.int64()),
+                                     "score": pa.array([2.0] * n, pa.float32()),
+                                     "tags": pa.array([["x"]] * n, pa.list_(pa.string())),
+                                     "ts": pa.array([ts] * n, pa.timestamp("us"))}), f"{target}/part-{part}.parquet")
+        return {"rows": 2 * n}
+
+    res = tables.replace_partition_files(SPEC, "2026-11-02", stage, {"job": "files"})
+    assert res.version == 2 and res.rows in (6, None)
+    df = tables.read(SPEC)
+    assert counts(df) == {"2026-11-01": 10, "2026-11-02": 6}
+    assert {(r.user_id, r.score, tuple(r.tags)) for r in df.where("dt = '2026-11-02'").collect()} == \
+        {(i, 2.0, ("x",)) for i in range(6)}
+    assert tables.history(SPEC, 1)[0].metadata == {"engine": tables.engine, "job": "files", "rows": 6}
+
+    def refused(folder: str) -> dict[str, int]:
+        stage(folder)
+        raise PlatformError("refusing to commit test/things: a check failed")
+
+    with pytest.raises(PlatformError, match="a check failed"):
+        tables.replace_partition_files(SPEC, "2026-11-02", refused, {"job": "files"})
+    assert tables.version(SPEC) == 2 and counts(tables.read(SPEC)) == {"2026-11-01": 10, "2026-11-02": 6}
+    staging = tmp_path / "lake" / SPEC.name / "_staging"
+    assert not staging.exists() or not any(staging.iterdir())
+
+
 @pytest.mark.reliability(
     "inputs",
     "a partition replacement holding rows of another date",

@@ -20,14 +20,23 @@ OV = (*TINY_WORLD, *SMALL)
     "idempotency",
     "the nightly job re-run for the same date",
     "the partition is replaced with the same rows; other dates untouched")
-def test_rerun_replaces_the_partition(tiny_published) -> None:
+@pytest.mark.parametrize("from_files", [True, False])
+def test_rerun_replaces_the_partition(tiny_published, from_files: bool) -> None:
+    """Either scoring path (executors reading and writing the files with pyarrow, or Spark's mapInArrow)
+    replaces the partition with the same users and vectors."""
     cfg, tables, tmp = tiny_published
     before = tables.version(t.USER_REPRESENTATIONS)
-    n = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).count()
+    cols = ["user_id", "embedding", "ppp_tier", "model_version"]
+    old = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).select(*cols).toPandas().set_index("user_id")  # tiny
     other = tables.read(t.USER_REPRESENTATIONS, dt="2026-11-07").count()
-    assert run(publish, tmp, "--date", TINY_END, overrides=OV, lake=cfg.lake_root) == 0
+    assert run(publish, tmp, "--date", TINY_END, overrides=(*OV, f"publish.from_files={from_files}"),
+               lake=cfg.lake_root) == 0
     assert tables.version(t.USER_REPRESENTATIONS) == before + 1
-    assert tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).count() == n
+    new = tables.read(t.USER_REPRESENTATIONS, dt=TINY_END).select(*cols).toPandas().set_index("user_id")
+    assert sorted(new.index) == sorted(old.index) and new.index.is_unique
+    new = new.loc[old.index]
+    np.testing.assert_allclose(np.stack(new["embedding"]), np.stack(old["embedding"]), rtol=1e-4, atol=1e-5)
+    assert list(new["ppp_tier"]) == list(old["ppp_tier"]) and list(new["model_version"]) == list(old["model_version"])
     assert tables.read(t.USER_REPRESENTATIONS, dt="2026-11-07").count() == other
 
 
@@ -35,28 +44,34 @@ def test_rerun_replaces_the_partition(tiny_published) -> None:
     "faults",
     "the model scores NaN vectors",
     "refused before the commit in one line; the published table stays at its version")
-def test_bad_output_is_refused_and_the_table_is_untouched(tiny_published, monkeypatch, capsys) -> None:
-    import pyarrow as pa
+@pytest.mark.parametrize("from_files", [True, False])
+def test_bad_output_is_refused_and_the_table_is_untouched(tiny_published, monkeypatch, capsys,
+                                                          from_files: bool) -> None:
+    import torch
 
-    from training import inference
+    from registry.models import ModelRegistry
+    from training.trainer import dump_state, model_from_state
 
     cfg, tables, tmp = tiny_published
     before = tables.version(t.USER_REPRESENTATIONS)
-    real = inference._score_batches
+    real = ModelRegistry.state_bytes
 
-    def nan_scores(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        for batch in real(*args, **kwargs):
-            emb = batch.column("embedding")
-            nan = inference._list_array(np.full((batch.num_rows, len(emb[0])), np.nan, np.float32))
-            cols = [nan if name == "embedding" else batch.column(name) for name in batch.schema.names]
-            yield pa.RecordBatch.from_arrays(cols, schema=batch.schema)
+    def nan_weights(self, version):  # noqa: ANN001, ANN202 - the champion's weights, all NaN
+        model = model_from_state(real(self, version))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float("nan"))
+        return dump_state(model)
 
-    monkeypatch.setattr(inference, "_score_batches", nan_scores)
-    assert run(publish, tmp, "--date", TINY_END, overrides=OV, lake=cfg.lake_root) == 1
+    monkeypatch.setattr(ModelRegistry, "state_bytes", nan_weights)
+    assert run(publish, tmp, "--date", TINY_END, overrides=(*OV, f"publish.from_files={from_files}"),
+               lake=cfg.lake_root) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("publish_user_representations failed: refusing to commit outputs/user_representations:")
     assert "rows with NaN/Inf values" in err
     assert tables.version(t.USER_REPRESENTATIONS) == before
+    staging = Path(cfg.lake_root) / t.USER_REPRESENTATIONS.name / "_staging"
+    assert not staging.exists() or not any(staging.iterdir())  # the refused files are gone
 
 
 @pytest.mark.reliability(
@@ -96,9 +111,11 @@ def test_the_model_is_built_once_per_process(tiny_model, spark) -> None:
     reg = ModelRegistry(cfg.mlflow)
     state = spark.sparkContext.broadcast(reg.state_bytes(reg.champion_version()))
     start = inference.LOADS["count"]
-    a = inference._user_part(state)
-    b = inference._user_part(state)
+    a = inference._user_part(state, "run-1")
+    b = inference._user_part(state, "run-1")
     assert a is b and inference.LOADS["count"] == start + 1
+    c = inference._user_part(spark.sparkContext.broadcast(reg.state_bytes(reg.champion_version())), "run-2")
+    assert c is not a and inference.LOADS["count"] == start + 2  # another run's model, even at the same address
 
 
 def q(published, *args: str) -> int:  # noqa: ANN001
@@ -252,3 +269,27 @@ def test_arrow_batches_become_the_same_tensors_as_frames_and_ragged_arrays_are_r
     frame.at[3, "seq_item"] = frame.at[3, "seq_item"][:4]
     with pytest.raises(PlatformError, match="column 'seq_item' holds arrays of lengths 4..6 in one batch"):
         arrow_to_batch(pa.RecordBatch.from_pandas(frame, preserve_index=False))
+
+
+def test_scoring_units_cover_every_row_group_once_in_bounded_runs(tmp_path: Path) -> None:
+    """The nightly job's tasks: each file's row groups, in order, in runs of at most max_users users (or
+    1/tasks of all of them), a row group larger than that alone; empty files give no task."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.inference import plan_units
+
+    paths = []
+    for name, rows, group in (("a", 1000, 100), ("b", 250, 250), ("c", 0, 10), ("d", 30, 10)):
+        paths.append(str(tmp_path / f"{name}.parquet"))
+        pq.write_table(pa.table({"user_id": list(range(rows))}, schema=pa.schema([("user_id", pa.int64())])),
+                       paths[-1], row_group_size=group)
+    units = plan_units(paths, tasks=None, max_users=300)
+    assert [u[0] for u in units] == list(range(len(units)))
+    assert [(u[1][-9:], u[2]) for u in units] == [
+        ("a.parquet", [0, 1, 2]), ("a.parquet", [3, 4, 5]), ("a.parquet", [6, 7, 8]), ("a.parquet", [9]),
+        ("b.parquet", [0]), ("d.parquet", [0, 1, 2])]
+    # 1,280 users over 8 tasks: at most 160 per task; b's one row group of 250 stays whole
+    units = plan_units(paths, tasks=8, max_users=300)
+    assert [len(u[2]) for u in units if u[1].endswith("a.parquet")] == [1] * 10
+    assert [u[2] for u in units if not u[1].endswith("a.parquet")] == [[0], [0, 1, 2]]

@@ -115,6 +115,28 @@ def test_serving_split_agrees_with_the_full_model(make_spec: Callable[..., Model
     torch.testing.assert_close(scored, torch.sigmoid(full["ctr_logit"][real] - 1.5))  # with the sampling offset
 
 
+@pytest.mark.parametrize("recency", [0, 2])
+def test_scoring_users_sorted_by_length_gives_each_user_the_same_outputs(
+        make_spec: Callable[..., ModelSpec], make_batch: Callable[..., Batch], recency: int) -> None:
+    """The nightly job's passes of similar-length users (``inference.score_by_length``) return what one
+    pass over the whole batch returns, row for row, and each pass runs only its own longest length."""
+    from training.inference import score_by_length
+
+    torch.manual_seed(0)
+    part = build_model(make_spec(recency_interests=recency)).eval().user_part()
+    batch = {k: v for k, v in make_batch(n=37, seed=5).items() if k.startswith(("seq_", "user_"))}
+    with torch.no_grad():
+        whole = part(batch)
+        passes: list[torch.Tensor] = []
+        spy = lambda b: passes.append(b["seq_len"]) or part(b)  # noqa: E731
+        rep, probs = score_by_length(spy, batch, 8)
+    torch.testing.assert_close(rep, whole[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs, whole[1], rtol=1e-5, atol=1e-6)
+    assert [len(p) for p in passes] == [8, 8, 8, 8, 5]
+    assert all(int(a.max()) <= int(b.min()) for a, b in zip(passes, passes[1:]))  # sorted: short passes first
+    assert sorted(torch.cat(passes).tolist()) == sorted(batch["seq_len"].tolist())
+
+
 def test_user_part_ignores_the_query_and_is_uniform_without_ppp(
         make_spec: Callable[..., ModelSpec], make_batch: Callable[..., Batch]) -> None:
     torch.manual_seed(0)
