@@ -12,6 +12,7 @@ a JSON string in both engines, so either engine (and any Delta reader) sees it.
 from __future__ import annotations
 
 import abc
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -20,7 +21,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Literal, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Literal, Mapping, Sequence, cast
 from urllib.parse import unquote, urlparse
 
 from core import faults, leases
@@ -211,8 +212,17 @@ class DeltaTables(abc.ABC):
             # (the partition columns first: a partitioned write sorts by them, which would undo a sort by the key)
             conformed = conformed.sortWithinPartitions(*spec.partition_by, spec.lookup_key)
         meta = {"engine": self.engine, **(metadata or {})}
-        try:
+        with self._storage_errors_in_one_line(spec):
             result = self._write(conformed, spec, mode, norm, meta)
+        logger.info("wrote %s", result.describe())
+        faults.point("write.committed")
+        return result
+
+    @contextlib.contextmanager
+    def _storage_errors_in_one_line(self, spec: TableSpec) -> Iterator[None]:
+        """A storage failure while writing ``spec`` becomes one line naming the table and the fix."""
+        try:
+            yield
         except PlatformError:
             raise
         except Exception as exc:  # noqa: BLE001 - storage failures become one line naming the table
@@ -221,9 +231,6 @@ class DeltaTables(abc.ABC):
             raise PlatformError(
                 f"writing table {spec.name} at {self.uri(spec)} failed, nothing was committed: {storage_cause(exc)}; "
                 f"check that lake_root ({self.root}) is writable and has free space") from exc
-        logger.info("wrote %s", result.describe())
-        faults.point("write.committed")
-        return result
 
     def _check_writable(self, spec: TableSpec) -> None:
         """Fail before any work when a local table folder cannot be written: a file where the
@@ -273,16 +280,8 @@ class DeltaTables(abc.ABC):
         try:
             extra = stage(staging)
             meta = {"engine": self.engine, **(metadata or {}), **extra}
-            try:
+            with self._storage_errors_in_one_line(spec):
                 result = self._commit_staged(spec, staging, fs, "overwrite", {"dt": [dt]}, meta)
-            except PlatformError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - storage failures become one line naming the table
-                if not _is_storage_failure(exc):
-                    raise
-                raise PlatformError(
-                    f"writing table {spec.name} at {self.uri(spec)} failed, nothing was committed: "
-                    f"{storage_cause(exc)}; check that lake_root ({self.root}) is writable and has free space") from exc
         finally:
             fs.delete(staging)
         logger.info("wrote %s", result.describe())

@@ -2,11 +2,20 @@
 published result must pass before it is committed.
 
 The driver loads the model once and broadcasts its state (spec + weights, tens of MB); each
-executor's Python worker deserialises it **once per process** (a module-level cache keyed by
-the broadcast) and runs the user part over Arrow record batches (``mapInArrow``): each fixed-length
-array column becomes one tensor through its flat values buffer (:func:`arrow_to_batch`) and the
-outputs go back as Arrow list arrays built from flat buffers, with no Python per row and no pandas
-(:func:`_score_batches`). Nothing proportional to the number of users reaches the driver.
+executor's Python worker deserialises it **once per process and run** (a module-level cache keyed
+by a token the driver draws per run). Two paths run the user part:
+
+* on a local lake (:func:`publish_from_files`, the nightly job's default there), each task reads
+  its runs of row groups of the sequence files with pyarrow, scores them and writes the published
+  file itself, sorted by ``user_id``, returning only the file's check aggregates
+  (:func:`score_user_files`);
+* elsewhere, Spark reads the sequences and ``mapInArrow`` scores Arrow record batches
+  (:func:`score_users`); Spark then checks and writes the result.
+
+Either way each fixed-length array column becomes one tensor through its flat values buffer
+(:func:`arrow_to_batch`), each forward pass scores users of similar length (:func:`score_by_length`)
+and the outputs are Arrow list arrays built from flat buffers, with no Python per row and no
+pandas. Nothing proportional to the number of users reaches the driver.
 """
 from __future__ import annotations
 
