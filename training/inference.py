@@ -27,6 +27,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
@@ -106,7 +107,10 @@ def arrow_to_batch(batch: "pa.RecordBatch") -> dict[str, Any]:
         width = int(lengths[0]) if n else 1
         values = col.flatten().to_numpy(zero_copy_only=False)
         dtype = np.float32 if name in _FLOAT_INPUTS else np.int64
-        out[name] = torch.from_numpy(np.ascontiguousarray(values.reshape(n, width).astype(dtype, copy=False)))
+        matrix = np.ascontiguousarray(values.reshape(n, width).astype(dtype, copy=False))
+        with warnings.catch_warnings():  # a zero-copy view of Arrow's buffer: the model only reads it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            out[name] = torch.from_numpy(matrix)
     return out
 
 
@@ -422,7 +426,7 @@ def _task_progress(sc: Any, group: str, total: int, every_s: float = 10.0) -> It
     on a terminal, a log line with rate and ETA every ``every_s`` seconds elsewhere."""
     from training.progress import Progress
 
-    progress = Progress("nightly job: scoring", total, unit="tasks", every_s=every_s, log=logger)
+    progress = Progress("nightly job: scoring", total, unit="tasks", every_s=every_s)
     done = threading.Event()
 
     def sync() -> None:
@@ -449,7 +453,7 @@ def _task_progress(sc: Any, group: str, total: int, every_s: float = 10.0) -> It
         thread.join()
         sync()
         progress.close()
-        logger.info("%s", progress.describe())
+        progress.log.info("%s", progress.describe())
 
 
 def publish_from_files(tables: "DeltaTables", cfg: "PublishConfig", files: list[str], state: bytes, name: str,
@@ -478,9 +482,10 @@ def publish_from_files(tables: "DeltaTables", cfg: "PublishConfig", files: list[
             stats["users"] = float(row[0]) if row else 0.0
         if timings is not None:
             timings.update(score=scored - started, unique=time.perf_counter() - scored)
-        logger.info("scored %s users in %.1f s (%s users/s); user_id's uniqueness checked in %.1f s",
-                    f"{stats.get('rows', 0):,.0f}", scored - started,
-                    f"{stats.get('rows', 0) / max(scored - started, 1e-9):,.0f}", time.perf_counter() - scored)
+        logging.getLogger("training.progress").info(  # shown like every progress line
+            "nightly job: scored %s users in %.1f s (%s users/s); user_id's uniqueness checked in %.1f s",
+            f"{stats.get('rows', 0):,.0f}", scored - started,
+            f"{stats.get('rows', 0) / max(scored - started, 1e-9):,.0f}", time.perf_counter() - scored)
         return {"rows": int(refuse_bad(stats, population, dim)["rows"])}
 
     return tables.replace_partition_files(t.USER_REPRESENTATIONS, ds, stage, metadata)

@@ -21,9 +21,12 @@ OV = (*TINY_WORLD, *SMALL)
     "the nightly job re-run for the same date",
     "the partition is replaced with the same rows; other dates untouched")
 @pytest.mark.parametrize("from_files", [True, False])
-def test_rerun_replaces_the_partition(tiny_published, from_files: bool) -> None:
+def test_rerun_replaces_the_partition(tiny_published, from_files: bool, caplog) -> None:
     """Either scoring path (executors reading and writing the files with pyarrow, or Spark's mapInArrow)
-    replaces the partition with the same users and vectors."""
+    replaces the partition with the same users and vectors; the files path reports its progress."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="training.progress")
     cfg, tables, tmp = tiny_published
     before = tables.version(t.USER_REPRESENTATIONS)
     cols = ["user_id", "embedding", "ppp_tier", "model_version"]
@@ -38,6 +41,8 @@ def test_rerun_replaces_the_partition(tiny_published, from_files: bool) -> None:
     np.testing.assert_allclose(np.stack(new["embedding"]), np.stack(old["embedding"]), rtol=1e-4, atol=1e-5)
     assert list(new["ppp_tier"]) == list(old["ppp_tier"]) and list(new["model_version"]) == list(old["model_version"])
     assert tables.read(t.USER_REPRESENTATIONS, dt="2026-11-07").count() == other
+    scored = [r.getMessage() for r in caplog.records if r.getMessage().startswith("nightly job: scored")]
+    assert (scored[-1].startswith("nightly job: scored 300 users in ") if from_files else not scored), scored
 
 
 @pytest.mark.reliability(
