@@ -141,7 +141,7 @@ def pandas_scoring(seq: "DataFrame", state: bytes, day: dt.date, partitions: int
             probs_np = probs.numpy().astype(np.float32)
             yield pd.DataFrame({
                 "user_id": frame["user_id"].to_numpy(), "embedding": list(rep.numpy().astype(np.float32)),
-                "ppp_tier": probs_np.argmax(axis=1).astype(np.int32) + 1, "ppp_probs": list(probs_np),
+                "ppp_tier": inference.tiers(probs_np), "ppp_probs": list(probs_np),
                 "model_name": "bench", "model_version": "0", "dt": ds})
 
     return inputs.mapInPandas(score, t.USER_REPRESENTATIONS.schema)

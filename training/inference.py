@@ -158,7 +158,7 @@ def user_outputs(model: "TaskModel", frame: pd.DataFrame) -> pd.DataFrame:
         rep, probs = part(frame_to_batch(frame))
     probs_np = probs.numpy().astype(np.float32)
     return pd.DataFrame({"embedding": list(rep.numpy().astype(np.float32)), "ppp_probs": list(probs_np),
-                         "ppp_tier": probs_np.argmax(axis=1).astype(np.int32) + 1})
+                         "ppp_tier": tiers(probs_np)})
 
 
 def load_state_file(path: "str | Path", what: str = "model") -> "TaskModel":
@@ -231,10 +231,25 @@ def _score_batches(batches: Iterable["pa.RecordBatch"], state: "Broadcast[bytes]
         with torch.no_grad():
             rep, probs = score_by_length(part, arrow_to_batch(batch), forward_batch)
         probs_np = probs.numpy().astype(np.float32)
-        yield pa.RecordBatch.from_arrays([
-            batch.column("user_id"), _list_array(rep.numpy()),
-            pa.array(probs_np.argmax(axis=1).astype(np.int32) + 1), _list_array(probs_np),
-            *(pa.repeat(pa.scalar(v, pa.string()), n) for v in (model_name, model_version, day))], schema=schema)
+        yield pa.RecordBatch.from_arrays(
+            _published_arrays(batch.column("user_id"), rep.numpy(), probs_np, tiers(probs_np),
+                              (model_name, model_version, day)), schema=schema)
+
+
+def tiers(probs: np.ndarray) -> np.ndarray:
+    """The published tier 1..7 of each row of tier probabilities (N, 7)."""
+    return probs.argmax(axis=1).astype(np.int32) + 1
+
+
+def _published_arrays(user_ids: Any, rep: np.ndarray, probs: np.ndarray, tier: np.ndarray,
+                      strings: tuple[str, ...]) -> list["pa.Array"]:
+    """The published columns in the table's order, the trailing string columns (model name, version
+    and, where the file holds it, dt) repeated on every row."""
+    import pyarrow as pa
+
+    n = len(rep)
+    return [pa.array(user_ids), _list_array(rep), pa.array(tier), _list_array(probs),
+            *(pa.repeat(pa.scalar(v, pa.string()), n) for v in strings)]
 
 
 def representation_schema() -> "pa.Schema":
@@ -274,39 +289,40 @@ def score_users(sequences: "DataFrame", state: bytes, model_name: str, model_ver
 
 
 # a published file's columns: the table's without the partition column (Delta keeps it in the log)
-_FILE_COLUMNS = ("user_id", "embedding", "ppp_tier", "ppp_probs", "model_name", "model_version")
+_FILE_COLUMNS = tuple(c for c in t.USER_REPRESENTATIONS.columns if c not in t.USER_REPRESENTATIONS.partition_by)
 
 
-def _file_stats(user_ids: np.ndarray, emb: np.ndarray, probs: np.ndarray, tier: np.ndarray,
-                null_ids: int) -> dict[str, float]:
-    """:func:`check_representations`'s aggregates over one scored file (numpy over its matrices)."""
-    return {"rows": float(len(user_ids)), "nulls": float(null_ids),
+def _file_stats(emb: np.ndarray, probs: np.ndarray, tier: np.ndarray, null_ids: int) -> dict[str, float]:
+    """:func:`check_representations`'s aggregates over one scored file (numpy over its matrices; the
+    uniqueness of user_id is checked over all files at once)."""
+    return {"rows": float(len(emb)), "nulls": float(null_ids),
             "non_finite": float((~np.isfinite(emb).all(axis=1) | ~np.isfinite(probs).all(axis=1)).sum()),
             "min_dim": float(emb.shape[1]), "max_dim": float(emb.shape[1]),
             "bad_prob_len": 0.0 if probs.shape[1] == 7 else float(len(probs)),
             "max_prob_sum_error": float(np.abs(probs.astype(np.float64).sum(axis=1) - 1).max()),
-            "bad_tier": float(((tier < 1) | (tier > 7)).sum()),
-            "unsorted": float(bool((np.diff(user_ids) <= 0).any()))}  # sorted here: <= 0 is a repeated user_id
+            "bad_tier": float(((tier < 1) | (tier > 7)).sum())}
+
+
+_LOWEST, _HIGHEST = ("min_dim",), ("max_dim", "max_prob_sum_error")
 
 
 def _merge_stats(parts: list[dict[str, float]]) -> dict[str, float]:
+    """The files' aggregates as one: counts add up, the bounds are the extremes (a NaN stays NaN, so the
+    check it feeds fails)."""
     out: dict[str, float] = {}
     for part in parts:
         for key, value in part.items():
-            if key not in out or math.isnan(out[key]):
-                out[key] = value
-            elif not math.isnan(value):
-                out[key] = (min if key == "min_dim" else max if key in ("max_dim", "max_prob_sum_error") else
-                            float.__add__)(out[key], value)
+            combine = np.minimum if key in _LOWEST else np.maximum if key in _HIGHEST else np.add
+            out[key] = value if key not in out else float(combine(out[key], value))
     return out
 
 
-Unit = tuple[int, str, "list[int] | None"]  # (index, file, its row groups or all)
+Unit = tuple[int, str, list[int]]  # (index, file, the run of its row groups)
 
 
 def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, model_name: str,
                 model_version: str, batch_size: int, forward_batch: int, row_group_bytes: int) -> dict[str, Any]:
-    """One task's work: score the users of a sequences file (or of some of its row groups) and write
+    """One task's work: score the users of a run of row groups of a sequences file and write
     their representations, sorted by user_id, as one Parquet file in ``folder``. The outputs go
     straight into (users, width) matrices at their sorted rows, so no Arrow list is copied or taken.
     Returns the file's checks."""
@@ -318,7 +334,7 @@ def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, mo
     os.makedirs(folder, exist_ok=True)
     part = _user_part(state, key)
     source = pq.ParquetFile(path)
-    id_col = source.read_row_groups(row_groups or range(source.num_row_groups), columns=["user_id"]).column(0)
+    id_col = source.read_row_groups(row_groups, columns=["user_id"]).column(0)
     n = len(id_col)
     if not n:
         return {"rows": 0.0}
@@ -339,11 +355,9 @@ def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, mo
         probs[rows] = prob.numpy()
         start += batch.num_rows
     assert emb is not None and start == n
-    tier = probs.argmax(axis=1).astype(np.int32) + 1
-    sorted_ids = ids[order]
-    stats = _file_stats(sorted_ids, emb, probs, tier, id_col.null_count)
-    table = pa.table([pa.array(sorted_ids), _list_array(emb), pa.array(tier), _list_array(probs),
-                      *(pa.repeat(pa.scalar(v, pa.string()), n) for v in (model_name, model_version))],
+    tier = tiers(probs)
+    stats = _file_stats(emb, probs, tier, id_col.null_count)
+    table = pa.table(_published_arrays(ids[order], emb, probs, tier, (model_name, model_version)),
                      names=list(_FILE_COLUMNS))
     rows_per_group = max(1024, int(row_group_bytes * n / max(1, table.nbytes))) if row_group_bytes else None
     pq.write_table(table, f"{folder}/part-{index:05d}-{uuid.uuid4().hex}.snappy.parquet",
@@ -387,8 +401,8 @@ def score_user_files(spark: "SparkSession", files: list[str], folder: str, state
     task reading its file with pyarrow and writing its users' ``outputs/user_representations`` columns
     (without ``dt``) as one Parquet file in the local ``folder``: no JVM decoding or Arrow conversion of
     the sequences, and the checks come from the same pass (:func:`plan_units` says which task scores
-    what). Returns :func:`check_representations`'s aggregates (``unsorted``
-    counts files whose user_ids are not strictly increasing, i.e. repeated or out of order).
+    what). Returns :func:`check_representations`'s aggregates but ``users`` (the caller counts the
+    distinct user_ids of the written files).
 
     Raises:
         PlatformError: a file is not a local path.
@@ -510,8 +524,6 @@ def representation_problems(stats: dict[str, float], expected_users: int, dim: i
         problems.append(f"tier probabilities sum off by up to {stats.get('max_prob_sum_error')}")
     if stats.get("bad_tier"):
         problems.append(f"{stats['bad_tier']:.0f} tiers outside 1..7")
-    if stats.get("unsorted"):
-        problems.append(f"user_id repeated within {stats['unsorted']:.0f} file(s)")
     return problems
 
 
