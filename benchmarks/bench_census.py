@@ -155,6 +155,9 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
             values = np.array([r.test.get(f"{task}_auc", math.nan) for r in mine])
             entry[task] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1
                            else 0.0, "values": values.tolist()}
+        scores = [np.mean([r.valid.get(f"{task}_auc", math.nan) for task in TASKS]) for r in mine]
+        entry["valid_score"] = float(np.mean(scores))
+        entry["valid_se"] = float(np.std(scores, ddof=1) / math.sqrt(len(scores))) if len(scores) > 1 else 0.0
         entry["samples_per_s"] = float(np.mean([r.samples_per_s for r in mine]))
         entry["epochs"] = float(np.mean([r.epochs for r in mine]))
         entry["seeds"] = [r.seed for r in mine]
@@ -168,12 +171,23 @@ def summarize(runs: Sequence[Run]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def configured(cfg: Config) -> str:
+    """The model key of a config's design and weighting (``training.model.architecture``, ``training.weighting``)."""
+    return f"{cfg.training.model.architecture}_{cfg.training.weighting.kind}"
+
+
 def table(summary: dict[str, dict[str, Any]], command: str, notes: dict[str, Any]) -> str:
     """The Markdown report: the models, the references, the goal, the gates."""
     def cell(e: dict[str, Any], task: str) -> str:
         return f"{e[task]['mean']:.4f} ± {e[task]['std']:.4f}"
 
-    best = max(summary, key=lambda m: summary[m]["income"]["mean"])
+    # the goal is checked on the configured model (conf/census.yaml's design and weighting, chosen on
+    # validation beforehand, docs/tabular.md) when it ran, else on the best validation score (each
+    # run's selection score, the mean of the two validation AUCs, averaged over the seeds); the test
+    # split never chooses
+    top = max(summary, key=lambda m: summary[m]["valid_score"])
+    best = notes.get("configured") if notes.get("configured") in summary else top
+    which = "the configured model" if best == notes.get("configured") else "the best validation score"
     lines = [
         "# Census-income: sharing designs × task weightings",
         "",
@@ -185,7 +199,10 @@ def table(summary: dict[str, dict[str, Any]], command: str, notes: dict[str, Any
         f"validation {notes['split']['valid_frac']:.0%}, training the rest ({notes['rows']}).  ",
         f"Protocol: each run keeps the weights of its best validation score (mean of the two validation AUCs), "
         f"within {notes['epochs_cap']} epochs (patience {notes['patience']} epochs); the test split is scored once. "
-        f"Seeds {notes['seeds']}; each cell is the test AUC mean ± std over them.  ",
+        f"Seeds {notes['seeds']}; each cell is the test AUC mean ± std over them. **Bold**: {which} "
+        f"({best}), whose test AUCs the goal checks. Best validation score (the mean of the two validation AUCs, "
+        f"averaged over the seeds): {top}, {summary[top]['valid_score']:.5f} ± {summary[top]['valid_se']:.5f} "
+        f"(± one standard error); {best}: {summary[best]['valid_score']:.5f} ± {summary[best]['valid_se']:.5f}.  ",
         f"Training: {notes['training']}.",
         "",
         "| model | income AUC | never-married AUC | samples/s | epochs chosen | gate utilisation (mean weight per "
@@ -205,14 +222,15 @@ def table(summary: dict[str, dict[str, Any]], command: str, notes: dict[str, Any
               "| reference | income AUC | never-married AUC | samples/s |", "|---|---:|---:|---:|"]
     lines += [f"| {name} | {inc} | {mar} | {rate} |" for name, inc, mar, rate in REFERENCES]
     b = summary[best]
-    fastest = max(e["samples_per_s"] for e in summary.values())
-    married = max(e["never_married"]["mean"] for e in summary.values())
+    fastest = max(summary, key=lambda m: summary[m]["samples_per_s"])
     checks = [
-        ("income AUC ≥ 0.9453 (best model, mean)", b["income"]["mean"] >= GOAL_INCOME,
+        (f"income AUC ≥ 0.9453 ({which}, mean)", b["income"]["mean"] >= GOAL_INCOME,
          f"{best}: {b['income']['mean']:.4f}"),
         ("its std ≤ 0.002", b["income"]["std"] <= GOAL_INCOME_STD, f"{b['income']['std']:.4f}"),
-        ("never-married AUC ≥ 0.9941 (best model, mean)", married >= GOAL_MARRIED, f"{married:.4f}"),
-        (f"samples/s ≥ 2 × 29k = {GOAL_RATE:,}", fastest >= GOAL_RATE, f"fastest model {fastest:,.0f}"),
+        ("its never-married AUC ≥ 0.9941 (mean, at the reference's 4 decimals)",
+         round(b["never_married"]["mean"], 4) >= GOAL_MARRIED, f"{b['never_married']['mean']:.5f}"),
+        (f"its samples/s ≥ 2 × 29k = {GOAL_RATE:,}", b["samples_per_s"] >= GOAL_RATE,
+         f"{b['samples_per_s']:,.0f} (fastest model: {fastest}, {summary[fastest]['samples_per_s']:,.0f})"),
     ]
     lines += ["", "Goal (issue 11), checked by this benchmark:", "", "| goal | met | measured |", "|---|---|---|"]
     lines += [f"| {g} | {'yes' if ok else '**no**'} | {v} |" for g, ok, v in checks]
@@ -229,6 +247,8 @@ def render(results: Path, out: Path) -> None:
     runs = [Run(**{k: v for k, v in r.items() if k != "samples_per_s"}) for r in data["runs"]]
     notes = {k: data[k] for k in ("machine", "date", "commit", "load", "data", "split", "rows", "epochs_cap",
                                   "patience", "seeds", "training")}
+    notes["configured"] = data.get("configured") or configured(
+        load_config(data.get("config") or str(ROOT / "conf" / "census.yaml"), []))
     summary = summarize(runs)
     results.write_text(json.dumps({**data, "summary": summary}, indent=1, default=float))
     write_result(out, data["command"], table(summary, data["command"], notes))
@@ -291,10 +311,13 @@ def main(argv: Sequence[str] | None = None) -> None:
              "data": f"{folder.name}/census-income.test.gz through {built.describe()}",
              "split": cfg.tabular.split.model_dump(), "rows": ", ".join(f"{k} {v:,}" for k, v in built.rows.items()),
              "epochs_cap": tc.epochs, "patience": tc.early_stopping.patience, "seeds": args.seeds,
+             "configured": configured(cfg), "config": args.config,
              "training": f"{tc.optimizer} lr {tc.lr}, batch {tc.batch_size}, dropout {tc.model.dropout}, "
                          f"{tc.torch_threads or os.cpu_count()} torch thread(s); "
                          f"embeddings {cfg.tabular.embedding_dim}, "
-                         f"shared bottom {cfg.tabular.bottom_hidden}, towers {cfg.tabular.tower_hidden}, "
+                         + (f"dense columns also piecewise-linear over {cfg.tabular.dense_bins} quantile bins, "
+                            if cfg.tabular.dense_bins else "")
+                         + f"shared bottom {cfg.tabular.bottom_hidden}, towers {cfg.tabular.tower_hidden}, "
                          f"{tc.model.num_experts} shared experts of {tc.model.expert_dim} "
                          f"({tc.model.num_task_experts} per task in CGC/PLE, {tc.model.ple_levels} PLE levels)"}
     out = {"command": command, **notes, "summary": summary,

@@ -9,7 +9,9 @@ source row with fixed-length arrays Petastorm feeds to :mod:`training.tabular`,
 * ``cat``: one id per categorical column: ``2 + rank`` of the value in the column's vocabulary (the
   most frequent training values first), 1 for a value not in it (unknown), 0 unused;
 * ``dense``: the standardised dense columns (``dense_log`` ones first become sign(x) log(1 + |x|)); a
-  missing value is the training mean (0);
+  missing value is the training mean (0). With ``tabular.dense_bins`` set, the encoding also holds each
+  dense column's quantile bin edges (in the standardised space), and the model adds the value's
+  piecewise-linear encoding over them (:class:`training.tabular.TabularModel`);
 * ``labels``: one per task, 0/1 (binary) or the class index (multiclass);
 
 partitioned by ``split`` (train / valid / test). The encoding is stored in the commit's metadata and,
@@ -62,6 +64,9 @@ class Encoding:
         log: dense columns transformed by sign(x) log(1 + |x|) before standardisation.
         mean, std: per dense column, of the (transformed) training values.
         tasks: the label definitions (``TabularTask.model_dump()``), in ``labels`` order.
+        bins: ``tabular.dense_bins`` of the build (0: no bins).
+        edges: per dense column (when ``bins``), the increasing distinct training quantiles at
+            0, 1/bins, ..., 1 of the standardised values: its minimum, the inner edges and its maximum.
     """
 
     categorical: tuple[str, ...]
@@ -71,17 +76,21 @@ class Encoding:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     tasks: tuple[dict[str, Any], ...]
+    bins: int = 0
+    edges: tuple[tuple[float, ...], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"categorical": list(self.categorical), "vocab": {k: list(v) for k, v in self.vocab.items()},
                 "dense": list(self.dense), "log": list(self.log), "mean": list(self.mean), "std": list(self.std),
-                "tasks": [dict(x) for x in self.tasks]}
+                "tasks": [dict(x) for x in self.tasks], "bins": self.bins, "edges": [list(e) for e in self.edges]}
 
     @staticmethod
     def from_dict(data: Mapping[str, Any]) -> "Encoding":
+        """An encoding's dict; one written before dense bins existed has none."""
         return Encoding(tuple(data["categorical"]), {k: list(v) for k, v in data["vocab"].items()},
                         tuple(data["dense"]), tuple(data["log"]), tuple(float(x) for x in data["mean"]),
-                        tuple(float(x) for x in data["std"]), tuple(dict(x) for x in data["tasks"]))
+                        tuple(float(x) for x in data["std"]), tuple(dict(x) for x in data["tasks"]),
+                        int(data.get("bins", 0)), tuple(tuple(float(v) for v in e) for e in data.get("edges", [])))
 
     @property
     def vocab_sizes(self) -> list[int]:
@@ -254,8 +263,23 @@ def fit_encoding(train: "DataFrame", cfg: TabularConfig) -> Encoding:
             m, sd = row.get(f"m{i}"), row.get(f"s{i}")
             mean.append(float(m) if m is not None else 0.0)
             std.append(float(sd) if sd is not None and sd > 1e-12 and math.isfinite(sd) else 1.0)
+    edges = dense_edges(train, cfg, mean, std) if cfg.dense_bins and cfg.dense else ()
     return Encoding(tuple(cfg.categorical), vocab, tuple(cfg.dense), tuple(cfg.dense_log), tuple(mean), tuple(std),
-                    tuple(task.model_dump(mode="json") for task in cfg.tasks))
+                    tuple(task.model_dump(mode="json") for task in cfg.tasks), cfg.dense_bins if cfg.dense else 0,
+                    edges)
+
+
+def dense_edges(train: "DataFrame", cfg: TabularConfig, mean: list[float], std: list[float]) \
+        -> tuple[tuple[float, ...], ...]:
+    """Per dense column, the distinct quantiles at 0, 1/bins, ..., 1 of its standardised training values
+    (Spark's ``approxQuantile``, rank error at most a tenth of a bin; 0 and 1 are the exact minimum and
+    maximum), rounded to float32 as the model holds them. A column with no value gets none."""
+    names = [f"x{i}" for i in range(len(cfg.dense))]
+    values = train.select(*[((_dense_value(c, c in cfg.dense_log) - m) / s).alias(x)
+                            for c, m, s, x in zip(cfg.dense, mean, std, names)])
+    probs = [i / cfg.dense_bins for i in range(cfg.dense_bins + 1)]
+    quantiles = values.approxQuantile(names, probs, min(1e-3, 0.1 / cfg.dense_bins))
+    return tuple(tuple(float(v) for v in np.unique(np.asarray(q, dtype=np.float32))) for q in quantiles)
 
 
 def _label(task: TabularTask) -> "Column":
@@ -349,6 +373,9 @@ def load_tabular_set(tables: "DeltaTables", cfg: TabularConfig) -> TabularSet:
             or list(enc.categorical) != cfg.categorical or list(enc.dense) != cfg.dense:
         raise PlatformError(f"table {spec.name} was built with other columns, tasks or split than tabular.* "
                             f"now declares; rebuild it with python -m jobs.build_tabular_set")
+    if enc.bins != (cfg.dense_bins if cfg.dense else 0):
+        raise PlatformError(f"table {spec.name} was built with tabular.dense_bins={enc.bins}, the config says "
+                            f"{cfg.dense_bins}; rebuild it with python -m jobs.build_tabular_set")
     files = tables.files(spec)
     by_split = {s: tuple(sorted(f for f in files if f"/split={s}/" in f)) for s in SPLITS}
     return TabularSet(spec, tables.version(spec), enc, {k: int(v) for k, v in meta.get("rows", {}).items()},

@@ -1,10 +1,12 @@
 """Multi-task models on an ordinary feature table (``features/tabular_<name>``, :mod:`features.tabular`).
 
 The input is one embedding per categorical column (``cat``, (B, C) ids) and the standardised dense
-columns (``dense``, (B, D)); the multi-task design is one of the platform's :class:`training.model.TaskMixer`
-designs (shared-bottom, MMoE, CGC, PLE, cross-stitch); each task has a tower MLP and one logit
-(binary) or one per class (multiclass). :class:`TabularWorkload` is what :func:`training.trainer.train_process`
-needs to train it: the readers, the losses and the validation metrics. Single-task is a model with one task.
+columns (``dense``, (B, D)), plus, when the encoding has dense bin edges (``tabular.dense_bins``), each
+dense value's piecewise-linear encoding over its column's bins; the multi-task design is one of the
+platform's :class:`training.model.TaskMixer` designs (shared-bottom, MMoE, CGC, PLE, cross-stitch); each
+task has a tower MLP and one logit (binary) or one per class (multiclass). :class:`TabularWorkload` is
+what :func:`training.trainer.train_process` needs to train it: the readers, the losses and the
+validation metrics. Single-task is a model with one task.
 """
 from __future__ import annotations
 
@@ -121,16 +123,37 @@ class TabularSpec:
         return 1 if task["kind"] == "binary" else len(task["classes"])
 
 
+def pieces(edges: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The piecewise-linear encoding's pieces of dense columns with bin ``edges`` (one increasing list
+    per column, :attr:`features.tabular.Encoding.edges`): each piece's column, lower edge and width."""
+    column, low, width = [], [], []
+    for j, values in enumerate(edges):
+        e = np.asarray(values, dtype=np.float32)
+        column += [j] * max(len(e) - 1, 0)
+        low += list(e[:-1])
+        width += list(e[1:] - e[:-1])
+    return np.asarray(column, dtype=np.int64), np.asarray(low, dtype=np.float32), np.asarray(width, dtype=np.float32)
+
+
 class TabularModel(TaskModel):
     """Embeddings + dense -> a multi-task design -> one tower per task.
 
     ``forward(batch)`` takes ``cat`` (B, C) int64 and ``dense`` (B, D) float32 and returns
     ``representation`` (B, R) (the embedded input, or the shared bottom's output for shared-bottom)
     and ``logit_<task>``: (B,) for a binary task, (B, K) for a multiclass one.
+
+    With bin edges e_0 < ... < e_k of a dense column, its value x also enters as k numbers, piece i
+    being clamp((x - e_i) / (e_(i+1) - e_i), 0, 1): 1 for the pieces below x, x's fraction of its own
+    piece, 0 above (the piecewise-linear encoding of Gorishniy et al., "On Embeddings for Numerical
+    Features in Tabular Deep Learning", 2022). A linear layer on it is any piecewise-linear function
+    of x with knots at the training quantiles.
     """
 
     spec: TabularSpec  # type: ignore[assignment]
     offsets: Tensor
+    piece_column: Tensor
+    piece_low: Tensor
+    piece_width: Tensor
 
     def __init__(self, spec: TabularSpec) -> None:
         super().__init__()
@@ -141,7 +164,11 @@ class TabularModel(TaskModel):
         self.embedding = nn.Embedding(max(sum(sizes), 1), spec.embedding_dim)
         self.register_buffer("offsets", torch.as_tensor(np.cumsum([0, *sizes[:-1]]), dtype=torch.int64),
                              persistent=False)
-        in_dim = len(sizes) * spec.embedding_dim + len(enc["dense"])
+        column, low, width = pieces(enc.get("edges", []))
+        self.register_buffer("piece_column", torch.as_tensor(column, dtype=torch.int64), persistent=False)
+        self.register_buffer("piece_low", torch.as_tensor(low, dtype=torch.float32), persistent=False)
+        self.register_buffer("piece_width", torch.as_tensor(width, dtype=torch.float32), persistent=False)
+        in_dim = len(sizes) * spec.embedding_dim + len(enc["dense"]) + len(column)
         if in_dim == 0:
             raise ConfigError("a tabular model needs at least one categorical or dense column")
         heads = spec.head_names
@@ -169,10 +196,13 @@ class TabularModel(TaskModel):
         return self._in_dim
 
     def embed(self, cat: Tensor, dense: Tensor) -> Tensor:
-        """(B, C) ids and (B, D) values -> (B, C * E + D)."""
+        """(B, C) ids and (B, D) values -> (B, C * E + D + P), P the dense columns' pieces (0 without bins)."""
         parts = [self.embedding(cat + self.offsets).flatten(1)] if cat.shape[1] else []
         if dense.shape[1]:
             parts.append(dense)
+        if len(self.piece_column):
+            x = dense.index_select(1, self.piece_column)
+            parts.append(((x - self.piece_low) / self.piece_width).clamp(0.0, 1.0))
         return torch.cat(parts, dim=1)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:

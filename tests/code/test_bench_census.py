@@ -9,10 +9,11 @@ import pytest
 from benchmarks import bench_census as bc
 
 
-def run(model: str, seed: int, income: float, collapsed: list[str] | None = None) -> bc.Run:
+def run(model: str, seed: int, income: float, collapsed: list[str] | None = None, valid: float = 0.95,
+        married: float = 0.99) -> bc.Run:
     gates = {"gate_income": [0.05, 0.95] if collapsed else [0.5, 0.5]} if model.startswith("mmoe") else {}
-    return bc.Run(model, seed, {"income_auc": income, "never_married_auc": 0.99}, {}, 5.0, 1000, 0.01, gates,
-                  collapsed or [])
+    return bc.Run(model, seed, {"income_auc": income, "never_married_auc": married},
+                  {"income_auc": valid, "never_married_auc": 0.99}, 5.0, 1000, 0.01, gates, collapsed or [])
 
 
 def test_model_keys_name_a_design_and_a_weighting() -> None:
@@ -34,13 +35,26 @@ def test_summary_counts_the_seeds_whose_gate_collapsed() -> None:
 
 
 def test_the_table_checks_the_goal_and_renders_again_from_json(tmp_path) -> None:
-    runs = [run("shared_bottom_fixed", i, 0.946 + 0.0005 * i) for i in range(3)]
+    # mmoe has the better test AUC, shared-bottom the better validation score: with no configured model
+    # the goal checks shared-bottom
+    runs = [run("shared_bottom_fixed", i, 0.946 + 0.0005 * i, valid=0.95, married=0.99406) for i in range(3)] + \
+        [run("mmoe_fixed", i, 0.96, valid=0.94) for i in range(3)]
     notes = {"machine": "m", "date": "d", "commit": "c", "load": 0.5, "data": "x", "rows": "r",
              "split": {"seed": 1, "test_frac": 0.2, "valid_frac": 0.1}, "epochs_cap": 3, "patience": 1,
              "seeds": [0, 1, 2], "training": "t"}
     text = bc.table(bc.summarize(runs), "cmd", notes)
-    assert "| income AUC ≥ 0.9453 (best model, mean) | yes |" in text
-    assert "| samples/s ≥ 2 × 29k = 58,000 | yes |" in text
+    assert "| income AUC ≥ 0.9453 (the best validation score, mean) | yes | shared_bottom_fixed: 0.9465 |" in text
+    assert "| **shared_bottom_fixed** |" in text and "| mmoe_fixed |" in text
+    assert "| its never-married AUC ≥ 0.9941 (mean, at the reference's 4 decimals) | yes | 0.99406 |" in text
+    assert "| its samples/s ≥ 2 × 29k = 58,000 | yes |" in text
+    # the configured design, when it ran, is the one checked
+    text = bc.table(bc.summarize(runs), "cmd", {**notes, "configured": "mmoe_fixed"})
+    assert "| income AUC ≥ 0.9453 (the configured model, mean) | yes | mmoe_fixed: 0.9600 |" in text
+    assert "| **mmoe_fixed** |" in text
+    slow = [run("shared_bottom_fixed", i, 0.944, married=0.99404) for i in range(3)]
+    text = bc.table(bc.summarize(slow), "cmd", notes)
+    assert "| income AUC ≥ 0.9453 (the best validation score, mean) | **no** |" in text
+    assert "| its never-married AUC ≥ 0.9941 (mean, at the reference's 4 decimals) | **no** | 0.99404 |" in text
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"command": "cmd", **notes, "summary": {},
                                 "runs": [{**r.__dict__, "samples_per_s": r.samples_per_s} for r in runs]}))

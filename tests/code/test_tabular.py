@@ -26,7 +26,8 @@ TOY = t.TableSpec("raw/toy", t.T.StructType([
 TASKS = ('[{name: bought, column: bought, kind: binary, classes: ["no", "yes"], positive: "yes"}, '
          '{name: segment, column: segment, kind: multiclass, classes: [p, q, r]}]')
 TOY_SETTINGS = ("tabular.name=toy", "tabular.table=raw/toy", "tabular.categorical=[color, size]",
-                "tabular.dense=[amount, score]", "tabular.dense_log=[amount]", f"tabular.tasks={TASKS}",
+                "tabular.dense=[amount, score]", "tabular.dense_log=[amount]", "tabular.dense_bins=8",
+                f"tabular.tasks={TASKS}",
                 "tabular.split.seed=3", "tabular.split.test_frac=0.2", "tabular.split.valid_frac=0.2",
                 "mlflow.registered_model=toy_model", "training.use_distributor=false", "training.torch_threads=1",
                 "training.epochs=3", "training.batch_size=64", "training.lr=0.01",
@@ -75,6 +76,18 @@ def test_build_splits_by_the_seeded_permutation_and_fits_on_training_rows_only(s
     rows = toy_rows()
     assert (labels[:, 0] == np.array([r["bought"] == "yes" for r in rows])).all()
     assert (labels[:, 1] == np.array(["pqr".index(r["segment"]) for r in rows])).all()
+    # the bin edges: the standardised training values' minimum, octiles and maximum
+    assert built.encoding.bins == 8 and len(built.encoding.edges) == 2
+    for j, edges in enumerate(built.encoding.edges):
+        values = train_dense[:, j]
+        assert len(edges) == 9 and np.all(np.diff(edges) > 0)
+        assert edges[0] == pytest.approx(values.min(), abs=1e-5) and edges[-1] == pytest.approx(values.max(), abs=1e-5)
+        below = [np.mean(values <= e) for e in edges[1:-1]]
+        np.testing.assert_allclose(below, np.arange(1, 8) / 8, atol=0.02)
+    # a config asking for other bins than the build's is refused until the table is rebuilt
+    other = cfg.tabular.model_copy(update={"dense_bins": 16})
+    with pytest.raises(PlatformError, match="dense_bins=8, the config says 16; rebuild"):
+        ft.load_tabular_set(tables, other)
 
 
 def test_serving_encodes_raw_rows_exactly_as_the_spark_build(spark, tmp_path) -> None:

@@ -12,8 +12,8 @@ from core.config import TrainingConfig, WeightingConfig
 from features.tabular import permutation_splits
 from training.data import TensorBatches
 from training.step import TrainTask
-from training.tabular import (TabularPredictions, TabularSpec, TabularWorkload, bootstrap, metrics, predict,
-                              selection_score)
+from training.tabular import (TabularModel, TabularPredictions, TabularSpec, TabularWorkload, bootstrap, metrics,
+                              predict, selection_score)
 from training.trainer import TrainPlan, model_from_state, train_process
 from training.weighting import build_weighting
 
@@ -42,7 +42,9 @@ def planted(n: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def spec(architecture: str = "shared_bottom", tasks: tuple[str, ...] = ("easy", "tier")) -> TabularSpec:
-    return TabularSpec(name="toy", encoding=encoding(), tasks=tasks, architecture=architecture, num_experts=3,
+    """Dense columns binned at quartiles of N(0, 1) (``tabular.dense_bins``), so every design trains with pieces."""
+    enc = {**encoding(), "bins": 4, "edges": [[-3.0, -0.67, 0.0, 0.67, 3.0]] * 2}
+    return TabularSpec(name="toy", encoding=enc, tasks=tasks, architecture=architecture, num_experts=3,
                        expert_dim=16, dropout=0.0, embedding_dim=4, bottom_hidden=(32, 16), tower_hidden=(8,))
 
 
@@ -92,6 +94,37 @@ def test_the_stored_state_rebuilds_the_same_tabular_model() -> None:
     batch = planted(16, 4)
     torch.testing.assert_close(result.model()(batch)["logit_tier"], again(batch)["logit_tier"])
     assert TabularSpec.from_dict(s.to_dict()) == s
+
+
+def test_a_dense_value_enters_as_its_piecewise_linear_encoding_over_the_bin_edges() -> None:
+    enc = {**encoding(n_cat=0), "bins": 4, "edges": [[-1.0, 0.0, 1.0], [5.0]]}  # d1: one edge, no piece
+    model = TabularModel(TabularSpec(name="toy", encoding=enc, tasks=("easy",), bottom_hidden=(), tower_hidden=()))
+    dense = torch.tensor([[-2.0, 7.0], [-0.5, 7.0], [0.5, 7.0], [3.0, 7.0]])
+    x = model.embed(torch.zeros((4, 0), dtype=torch.int64), dense)
+    assert x.shape == (4, 4)  # the two values, then d0's two pieces
+    torch.testing.assert_close(x[:, :2], dense)
+    torch.testing.assert_close(x[:, 2:], torch.tensor([[0.0, 0.0], [0.5, 0.0], [1.0, 0.5], [1.0, 1.0]]))
+
+
+@pytest.mark.parametrize("bins", [False, True])
+def test_bins_let_a_linear_model_learn_a_non_monotone_dense_effect(bins: bool) -> None:
+    """easy = |d0| < 0.6: a linear model of d0 cannot rank it (AUC about 0.5); over bin edges it can."""
+    def data(n: int, seed: int) -> dict[str, torch.Tensor]:
+        d = torch.as_tensor(np.random.default_rng(seed).normal(size=(n, 2)).astype(np.float32))
+        labels = torch.stack([(d[:, 0].abs() < 0.6).long(), torch.zeros(n, dtype=torch.long)], dim=1)
+        return {"cat": torch.zeros((n, 0), dtype=torch.int64), "dense": d, "labels": labels}
+
+    enc = encoding(n_cat=0)  # as written before dense bins existed: no "bins", no "edges"
+    if bins:
+        enc.update(bins=12, edges=[np.linspace(-3, 3, 13).tolist()] * 2)
+    s = TabularSpec(name="toy", encoding=enc, tasks=("easy",), dropout=0.0, bottom_hidden=(), tower_hidden=())
+    cfg = training(epochs=8)
+    plan = TrainPlan(spec=s.to_dict(), training=cfg, train_files=(), valid_files=(), epochs=8, progress=False)
+    result = train_process(plan, data={"train": TensorBatches(data(2000, 0), 64, shuffle=True, seed=0),
+                                       "valid": TensorBatches(data(500, 1), 256, shuffle=False)})
+    assert result is not None
+    auc = metrics(s, predict(result.model(), TensorBatches(data(1000, 2), 256, shuffle=False).batches()))["easy_auc"]
+    assert (auc > 0.9) if bins else (auc < 0.65), auc
 
 
 def test_gradnorm_weights_of_tabular_tasks_sum_to_their_count_and_favour_the_slower_task() -> None:
