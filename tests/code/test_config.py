@@ -64,6 +64,10 @@ def test_override_unknown_or_bad_value() -> None:
         load_config(ROOT / "conf" / "local.yaml", ["delta.engine=duckdb"])
     with pytest.raises(ConfigError, match="key=value"):
         load_config(ROOT / "conf" / "local.yaml", ["training.batch_size"])
+    with pytest.raises(ConfigError, match="dense_bins must be 0 .off. or at least 2"):
+        load_config(ROOT / "conf" / "census.yaml", ["tabular.dense_bins=1"])
+    with pytest.raises(ConfigError, match="'tabular.dense_bins'"):
+        load_config(ROOT / "conf" / "census.yaml", ["tabular.dense_bins=100000"])
     with pytest.raises(ConfigError, match="recency_interests.*property_in='none'"):
         load_config(ROOT / "conf" / "local.yaml", ["training.model.recency_interests=2",
                                                    "training.model.property_in=none"])
