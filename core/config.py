@@ -438,9 +438,9 @@ class TabularConfig(_Strict):
     split: TabularSplit = Field(default_factory=TabularSplit)
     max_vocab: int = Field(10_000, ge=1, description="most frequent training values kept per categorical column")
     min_count: int = Field(1, ge=1, description="training rows a value needs to get its own embedding")
-    dense_bins: int = Field(0, ge=0, le=65_536, description="0, or quantile bins per dense column fitted on the training "
-                            "split: the model then also takes each dense value's piecewise-linear encoding over its "
-                            "column's bins (Gorishniy et al. 2022), so an MLP can shape a non-monotone effect")
+    dense_bins: int = Field(0, ge=0, le=65_536, description="0, or quantile bins per dense column fitted on the "
+                            "training split: the model then also takes each dense value's piecewise-linear encoding "
+                            "over its column's bins (Gorishniy et al. 2022), so an MLP can shape a non-monotone effect")
     embedding_dim: int = Field(8, ge=1)
     bottom_hidden: list[int] = Field(default_factory=lambda: [256, 128], description="shared_bottom: the shared "
                                      "MLP; the other designs put their experts on the embedded input")
