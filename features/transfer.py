@@ -59,7 +59,9 @@ TRANSFER_EXAMPLES = TableSpec("features/transfer_examples", T.StructType(
     "of S; split train/valid/test by a hash of user_id (jobs/transfer.py)")
 
 SHOP_FIELDS = ("shop", "shop_category", "shop_dense")
-SHOP_DENSE = ("mean_log_price", "log_items")  # standardised over the shops of raw/items
+# standardised over the shops of raw/items: the mean log price of a shop's items, the mean of their log price
+# minus their category's mean log price (its price level within the categories it sells in), its log item count
+SHOP_DENSE = ("mean_log_price", "mean_rel_log_price", "log_items")
 
 
 @dataclass(frozen=True)
@@ -152,16 +154,25 @@ def split_of(user_id: "Column", validation_share: float, test_share: float, seed
 def shop_features(items: "DataFrame", shop_buckets: int, category_buckets: int) -> "DataFrame":
     """``raw/items`` -> one row per shop: ``shop`` (hashed id), ``shop_category`` (the hashed id of
     the shop's most frequent item category, the index of ``seq_category``) and ``shop_dense``
-    (``SHOP_DENSE``: mean log price of its items and log item count, standardised over the shops).
+    (``SHOP_DENSE``, standardised over the shops: the mean log price of its items, the mean of their
+    log price relative to their category's mean log price over ``raw/items``, and its log item count).
 
-    The standardising moments are one aggregate row; nothing per shop reaches the driver.
+    The relative price is the shop's price level whatever it sells: categories' price scales differ
+    far more than a shop's level moves its prices within one, so the absolute mean mostly says which
+    category a shop is in. The category means are one small aggregate (broadcast); the standardising
+    moments one aggregate row; nothing per shop reaches the driver.
     """
     from pyspark.sql import functions as F
 
+    log_price = F.log1p("price")
+    category_price = items.groupBy("category_id").agg(F.avg(log_price).alias("category_log_price"))
     per_shop = (items.where(F.col("shop_id").isNotNull())
+                .join(F.broadcast(category_price), "category_id", "left")
                 .groupBy("shop_id")
                 .agg(F.mode("category_id").alias("category_id"),
-                     F.coalesce(F.avg(F.log1p("price")), F.lit(0.0)).alias("mean_log_price"),
+                     F.coalesce(F.avg(log_price), F.lit(0.0)).alias("mean_log_price"),
+                     F.coalesce(F.avg(log_price - F.col("category_log_price")), F.lit(0.0))
+                     .alias("mean_rel_log_price"),
                      F.log1p(F.count(F.lit(1)).cast("double")).alias("log_items")))
     moments = per_shop.agg(*[F.avg(c).alias(f"m_{c}") for c in SHOP_DENSE],
                            *[F.stddev_pop(c).alias(f"s_{c}") for c in SHOP_DENSE]).first()

@@ -23,7 +23,8 @@ from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
     AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, RecencyPooling, UserProfile,
-    bag_mean, category_profile, embedding, embedding_bag, match_scores, mlp, required_match, valid_mask)
+    bag_mean, category_profile, embedding, embedding_bag, match_scores, mlp, profile_match, required_match,
+    valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
 
 if TYPE_CHECKING:
@@ -195,14 +196,10 @@ class UserTower(nn.Module):
             scores = scores[..., :self.n_interests]  # a zero tag key has no tag match
         if not self.recency_pools:
             return scores
-        mass = self.activity(representation).unsqueeze(1)  # (N, 1, P)
-        parts = [scores, scores[..., self.heads:self.n_interests] * mass]
+        mass = self.activity(representation)  # (N, P)
+        parts = [scores, scores[..., self.heads:self.n_interests] * mass.unsqueeze(1)]
         if self.profile_buckets:
-            profile = self.category_profile(representation)  # (N, P, buckets)
-            bucket = (category % self.profile_buckets).unsqueeze(1).expand(-1, self.recency_pools, -1)
-            in_target = profile.gather(2, bucket).transpose(1, 2)  # (N, G, P)
-            share = torch.expm1(in_target) / torch.expm1(mass).clamp_min(1e-6)
-            parts += [in_target, share]
+            parts += list(profile_match(self.category_profile(representation), mass, category))
         if tags is not None and self.price_match:
             assert log_price is not None
             parts += list(self.price_gaps(representation, category, log_price))

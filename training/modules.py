@@ -448,6 +448,21 @@ def category_profile(weights: Tensor, category: Tensor, buckets: int) -> Tensor:
     return torch.log1p(profile.scatter_add(2, index, weights))
 
 
+def profile_match(profile: Tensor, log_mass: Tensor, category: Tensor) -> tuple[Tensor, Tensor]:
+    """What each time-decay pool's category profile says about targets: profile (N, P, buckets)
+    (:func:`category_profile`), log_mass (N, P) (log(1 + each pool's decayed count)), category (N, G)
+    int64 target category indices -> (N, G, P) twice: each pool's log(1 + decayed count) in the target's
+    category (bucket ``category mod buckets``), and that count's share of the pool's mass (0 without
+    behaviours). No parameter: a downstream model reading a published vector gets the same values as the
+    model's own heads."""
+    buckets = profile.shape[-1]
+    pools = profile.shape[1]
+    index = (category % buckets).unsqueeze(1).expand(-1, pools, -1)
+    in_target = profile.gather(2, index).transpose(1, 2)  # (N, G, P)
+    share = torch.expm1(in_target) / torch.expm1(log_mass).clamp_min(1e-6).unsqueeze(1)
+    return in_target, share
+
+
 class UserProfile(nn.Module):
     """The user profile vector u: age, gender and city embeddings plus normalised dense features.
 

@@ -48,7 +48,7 @@ from features.transfer import FINGERPRINT_MOD, SHOP_DENSE, SHOP_FIELDS, SPLITS, 
 from training import evaluation
 from training.data import TRAIN_FIELDS, USER_FIELDS, Batch, PetastormSource
 from training.model import DUPNModel, TaskModel, UserTower, build_model, interest_layout, last_shared_layer
-from training.modules import embedding, match_scores, mlp, required_match
+from training.modules import embedding, match_scores, mlp, profile_match, required_match
 from training.spec import ModelSpec
 from training.step import TrainTask
 from training.weighting import TaskWeighting, build_weighting
@@ -98,7 +98,7 @@ class ShopHead(nn.Module):
 
     def forward(self, representation: Tensor, batch: Mapping[str, Tensor], match: Tensor | None = None) -> Tensor:
         """representation (B, R) float; batch ``shop`` (B,), ``shop_category`` (B,) int64,
-        ``shop_dense`` (B, 2) float; match (B, M) -> logit (B,)."""
+        ``shop_dense`` (B, len(SHOP_DENSE)) float; match (B, M) -> logit (B,)."""
         s = torch.cat([self.shop(batch["shop"]), self.category(batch["shop_category"]),
                        batch["shop_dense"].float()], dim=-1)
         parts = [representation, s, self.interact(representation) * s]
@@ -108,11 +108,18 @@ class ShopHead(nn.Module):
 
 
 def tower_match(tower: nn.Module, representation: Tensor, category: Tensor) -> Tensor | None:
-    """The category match features (B, K) of a user tower with interests (DUPN's), else None."""
+    """The category match features (B, ``category_match_dim``) of a user tower with interests (DUPN's),
+    else None: what :class:`training.model.FollowHead` reads for a talent's category (every interest's
+    category cosine, the time-decay pools' cosines times their decayed counts, and with the category
+    profile each pool's decayed count in the shop's category and its share)."""
     if not hasattr(tower, "match"):
         return None
-    interests = cast(UserTower, tower)  # the tower with interests: DUPN's
-    return interests.match(representation, category.unsqueeze(1))[:, 0, :interests.heads]
+    return cast(UserTower, tower).match(representation, category.unsqueeze(1))[:, 0]
+
+
+def match_width(tower: nn.Module) -> int:
+    """Width of :func:`tower_match`'s features for ``tower`` (0 without interests)."""
+    return int(getattr(tower, "category_match_dim", 0)) if hasattr(tower, "match") else 0
 
 
 class ShopScorer(nn.Module):
@@ -131,33 +138,61 @@ class RepresentationTransfer(ShopScorer):
     category embeddings.
 
     When the publishing model is DUPN with interests, the published vector's layout is known from its
-    spec (:func:`training.model.interest_layout`: the dense part, then K interests whose first
-    ``category_dim`` columns are in category space, then the price features): the head then also gets
-    the similarity of each interest with a fresh, learned direction per shop category (``match``),
-    which a downstream team can learn from its own labels.
+    spec (read off a :class:`training.model.UserTower` of that spec, as
+    :func:`training.layout.published_layout` does): the head then also gets the features the base
+    model's follow head reads for a category (:func:`tower_match`), from the vector alone: the
+    similarity of each interest with a fresh, learned direction per shop category (which a downstream
+    team learns from its own labels) where the tower uses its category embedding, each time-decay
+    pool's similarity times its decayed count, and, with the category profile, each pool's decayed
+    count in the shop's category and that count's share of the pool's (no parameter: read by index).
     """
+
+    interest_cols: Tensor
+    activity_cols: Tensor
+    profile_cols: Tensor
 
     def __init__(self, rep_dim: int, spec: ModelSpec) -> None:
         super().__init__()
         m = spec.model
         self.dense_dim, heads, self.interest_dim = interest_layout(m)
-        self.heads = heads if (m.family == "dupn" and m.match_features) else 0
-        if self.heads and rep_dim < self.dense_dim + self.heads * self.interest_dim:
-            self.heads = 0  # not this spec's vectors: treat them as opaque
         self.cat_dim = m.category_dim
+        tower = UserTower(spec) if (m.family == "dupn" and m.match_features) else None
+        if tower is not None and tower.out_dim != rep_dim:
+            tower = None  # not this spec's vectors: treat them as opaque
+        self.heads = heads if tower is not None else 0
+        self.attention_heads = tower.heads if tower is not None else 0
+        match_dim = 0
+        index = torch.arange(rep_dim, dtype=torch.float64).unsqueeze(0)  # each column holds its own index
+        cols = {"interest_cols": torch.zeros(0, self.cat_dim), "activity_cols": torch.zeros(0),
+                "profile_cols": torch.zeros(0, 0)}
+        if tower is not None:
+            match_dim = tower.category_match_dim
+            cols = {"interest_cols": tower.interests(index)[0, :, :self.cat_dim],
+                    "activity_cols": tower.activity(index)[0], "profile_cols": tower.category_profile(index)[0]}
+        for name, value in cols.items():
+            self.register_buffer(name, value.long(), persistent=False)
         self.head = ShopHead(rep_dim, embedding(spec.vocab["shop"], m.shop_dim),
                              embedding(spec.vocab["category"], m.category_dim), m.head_hidden, m.dropout,
-                             self.heads)
+                             match_dim)
+
+    def match(self, rep: Tensor, category: Tensor) -> Tensor:
+        """The category match features (B, ``category_match_dim``) of published vectors rep (B, R) and
+        shop categories (B,), in :meth:`training.model.UserTower.match`'s order."""
+        direction = self.head.category(category).unsqueeze(1)
+        scores = match_scores(rep[:, self.interest_cols], direction, self.cat_dim)[:, 0]  # (B, K + P)
+        if not len(self.activity_cols):
+            return scores
+        mass = rep[:, self.activity_cols]  # (B, P)
+        parts = [scores, scores[:, self.attention_heads:] * mass]
+        if self.profile_cols.shape[-1]:
+            in_target, share = profile_match(rep[:, self.profile_cols], mass, category.unsqueeze(1))
+            parts += [in_target[:, 0], share[:, 0]]
+        return torch.cat(parts, dim=-1)
 
     def shop_logit(self, batch: Mapping[str, Tensor]) -> Tensor:
         """batch: ``embedding`` (B, R) and the shop fields -> logit (B,)."""
         rep = batch["embedding"].float()
-        match = None
-        if self.heads:
-            end = self.dense_dim + self.heads * self.interest_dim
-            interests = rep[:, self.dense_dim:end].reshape(rep.shape[0], self.heads, self.interest_dim)
-            direction = self.head.category(batch["shop_category"]).unsqueeze(1)
-            match = match_scores(interests[..., :self.cat_dim], direction, self.cat_dim)[:, 0]
+        match = self.match(rep, batch["shop_category"]) if self.heads else None
         return self.head(rep, batch, match)
 
 
@@ -184,7 +219,7 @@ class ShopPreferenceNet(ShopScorer):
     def __init__(self, tower: nn.Module, hidden: int, dropout: float) -> None:
         super().__init__()
         self.tower = tower
-        self.head = ShopHead(*tower_tables(tower), hidden, dropout, getattr(tower, "heads", 0))
+        self.head = ShopHead(*tower_tables(tower), hidden, dropout, match_width(tower))
 
     def shop_logit(self, batch: Mapping[str, Tensor]) -> Tensor:
         """batch: user-side keys (``USER_FIELDS``) and the shop fields -> logit (B,)."""
@@ -198,7 +233,7 @@ class JointShopDUPN(ShopScorer):
     def __init__(self, dupn: DUPNModel, hidden: int, dropout: float) -> None:
         super().__init__()
         self.dupn = dupn
-        self.head = ShopHead(*tower_tables(dupn.tower), hidden, dropout, getattr(dupn.tower, "heads", 0))
+        self.head = ShopHead(*tower_tables(dupn.tower), hidden, dropout, match_width(dupn.tower))
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """A mixed batch (:func:`merge_batches`) -> every DUPN output plus ``shop_logit`` (B,)."""

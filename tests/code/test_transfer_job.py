@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from pyspark.sql import functions as F
@@ -245,18 +246,25 @@ def test_shop_features_are_the_main_category_and_standardised_price_and_size(spa
 
     items = spark.createDataFrame(
         [(1, 10, 5, 7, None, 9.0), (2, 10, 5, 7, None, 99.0), (3, 10, 6, 8, None, 9.0),
-         (4, 20, None, 9, None, None), (5, None, 1, 7, None, 5.0)],
+         (4, 20, None, 9, None, None), (5, None, 1, 7, None, 5.0), (6, 30, 1, 8, None, 9.0)],
         "item_id bigint, shop_id bigint, brand_id bigint, category_id bigint, tags array<string>, price double")
     rows = {r["shop_id"]: r for r in td.shop_features(items, 64, 32).collect()}
-    assert set(rows) == {10, 20}                                     # items without a shop are ignored
+    assert set(rows) == {10, 20, 30}                                 # items without a shop are ignored
     idx = spark.range(1).select(hashed(F.lit(7), "category_id", 32).alias("c7"),
                                 hashed(F.lit(9), "category_id", 32).alias("c9"),
                                 hashed(F.lit(10), "shop_id", 64).alias("s10")).first()
     assert rows[10]["shop_category"] == idx["c7"] and rows[20]["shop_category"] == idx["c9"] != UNKNOWN
     assert rows[10]["shop"] == idx["s10"]
-    # [mean log price, log item count], each standardised over the two shops: +1 / -1
-    assert rows[10]["shop_dense"] == pytest.approx([1.0, 1.0], abs=1e-5)
-    assert rows[20]["shop_dense"] == pytest.approx([-1.0, -1.0], abs=1e-5)  # no price -> 0, below shop 10
+    # [mean log price, mean log price relative to the item's category, log item count], standardised over the
+    # shops; category 7's mean log price is over every item of it (item 5 has no shop), category 8's is log 10
+    m7 = np.mean(np.log([10.0, 100.0, 6.0]))
+    raw = np.array([[np.log([10.0, 100.0, 10.0]).mean(), (np.log(10.0) - m7 + np.log(100.0) - m7 + 0.0) / 3, np.log(4)],
+                    [0.0, 0.0, np.log(2)],                      # no price -> 0
+                    [np.log(10.0), 0.0, np.log(2)]])            # priced like its category: relative price 0
+    expected = (raw - raw.mean(0)) / raw.std(0)
+    for shop, want in zip((10, 20, 30), expected):
+        assert rows[shop]["shop_dense"] == pytest.approx(want.tolist(), abs=1e-5)
+    assert td.SHOP_DENSE == ("mean_log_price", "mean_rel_log_price", "log_items")
 
 
 class _StubTables:
@@ -410,7 +418,7 @@ def _original_batch() -> dict[str, torch.Tensor]:
 
 def _shop_batch() -> dict[str, torch.Tensor]:
     return {"seq_item": torch.ones(3, 5, dtype=torch.int64), "shop": torch.tensor([7, 8, 9]),
-            "shop_category": torch.tensor([3, 3, 4]), "shop_dense": torch.randn(3, 2),
+            "shop_category": torch.tensor([3, 3, 4]), "shop_dense": torch.randn(3, len(td.SHOP_DENSE)),
             "label": torch.tensor([1, 0, 1]), "example_id": torch.tensor([11, 12, 13])}
 
 

@@ -98,3 +98,36 @@ def test_representation_transfer_reads_the_interests_where_the_tower_writes_them
     rt = RepresentationTransfer(model.embedding_dim, spec)
     assert rt.heads == spec.model.attention_heads + recency
     assert (np.arange(rt.dense_dim, rt.dense_dim + rt.heads * rt.interest_dim) == interests).all()
+
+
+@pytest.mark.parametrize("recency,profile", [(0, 0), (2, 0), (2, 8)])
+def test_representation_transfer_reads_from_the_published_vector_what_the_follow_head_reads(
+        recency: int, profile: int) -> None:
+    """RT's match features, computed from the published vector alone, are the tower's own category match
+    (every interest's cosine, the pools' cosines times their mass, the profile's count and share in the
+    shop's category) once its fresh category table equals the tower's; FT's shop head reads the same width."""
+    from tests.model.conftest import random_batch
+    from training.model import build_model
+    from training.transfer import RepresentationTransfer, ShopPreferenceNet, tower_match
+
+    torch.manual_seed(0)
+    spec = tiny_spec(recency_interests=recency, category_profile=profile)
+    model = build_model(spec).eval()
+    batch = random_batch(16, seed=1)
+    category = torch.randint(1, spec.vocab["category"], (16,))
+    with torch.no_grad():
+        rep = model.tower(batch)["representation"]
+        expected = model.tower.match(rep, category.unsqueeze(1))[:, 0]
+        rt = RepresentationTransfer(model.embedding_dim, spec)
+        rt.head.category.weight.copy_(model.tower.items.category.weight)
+        got = rt.match(rep, category)
+    assert got.shape == (16, model.tower.category_match_dim)
+    assert got.shape[1] == spec.model.attention_heads + 2 * recency + (2 * recency if profile else 0)
+    torch.testing.assert_close(got, expected)
+    if profile:  # the profile's part: no parameter, the same whatever the fresh table holds
+        fresh = RepresentationTransfer(model.embedding_dim, spec).match(rep, category)
+        torch.testing.assert_close(fresh[:, -2 * recency:], expected[:, -2 * recency:])
+    ft = ShopPreferenceNet(model.tower, hidden=8, dropout=0.0)
+    assert ft.head.match_dim == model.tower.category_match_dim
+    match = tower_match(model.tower, rep, category)
+    assert match is not None and match.shape == got.shape
