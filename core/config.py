@@ -368,9 +368,13 @@ class TransferConfig(_Strict):
 
     validation_share: float = Field(0.15, gt=0, lt=1)
     test_share: float = Field(0.3, gt=0, lt=1)
-    epochs: int = Field(3, ge=1)
+    epochs: int = Field(3, ge=1, description="each method's cap on passes over the training split")
+    patience: int = Field(0, ge=0, description="a method stops after this many epochs without a better validation "
+                          "AUC (0 = it trains every epoch of the cap)")
     batch_size: int = Field(512, ge=1)
     lr: float = Field(0.005, gt=0)
+    ft_tower_lr_scale: float = Field(1.0, gt=0, le=1, description="FT: the pre-trained user tower learns at this "
+                                     "fraction of lr, the new shop head at lr (discriminative fine-tuning)")
     seed: int = 3
     days: int = Field(2, ge=1)
     ra_mix: int = Field(4, ge=1)

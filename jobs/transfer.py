@@ -52,7 +52,8 @@ def run(ctx: JobContext) -> str:
     buckets = {"shop": cfg.sequences.hash_buckets.shop_id, "category": cfg.sequences.hash_buckets.category_id}
     settings = tr.TransferSettings(epochs=tc.epochs, batch_size=tc.batch_size,
                                    eval_batch_size=cfg.training.eval_batch_size, lr=tc.lr, seed=tc.seed,
-                                   ra_mix=ra_mix, reader_workers=cfg.training.reader_workers,
+                                   ra_mix=ra_mix, patience=tc.patience, ft_tower_lr_scale=tc.ft_tower_lr_scale,
+                                   reader_workers=cfg.training.reader_workers,
                                    weighting=cfg.training.weighting, torch_threads=cfg.training.torch_threads)
     tags = {"job": JOB, "job_run_id": ctx.run_id, "transfer_date": ds, "snapshot_dt": snap,
             "base_model_version": base.version}
@@ -84,7 +85,8 @@ def run(ctx: JobContext) -> str:
         results = tr.run_methods(methods, files, base.model, stats.rep_dim, original, settings, stats.fingerprints)
         params = {"date": ds, "days": days, "snapshot_dt": snap, "example_days": ",".join(window.example_days),
                   "methods": ",".join(methods), "validation_share": tc.validation_share, "test_share": tc.test_share,
-                  "seed": tc.seed, "epochs": tc.epochs, "selection": "best validation AUC epoch",
+                  "seed": tc.seed, "epochs": tc.epochs, "patience": tc.patience,
+                  "selection": "best validation AUC epoch", "ft_tower_lr_scale": tc.ft_tower_lr_scale,
                   "batch_size": tc.batch_size, "lr": tc.lr, "optimizer": "adam", "ra_mix": ra_mix,
                   "ra_weighting": cfg.training.weighting.kind, "base_model_version": base.version,
                   "rep_model_versions": ",".join(stats.rep_model_versions), "rep_dim": stats.rep_dim,

@@ -362,10 +362,18 @@ def _check_finite(loss: Tensor, method: str, step: int) -> None:
 class ShopTask:
     """Shop-preference loss and optimiser of a single-task model (RT, FT, RS)."""
 
-    def __init__(self, method: str, model: ShopScorer, lr: float) -> None:
+    def __init__(self, method: str, model: ShopScorer, lr: float, tower_lr_scale: float = 1.0) -> None:
+        """``tower_lr_scale``: a model with a user ``tower`` (FT) trains it at ``lr`` times this, the rest at ``lr``."""
         self.method = method
         self.model = model
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        tower = getattr(model, "tower", None)
+        if tower_lr_scale != 1.0 and isinstance(tower, nn.Module):
+            own = {id(p) for p in tower.parameters()}
+            self.optimizer = torch.optim.Adam(
+                [{"params": list(tower.parameters()), "lr": lr * tower_lr_scale},
+                 {"params": [p for p in model.parameters() if id(p) not in own], "lr": lr}], lr=lr)
+        else:
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         self.steps = 0
 
     def step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
@@ -527,22 +535,24 @@ class MethodResult:
 
 
 def fit(task: StepTask, train: BatchSource, valid: BatchSource, test: BatchSource, epochs: int,
-        started: float | None = None, scorer: Scorer = score_split) -> MethodResult:
+        started: float | None = None, scorer: Scorer = score_split, patience: int = 0) -> MethodResult:
     """Train ``task`` up to ``epochs`` passes over ``train``, choose the epoch on ``valid``, score ``test`` once.
 
     After each epoch the validation split is scored; the weights of the best validation epoch
     (highest AUC, the earliest on ties) are kept and restored at the end, and only then is the
-    test split scored, once.
+    test split scored, once. With ``patience`` > 0 training stops after that many epochs in a row
+    without a better validation score (early stopping, decided on validation only).
 
     Args:
         task: :class:`ShopTask` or :class:`JointShopTask` (anything with ``method``, ``model``, ``step``).
         train, valid, test: batch sources of the three splits (shop rows carry ``example_id``, ``label``).
-        epochs: passes over ``train`` (>= 1).
+        epochs: passes over ``train`` (>= 1), the cap.
         started: ``time.perf_counter()`` when the method started (model building counts).
         scorer: ``scorer(model, source) -> ShopEval`` (default :func:`score_split`).
+        patience: epochs without a better validation score before stopping (0 = never stop early).
 
     Returns:
-        The curve (``epoch`` 1..epochs, ``valid_auc``, ``valid_logloss``, ``train_loss``, seconds),
+        The curve (``epoch`` 1..the last epoch trained, ``valid_auc``, ``valid_logloss``, ``train_loss``, seconds),
         the chosen epoch and the test metrics of its weights. ``task.model`` holds those weights.
 
     Raises:
@@ -552,6 +562,8 @@ def fit(task: StepTask, train: BatchSource, valid: BatchSource, test: BatchSourc
     """
     if epochs < 1:
         raise PlatformError(f"transfer.epochs must be >= 1, got {epochs}")
+    if patience < 0:
+        raise PlatformError(f"transfer.patience must be >= 0, got {patience}")
     started = time.perf_counter() if started is None else started
     model = task.model
     result = MethodResult(task.method, parameters=sum(p.numel() for p in model.parameters() if p.requires_grad))
@@ -606,6 +618,10 @@ def fit(task: StepTask, train: BatchSource, valid: BatchSource, test: BatchSourc
         logger.info("%s epoch %d: %d shop rows (+%d original) in %.1fs, train loss %.4f, validation AUC %.4f%s",
                     task.method, epoch, fp.rows, others, train_s, row.get("train_loss", math.nan), ev.auc,
                     " (best so far)" if improved else "")
+        if patience and epoch - result.chosen_epoch >= patience and epoch < epochs:
+            logger.info("%s: stopped after epoch %d, %d epochs without a better validation score", task.method,
+                        epoch, patience)
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     t2 = time.perf_counter()
@@ -615,7 +631,8 @@ def fit(task: StepTask, train: BatchSource, valid: BatchSource, test: BatchSourc
     result.test_rows, result.test_fingerprint = final.rows, final.fingerprint
     result.seconds = time.perf_counter() - started
     logger.info("%s: chose epoch %d of %d on validation (AUC %.4f); test AUC %.4f, log loss %.4f", task.method,
-                result.chosen_epoch, epochs, result.chosen.get("valid_auc", math.nan), final.auc, final.logloss)
+                result.chosen_epoch, len(result.epochs), result.chosen.get("valid_auc", math.nan), final.auc,
+                final.logloss)
     return result
 
 
@@ -630,6 +647,8 @@ class TransferSettings:
     lr: float
     seed: int
     ra_mix: int = DEFAULT_RA_MIX
+    patience: int = 0
+    ft_tower_lr_scale: float = 1.0
     reader_workers: int = 1
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     torch_threads: int | None = None
@@ -648,7 +667,8 @@ def _fit_shop(task: StepTask, files: TransferFiles, fields: Sequence[str], s: Tr
               started: float, train: BatchSource | None = None) -> MethodResult:
     """:func:`fit` on the three splits of ``files`` (``train`` replaces the training source, for RA)."""
     return fit(task, train if train is not None else _source(files.train, fields, s, True),
-               _source(files.valid, fields, s, False), _source(files.test, fields, s, False), s.epochs, started)
+               _source(files.valid, fields, s, False), _source(files.test, fields, s, False), s.epochs, started,
+               patience=s.patience)
 
 
 def run_rt(files: TransferFiles, rep_dim: int, spec: ModelSpec, s: TransferSettings) -> MethodResult:
@@ -659,12 +679,13 @@ def run_rt(files: TransferFiles, rep_dim: int, spec: ModelSpec, s: TransferSetti
 
 
 def run_ft(files: TransferFiles, champion: DUPNModel, s: TransferSettings) -> MethodResult:
-    """FT: the base model's user tower (a copy) + a new shop head, trained end to end."""
+    """FT: the base model's user tower (a copy) + a new shop head, trained end to end (the tower at
+    ``ft_tower_lr_scale`` times the learning rate)."""
     started = time.perf_counter()
     torch.manual_seed(s.seed)
     model = ShopPreferenceNet(copy.deepcopy(champion.tower), champion.spec.model.head_hidden,
                               champion.spec.model.dropout)
-    return _fit_shop(ShopTask("ft", model, s.lr), files, NET_FIELDS, s, started)
+    return _fit_shop(ShopTask("ft", model, s.lr, s.ft_tower_lr_scale), files, NET_FIELDS, s, started)
 
 
 def run_rs(files: TransferFiles, spec: ModelSpec, s: TransferSettings) -> MethodResult:

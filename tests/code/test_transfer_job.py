@@ -391,6 +391,36 @@ def test_fit_keeps_the_best_validation_epoch_and_scores_test_once_with_it() -> N
     assert summary["fake_chosen_epoch"] == 2 and summary["fake_test_auc"] == pytest.approx(0.52)
 
 
+def test_fit_stops_after_patience_epochs_without_a_better_validation_score() -> None:
+    train, valid, test = _split([1, 2, 3, 4]), _split([5, 6, 7]), _split([8, 9])
+    scorer, calls = _scripted(valid, {1: 0.60, 2: 0.72, 3: 0.71, 4: 0.72, 5: 0.90, 6: 0.95})
+    task = _EpochTask()
+    result = tr.fit(task, train, valid, test, epochs=6, scorer=scorer, patience=2)
+    # epochs 3 and 4 are not better than epoch 2 (a tie is not better): training stops after epoch 4
+    assert calls == [("valid", 1), ("valid", 2), ("valid", 3), ("valid", 4), ("test", 2)]
+    assert result.chosen_epoch == 2 and len(result.epochs) == 4 and float(task.model.w.detach()) == 2.0
+    assert "| 2 of 4 |" in tr.comparison_table([result])
+    # without patience every epoch of the cap is trained, and a later better epoch is chosen
+    scorer, calls = _scripted(valid, {1: 0.60, 2: 0.72, 3: 0.71, 4: 0.72, 5: 0.90, 6: 0.95})
+    assert tr.fit(_EpochTask(), train, valid, test, epochs=6, scorer=scorer).chosen_epoch == 6
+    with pytest.raises(PlatformError, match="transfer.patience"):
+        tr.fit(_EpochTask(), train, valid, test, epochs=2, scorer=scorer, patience=-1)
+
+
+def test_ft_trains_its_pre_trained_tower_at_a_fraction_of_the_learning_rate() -> None:
+    from tests.model.conftest import tiny_spec
+    from training.model import UserTower
+
+    spec = tiny_spec()
+    net = tr.ShopPreferenceNet(UserTower(spec), hidden=8, dropout=0.0)
+    groups = tr.ShopTask("ft", net, 0.01, tower_lr_scale=0.1).optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([0.001, 0.01])
+    tower = {id(p) for p in net.tower.parameters()}
+    assert {id(p) for p in groups[0]["params"]} == tower
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in net.parameters()} - tower != set()
+    assert len(tr.ShopTask("rs", net, 0.01).optimizer.param_groups) == 1
+
+
 def test_fit_falls_back_to_validation_log_loss_when_the_auc_is_undefined() -> None:
     train, valid, test = _split([1, 2]), _split([3, 4]), _split([5, 6])
     nan = float("nan")
