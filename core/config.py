@@ -375,6 +375,8 @@ class TransferConfig(_Strict):
     lr: float = Field(0.005, gt=0)
     ft_tower_lr_scale: float = Field(1.0, gt=0, le=1, description="FT: the pre-trained user tower learns at this "
                                      "fraction of lr, the new shop head at lr (discriminative fine-tuning)")
+    price_match: bool = Field(False, description="the shop head also reads the shop's relative price minus the "
+                              "user's mean of each behaviour type (the item heads' model.price_match)")
     seed: int = 3
     days: int = Field(2, ge=1)
     ra_mix: int = Field(4, ge=1)

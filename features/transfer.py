@@ -50,7 +50,8 @@ TRANSFER_EXAMPLES = TableSpec("features/transfer_examples", T.StructType(
     [_f("example_id", T.LongType()), _f("user_id", T.LongType()), _f("shop_id", T.LongType()),
      _f("event_time", T.TimestampType()), _f("example_dt", T.StringType()), _f("label", T.IntegerType()),
      _f("shop", T.IntegerType()), _f("shop_category", T.IntegerType()),
-     _f("shop_dense", T.ArrayType(T.FloatType())), _f("embedding", T.ArrayType(T.FloatType())),
+     _f("shop_dense", T.ArrayType(T.FloatType())), _f("shop_log_price", T.FloatType()),
+     _f("embedding", T.ArrayType(T.FloatType())),
      _f("rep_model_version", T.StringType())]
     + _USER_SIDE
     + [_f("snapshot_dt", T.StringType()), _f("split", T.StringType()), _f("dt", T.StringType())]),
@@ -58,7 +59,7 @@ TRANSFER_EXAMPLES = TableSpec("features/transfer_examples", T.StructType(
     "shop-preference examples of days (S, dt] with the users' sequences and published vectors as of the end "
     "of S; split train/valid/test by a hash of user_id (jobs/transfer.py)")
 
-SHOP_FIELDS = ("shop", "shop_category", "shop_dense")
+SHOP_FIELDS = ("shop", "shop_category", "shop_dense", "shop_log_price")
 # standardised over the shops of raw/items: the mean log price of a shop's items, the mean of their log price
 # minus their category's mean log price (its price level within the categories it sells in), its log item count
 SHOP_DENSE = ("mean_log_price", "mean_rel_log_price", "log_items")
@@ -155,7 +156,10 @@ def shop_features(items: "DataFrame", shop_buckets: int, category_buckets: int) 
     """``raw/items`` -> one row per shop: ``shop`` (hashed id), ``shop_category`` (the hashed id of
     the shop's most frequent item category, the index of ``seq_category``) and ``shop_dense``
     (``SHOP_DENSE``, standardised over the shops: the mean log price of its items, the mean of their
-    log price relative to their category's mean log price over ``raw/items``, and its log item count).
+    log price relative to their category's mean log price over ``raw/items``, and its log item count),
+    and ``shop_log_price``, the mean log price itself (log1p, as ``seq_log_price``; 0 without a price):
+    a model relates it to its own reference price of the shop's category, in the units of the prices
+    it learned users by.
 
     The relative price is the shop's price level whatever it sells: categories' price scales differ
     far more than a shop's level moves its prices within one, so the absolute mean mostly says which
@@ -183,7 +187,7 @@ def shop_features(items: "DataFrame", shop_buckets: int, category_buckets: int) 
     return per_shop.select(
         "shop_id", hashed(F.col("shop_id"), "shop_id", shop_buckets).alias("shop"),
         hashed(F.col("category_id"), "category_id", category_buckets).alias("shop_category"),
-        F.array(*z).alias("shop_dense"))
+        F.array(*z).alias("shop_dense"), F.col("mean_log_price").cast("float").alias("shop_log_price"))
 
 
 def transfer_examples(labels: "DataFrame", sequences: "DataFrame", representations: "DataFrame",
@@ -221,7 +225,8 @@ def transfer_examples(labels: "DataFrame", sequences: "DataFrame", representatio
     ex = (ex.join(F.broadcast(shops), "shop_id", "left")
           .select(*ex.columns, hashed(F.col("shop_id"), "shop_id", shop_buckets).alias("shop"),
                   F.coalesce("shop_category", F.lit(UNKNOWN)).alias("shop_category"),
-                  F.coalesce("shop_dense", unknown).alias("shop_dense")))
+                  F.coalesce("shop_dense", unknown).alias("shop_dense"),
+                  F.coalesce("shop_log_price", F.lit(0.0).cast("float")).alias("shop_log_price")))
     seq = sequences.where(F.col("dt") == window.snapshot).select("user_id", *USER_SIDE_COLUMNS)
     rep = (representations.where(F.col("dt") == window.snapshot)
            .select("user_id", "embedding", F.col("model_version").alias("rep_model_version")))

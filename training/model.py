@@ -83,6 +83,18 @@ def interest_layout(m: "ModelConfig") -> tuple[int, int, int]:
     return m.representation_dim, m.attention_heads + m.recency_interests, m.category_dim + m.tag_dim + 1
 
 
+def price_gaps(prices: Tensor, target: Tensor, log_price: Tensor) -> tuple[Tensor, Tensor]:
+    """prices (N, 2T): each behaviour type's (mean normalised relative price, log(1 + count)), as a
+    representation holds them; target (N, G) the targets' normalised relative prices, log_price (N, G)
+    their log prices -> (N, G, T) twice: target minus each type's mean, and its absolute value (zeros where
+    the type has no behaviour or the target no price)."""
+    prices = prices.reshape(prices.shape[0], -1, 2)  # (N, T, 2)
+    known = (prices[..., 1] > 0).to(prices.dtype).unsqueeze(1)  # (N, 1, T)
+    priced = (log_price > 0).to(prices.dtype).unsqueeze(-1)  # (N, G, 1)
+    gap = (target.unsqueeze(-1) - prices[..., 0].unsqueeze(1)) * known * priced
+    return gap, gap.abs()
+
+
 class UserTower(nn.Module):
     """Behaviour sequence + profile (+ query) -> the universal user representation.
 
@@ -209,12 +221,7 @@ class UserTower(nn.Module):
         """(N, G, 4) twice: the item targets' normalised relative price minus the user's mean relative price
         of each behaviour type, and its absolute value (zeros where either is unknown)."""
         prices = representation[:, self._prices_at:self._prices_at + 2 * self.behaviour_prices]
-        prices = prices.reshape(prices.shape[0], self.behaviour_prices, 2)  # (mean, log(1 + count)) per type
-        known = (prices[..., 1] > 0).to(prices.dtype).unsqueeze(1)  # (N, 1, 4)
-        target = self.items.relative_price(log_price, category)  # (N, G)
-        priced = (log_price > 0).to(prices.dtype).unsqueeze(-1)  # (N, G, 1)
-        gap = (target.unsqueeze(-1) - prices[..., 0].unsqueeze(1)) * known * priced
-        return gap, gap.abs()
+        return price_gaps(prices, self.items.relative_price(log_price, category), log_price)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
         """Representation of each row's user.

@@ -6,6 +6,7 @@ is never trained), index 1 is "unknown" (see :mod:`features.encoding`).
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Mapping, Sequence
 
@@ -95,6 +96,30 @@ class FrozenNorm(nn.Module):
         return (x - self.mean) * self.inv_std
 
 
+def relative_price(log_price: Tensor, category: Tensor, category_prices: Tensor, rel_norm: FrozenNorm) -> Tensor:
+    """(...) log prices relative to their category's reference log price (``category_prices`` indexed by
+    ``category``), normalised by ``rel_norm`` (0 where the price is unknown, before normalisation)."""
+    log_price = log_price.float()
+    rel = torch.where(log_price > 0, log_price - category_prices[category], torch.zeros_like(log_price))
+    return rel_norm(rel)
+
+
+class RelativePrice(nn.Module):
+    """:meth:`ItemEmbedding.relative_price` of an item embedding alone: its frozen reference prices and
+    normalisation as buffers, without the embedding tables (for representation transfer, which reads a
+    published vector's behaviour-type prices and needs targets' prices in the same units)."""
+
+    category_prices: Tensor
+
+    def __init__(self, items: "ItemEmbedding") -> None:
+        super().__init__()
+        self.register_buffer("category_prices", items.category_prices.detach().clone())
+        self.rel_norm = copy.deepcopy(items.rel_norm)
+
+    def forward(self, log_price: Tensor, category: Tensor) -> Tensor:
+        return relative_price(log_price, category, self.category_prices, self.rel_norm)
+
+
 class ItemEmbedding(nn.Module):
     """Item id, shop, brand, category, mean-pooled tags, normalised log price and the normalised log price
     relative to the category's mean price, concatenated.
@@ -156,9 +181,7 @@ class ItemEmbedding(nn.Module):
     def relative_price(self, log_price: Tensor, category: Tensor) -> Tensor:
         """(...) normalised log price relative to the category's reference price (0 where the price is
         unknown, before normalisation)."""
-        log_price = log_price.float()
-        rel = torch.where(log_price > 0, log_price - self.category_prices[category], torch.zeros_like(log_price))
-        return self.rel_norm(rel)
+        return relative_price(log_price, category, self.category_prices, self.rel_norm)
 
     @property
     def key_dim(self) -> int:

@@ -47,8 +47,9 @@ from core.errors import DataQualityError, PlatformError
 from features.transfer import FINGERPRINT_MOD, SHOP_DENSE, SHOP_FIELDS, SPLITS, OriginalData, TransferFiles
 from training import evaluation
 from training.data import TRAIN_FIELDS, USER_FIELDS, Batch, PetastormSource
-from training.model import DUPNModel, TaskModel, UserTower, build_model, interest_layout, last_shared_layer
-from training.modules import embedding, match_scores, mlp, profile_match, required_match
+from training.model import (
+    DUPNModel, TaskModel, UserTower, build_model, interest_layout, last_shared_layer, price_gaps)
+from training.modules import RelativePrice, embedding, match_scores, mlp, profile_match, required_match
 from training.spec import ModelSpec
 from training.step import TrainTask
 from training.weighting import TaskWeighting, build_weighting
@@ -107,19 +108,36 @@ class ShopHead(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
-def tower_match(tower: nn.Module, representation: Tensor, category: Tensor) -> Tensor | None:
-    """The category match features (B, ``category_match_dim``) of a user tower with interests (DUPN's),
-    else None: what :class:`training.model.FollowHead` reads for a talent's category (every interest's
-    category cosine, the time-decay pools' cosines times their decayed counts, and with the category
-    profile each pool's decayed count in the shop's category and its share)."""
+def tower_match(tower: nn.Module, representation: Tensor, category: Tensor,
+                log_price: Tensor | None = None) -> Tensor | None:
+    """The match features (B, :func:`match_width`) of a user tower with interests (DUPN's), else None:
+    what :class:`training.model.FollowHead` reads for a talent's category (every interest's category
+    cosine, the time-decay pools' cosines times their decayed counts, and with the category profile each
+    pool's decayed count in the shop's category and its share), then, with the shops' log prices
+    (``transfer.price_match``) and a tower with behaviour-type prices, the shop's normalised relative
+    price minus the user's mean of each behaviour type and its absolute value
+    (:meth:`training.model.UserTower.price_gaps`, the item heads' price match)."""
     if not hasattr(tower, "match"):
         return None
-    return cast(UserTower, tower).match(representation, category.unsqueeze(1))[:, 0]
+    interests = cast(UserTower, tower)
+    match = interests.match(representation, category.unsqueeze(1))[:, 0]
+    if log_price is None or not interests.behaviour_prices:
+        return match
+    gap, size = interests.price_gaps(representation, category.unsqueeze(1), log_price.unsqueeze(1))
+    return torch.cat([match, gap[:, 0], size[:, 0]], dim=-1)
 
 
-def match_width(tower: nn.Module) -> int:
+def match_width(tower: nn.Module, price_match: bool = False) -> int:
     """Width of :func:`tower_match`'s features for ``tower`` (0 without interests)."""
-    return int(getattr(tower, "category_match_dim", 0)) if hasattr(tower, "match") else 0
+    if not hasattr(tower, "match"):
+        return 0
+    prices = 2 * int(getattr(tower, "behaviour_prices", 0)) if price_match else 0
+    return int(getattr(tower, "category_match_dim", 0)) + prices
+
+
+def shop_prices(batch: Mapping[str, Tensor], price_match: bool) -> Tensor | None:
+    """The shops' mean log prices (B,) when the head matches prices, else None."""
+    return batch["shop_log_price"].float() if price_match else None
 
 
 class ShopScorer(nn.Module):
@@ -145,13 +163,17 @@ class RepresentationTransfer(ShopScorer):
     team learns from its own labels) where the tower uses its category embedding, each time-decay
     pool's similarity times its decayed count, and, with the category profile, each pool's decayed
     count in the shop's category and that count's share of the pool's (no parameter: read by index).
+    With ``price_match`` (and behaviour-type prices in the vector), also the shop's price gaps to the
+    user's behaviour types, as :func:`tower_match` gives them: the relative price uses the base model's
+    frozen reference prices and normalisation, which come with its spec (no parameter either).
     """
 
     interest_cols: Tensor
     activity_cols: Tensor
     profile_cols: Tensor
+    price_cols: Tensor
 
-    def __init__(self, rep_dim: int, spec: ModelSpec) -> None:
+    def __init__(self, rep_dim: int, spec: ModelSpec, price_match: bool = False) -> None:
         super().__init__()
         m = spec.model
         self.dense_dim, heads, self.interest_dim = interest_layout(m)
@@ -164,35 +186,45 @@ class RepresentationTransfer(ShopScorer):
         match_dim = 0
         index = torch.arange(rep_dim, dtype=torch.float64).unsqueeze(0)  # each column holds its own index
         cols = {"interest_cols": torch.zeros(0, self.cat_dim), "activity_cols": torch.zeros(0),
-                "profile_cols": torch.zeros(0, 0)}
+                "profile_cols": torch.zeros(0, 0), "price_cols": torch.zeros(0)}
+        self.prices: RelativePrice | None = None
         if tower is not None:
-            match_dim = tower.category_match_dim
+            match_dim = match_width(tower, price_match)
             cols = {"interest_cols": tower.interests(index)[0, :, :self.cat_dim],
-                    "activity_cols": tower.activity(index)[0], "profile_cols": tower.category_profile(index)[0]}
+                    "activity_cols": tower.activity(index)[0], "profile_cols": tower.category_profile(index)[0],
+                    "price_cols": tower.price_features(index)[0, :2 * tower.behaviour_prices]}
+            if price_match and tower.behaviour_prices:
+                # the spec's frozen reference prices and normalisation (buffers only, no embedding table)
+                self.prices = RelativePrice(tower.items)
         for name, value in cols.items():
             self.register_buffer(name, value.long(), persistent=False)
         self.head = ShopHead(rep_dim, embedding(spec.vocab["shop"], m.shop_dim),
                              embedding(spec.vocab["category"], m.category_dim), m.head_hidden, m.dropout,
                              match_dim)
 
-    def match(self, rep: Tensor, category: Tensor) -> Tensor:
-        """The category match features (B, ``category_match_dim``) of published vectors rep (B, R) and
-        shop categories (B,), in :meth:`training.model.UserTower.match`'s order."""
+    def match(self, rep: Tensor, category: Tensor, log_price: Tensor | None = None) -> Tensor:
+        """The match features (B, :func:`match_width`) of published vectors rep (B, R), shop categories (B,)
+        (and the shops' log prices (B,), with ``price_match``), in :func:`tower_match`'s order."""
         direction = self.head.category(category).unsqueeze(1)
         scores = match_scores(rep[:, self.interest_cols], direction, self.cat_dim)[:, 0]  # (B, K + P)
-        if not len(self.activity_cols):
-            return scores
-        mass = rep[:, self.activity_cols]  # (B, P)
-        parts = [scores, scores[:, self.attention_heads:] * mass]
-        if self.profile_cols.shape[-1]:
-            in_target, share = profile_match(rep[:, self.profile_cols], mass, category.unsqueeze(1))
-            parts += [in_target[:, 0], share[:, 0]]
+        parts = [scores]
+        if len(self.activity_cols):
+            mass = rep[:, self.activity_cols]  # (B, P)
+            parts.append(scores[:, self.attention_heads:] * mass)
+            if self.profile_cols.shape[-1]:
+                in_target, share = profile_match(rep[:, self.profile_cols], mass, category.unsqueeze(1))
+                parts += [in_target[:, 0], share[:, 0]]
+        if self.prices is not None and log_price is not None:
+            target = self.prices(log_price.unsqueeze(1), category.unsqueeze(1))
+            gap, size = price_gaps(rep[:, self.price_cols], target, log_price.unsqueeze(1))
+            parts += [gap[:, 0], size[:, 0]]
         return torch.cat(parts, dim=-1)
 
     def shop_logit(self, batch: Mapping[str, Tensor]) -> Tensor:
         """batch: ``embedding`` (B, R) and the shop fields -> logit (B,)."""
         rep = batch["embedding"].float()
-        match = self.match(rep, batch["shop_category"]) if self.heads else None
+        match = self.match(rep, batch["shop_category"], shop_prices(batch, self.prices is not None)) \
+            if self.heads else None
         return self.head(rep, batch, match)
 
 
@@ -216,35 +248,40 @@ class ShopPreferenceNet(ShopScorer):
     """FT / RS: a DUPN user tower -> representation (B, R) -> :class:`ShopHead` (sharing the tower's shop and
     category tables)."""
 
-    def __init__(self, tower: nn.Module, hidden: int, dropout: float) -> None:
+    def __init__(self, tower: nn.Module, hidden: int, dropout: float, price_match: bool = False) -> None:
         super().__init__()
         self.tower = tower
-        self.head = ShopHead(*tower_tables(tower), hidden, dropout, match_width(tower))
+        self.price_match = price_match
+        self.head = ShopHead(*tower_tables(tower), hidden, dropout, match_width(tower, price_match))
 
     def shop_logit(self, batch: Mapping[str, Tensor]) -> Tensor:
         """batch: user-side keys (``USER_FIELDS``) and the shop fields -> logit (B,)."""
         rep = self.tower(_user_batch(batch))["representation"]
-        return self.head(rep, batch, tower_match(self.tower, rep, batch["shop_category"]))
+        return self.head(rep, batch, tower_match(self.tower, rep, batch["shop_category"],
+                                                 shop_prices(batch, self.price_match)))
 
 
 class JointShopDUPN(ShopScorer):
     """RA: a DUPN model with one more head, :class:`ShopHead` on the shared representation."""
 
-    def __init__(self, dupn: DUPNModel, hidden: int, dropout: float) -> None:
+    def __init__(self, dupn: DUPNModel, hidden: int, dropout: float, price_match: bool = False) -> None:
         super().__init__()
         self.dupn = dupn
-        self.head = ShopHead(*tower_tables(dupn.tower), hidden, dropout, match_width(dupn.tower))
+        self.price_match = price_match
+        self.head = ShopHead(*tower_tables(dupn.tower), hidden, dropout, match_width(dupn.tower, price_match))
+
+    def _shop(self, rep: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
+        return self.head(rep, batch, tower_match(self.dupn.tower, rep, batch["shop_category"],
+                                                 shop_prices(batch, self.price_match)))
 
     def forward(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """A mixed batch (:func:`merge_batches`) -> every DUPN output plus ``shop_logit`` (B,)."""
         out = self.dupn(batch)
-        rep = out["representation"]
-        out["shop_logit"] = self.head(rep, batch, tower_match(self.dupn.tower, rep, batch["shop_category"]))
+        out["shop_logit"] = self._shop(out["representation"], batch)
         return out
 
     def shop_logit(self, batch: Mapping[str, Tensor]) -> Tensor:
-        rep = self.dupn.tower(_user_batch(batch))["representation"]
-        return self.head(rep, batch, tower_match(self.dupn.tower, rep, batch["shop_category"]))
+        return self._shop(self.dupn.tower(_user_batch(batch))["representation"], batch)
 
 
 # ---------------------------------------------------------------------- batches
@@ -649,6 +686,7 @@ class TransferSettings:
     ra_mix: int = DEFAULT_RA_MIX
     patience: int = 0
     ft_tower_lr_scale: float = 1.0
+    price_match: bool = False
     reader_workers: int = 1
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     torch_threads: int | None = None
@@ -675,7 +713,8 @@ def run_rt(files: TransferFiles, rep_dim: int, spec: ModelSpec, s: TransferSetti
     """RT: a shallow :class:`RepresentationTransfer` on the published vectors (Ds = the spec's shop_dim)."""
     started = time.perf_counter()
     torch.manual_seed(s.seed)
-    return _fit_shop(ShopTask("rt", RepresentationTransfer(rep_dim, spec), s.lr), files, RT_FIELDS, s, started)
+    model = RepresentationTransfer(rep_dim, spec, s.price_match)
+    return _fit_shop(ShopTask("rt", model, s.lr), files, RT_FIELDS, s, started)
 
 
 def run_ft(files: TransferFiles, champion: DUPNModel, s: TransferSettings) -> MethodResult:
@@ -684,7 +723,7 @@ def run_ft(files: TransferFiles, champion: DUPNModel, s: TransferSettings) -> Me
     started = time.perf_counter()
     torch.manual_seed(s.seed)
     model = ShopPreferenceNet(copy.deepcopy(champion.tower), champion.spec.model.head_hidden,
-                              champion.spec.model.dropout)
+                              champion.spec.model.dropout, s.price_match)
     return _fit_shop(ShopTask("ft", model, s.lr, s.ft_tower_lr_scale), files, NET_FIELDS, s, started)
 
 
@@ -692,7 +731,8 @@ def run_rs(files: TransferFiles, spec: ModelSpec, s: TransferSettings) -> Method
     """RS: the FT architecture, freshly initialised, trained on the shop task only."""
     started = time.perf_counter()
     torch.manual_seed(s.seed)
-    model = ShopPreferenceNet(UserTower(spec), spec.model.head_hidden, spec.model.dropout)
+    model = ShopPreferenceNet(UserTower(spec), spec.model.head_hidden, spec.model.dropout,
+                              s.price_match)
     return _fit_shop(ShopTask("rs", model, s.lr), files, NET_FIELDS, s, started)
 
 
@@ -704,7 +744,7 @@ def run_ra(files: TransferFiles, original: OriginalData, spec: ModelSpec, s: Tra
     dupn = build_model(spec)
     if not isinstance(dupn, DUPNModel):
         raise PlatformError(f"'ra' retrains a DUPN model; the base version's family is {spec.model.family}")
-    model = JointShopDUPN(dupn, spec.model.head_hidden, spec.model.dropout)
+    model = JointShopDUPN(dupn, spec.model.head_hidden, spec.model.dropout, s.price_match)
     weighting = build_weighting(s.weighting, spec.loss_names, last_shared_layer(model.dupn))
     train = MixedBatches(_source(files.train, NET_FIELDS, s, True),
                          _source(original.files, TRAIN_FIELDS, s, True, s.batch_size * s.ra_mix), s.ra_mix)

@@ -131,3 +131,20 @@ def test_representation_transfer_reads_from_the_published_vector_what_the_follow
     assert ft.head.match_dim == model.tower.category_match_dim
     match = tower_match(model.tower, rep, category)
     assert match is not None and match.shape == got.shape
+    # transfer.price_match: the shop's price gaps to the user's behaviour types, RT's from the vector alone
+    log_price = torch.rand(16) * 4 + 1
+    log_price[0] = 0.0  # no price: no gap
+    with torch.no_grad():
+        rt = RepresentationTransfer(model.embedding_dim, spec, price_match=True)
+        rt.head.category.weight.copy_(model.tower.items.category.weight)
+        priced = tower_match(model.tower, rep, category, log_price)
+        assert priced is not None
+        torch.testing.assert_close(rt.match(rep, category, log_price), priced)
+    gap, size = priced[:, expected.shape[1]:].chunk(2, dim=1)
+    assert gap.shape[1] == model.tower.behaviour_prices > 0 and (gap[0] == 0).all()
+    torch.testing.assert_close(size, gap.abs())
+    assert ShopPreferenceNet(model.tower, 8, 0.0, price_match=True).head.match_dim == priced.shape[1] == \
+        rt.head.match_dim
+    batch_prices = {"embedding": rep, "shop": torch.ones(16, dtype=torch.long), "shop_category": category,
+                    "shop_dense": torch.zeros(16, 3), "shop_log_price": log_price}
+    assert rt.shop_logit(batch_prices).shape == (16,)
