@@ -7,21 +7,23 @@ this module holds the models, the batches, the training loop and the report:
 
 * ``rt`` representation transfer: a shallow model (:class:`ShopHead`, one hidden layer) over
   the **published** vector of ``outputs/user_representations`` and the shop features (fresh
-  hashed shop-id and shop-category embeddings, the shop's price level and size from
-  ``raw/items``); the user network is not touched (what a downstream team can do with the table).
+  hashed shop-id and shop-category embeddings, the shop's prices and size from ``raw/items``)
+  and the match features the vector holds (:class:`RepresentationTransfer`); the user network is
+  not touched (what a downstream team can do with the table).
 * ``ft`` fine-tuning: the user tower of the registered model version that published the
   snapshot's vectors (or a chosen version) with a new :class:`ShopHead` whose shop and category
-  embeddings are the tower's own (pre-trained) tables; all trained end to end.
+  embeddings are the tower's own (pre-trained) tables; all trained end to end (the tower at
+  ``transfer.ft_tower_lr_scale`` times the learning rate).
 * ``rs`` single task from scratch: the same architecture as ``ft``, freshly initialised.
 * ``ra`` all tasks retrained: a fresh :class:`training.model.DUPNModel` (that version's spec)
   plus the shop head, trained jointly on the original tasks' example groups and the shop rows
   mixed into every batch (:func:`merge_batches`; each loss selects its own rows). Its budget is
   ``ra_mix`` original rows per shop row and step, for the same number of epochs as the others.
 
-The protocol (:func:`fit`): every method trains up to ``epochs`` epochs, is scored on the
-**validation** split after each, keeps the weights of its best validation epoch, and the
-**test** split is scored once, with those weights. Every method reads exactly the same rows of
-each split (checked by row fingerprints).
+The protocol (:func:`fit`): every method trains up to ``epochs`` epochs (fewer with
+``transfer.patience``: early stopping on validation), is scored on the **validation** split after
+each, keeps the weights of its best validation epoch, and the **test** split is scored once, with
+those weights. Every method reads exactly the same rows of each split (checked by row fingerprints).
 
 Shapes: B = batch size, L = max_len, R = representation dim, Ds = shop embedding dim,
 G = training_set.group_size (impression slots of an original row).
@@ -72,8 +74,8 @@ NET_FIELDS = ("example_id", *USER_FIELDS, *SHOP_FIELDS, "label")
 class ShopHead(nn.Module):
     """Shop preference: MLP(representation ‖ s ‖ (P·representation) ⊙ s ‖ match) -> logit (B,), where
     s = shop embedding ‖ shop-category embedding ‖ shop_dense (the shop features) and ``match`` the
-    user-shop match features (the similarity of the shop's category with each of the user's interests,
-    as :class:`training.model.FollowHead` uses them), when the caller gives them.
+    user-shop match features (:func:`tower_match`: what :class:`training.model.FollowHead` reads for the
+    shop's category, and with ``transfer.price_match`` the shop's price gaps), when the caller gives them.
 
     One hidden layer; the product term hands the MLP the user-shop match directly (as
     :class:`training.model.ItemHead` does for items).
