@@ -263,10 +263,15 @@ def fit_encoding(train: "DataFrame", cfg: TabularConfig) -> Encoding:
             m, sd = row.get(f"m{i}"), row.get(f"s{i}")
             mean.append(float(m) if m is not None else 0.0)
             std.append(float(sd) if sd is not None and sd > 1e-12 and math.isfinite(sd) else 1.0)
-    edges = dense_edges(train, cfg, mean, std) if cfg.dense_bins and cfg.dense else ()
+    bins = dense_bins(cfg)
+    edges = dense_edges(train, cfg, mean, std) if bins else ()
     return Encoding(tuple(cfg.categorical), vocab, tuple(cfg.dense), tuple(cfg.dense_log), tuple(mean), tuple(std),
-                    tuple(task.model_dump(mode="json") for task in cfg.tasks), cfg.dense_bins if cfg.dense else 0,
-                    edges)
+                    tuple(task.model_dump(mode="json") for task in cfg.tasks), bins, edges)
+
+
+def dense_bins(cfg: TabularConfig) -> int:
+    """The bins an encoding built with ``cfg`` records: ``tabular.dense_bins``, 0 without a dense column."""
+    return cfg.dense_bins if cfg.dense else 0
 
 
 def dense_edges(train: "DataFrame", cfg: TabularConfig, mean: list[float], std: list[float]) \
@@ -373,7 +378,7 @@ def load_tabular_set(tables: "DeltaTables", cfg: TabularConfig) -> TabularSet:
             or list(enc.categorical) != cfg.categorical or list(enc.dense) != cfg.dense:
         raise PlatformError(f"table {spec.name} was built with other columns, tasks or split than tabular.* "
                             f"now declares; rebuild it with python -m jobs.build_tabular_set")
-    if enc.bins != (cfg.dense_bins if cfg.dense else 0):
+    if enc.bins != dense_bins(cfg):
         raise PlatformError(f"table {spec.name} was built with tabular.dense_bins={enc.bins}, the config says "
                             f"{cfg.dense_bins}; rebuild it with python -m jobs.build_tabular_set")
     files = tables.files(spec)

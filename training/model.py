@@ -23,7 +23,7 @@ from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
     AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, RecencyPooling, UserProfile,
-    bag_mean, category_profile, embedding, embedding_bag, match_scores, mlp, profile_match, required_match,
+    bag_mean, category_profile, embedding, embedding_bag, interest_match, match_scores, mlp, required_match,
     valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
 
@@ -206,16 +206,13 @@ class UserTower(nn.Module):
         scores = match_scores(interests, keys, self.items.category.embedding_dim)
         if tags is None:
             scores = scores[..., :self.n_interests]  # a zero tag key has no tag match
-        if not self.recency_pools:
-            return scores
-        mass = self.activity(representation)  # (N, P)
-        parts = [scores, scores[..., self.heads:self.n_interests] * mass.unsqueeze(1)]
-        if self.profile_buckets:
-            parts += list(profile_match(self.category_profile(representation), mass, category))
+        mass = self.activity(representation) if self.recency_pools else None
+        profile = self.category_profile(representation) if self.profile_buckets else None
+        out = interest_match(scores, self.heads, self.n_interests, mass, profile, category)
         if tags is not None and self.price_match:
             assert log_price is not None
-            parts += list(self.price_gaps(representation, category, log_price))
-        return torch.cat(parts, dim=-1)
+            out = torch.cat([out, *self.price_gaps(representation, category, log_price)], dim=-1)
+        return out
 
     def price_gaps(self, representation: Tensor, category: Tensor, log_price: Tensor) -> tuple[Tensor, Tensor]:
         """(N, G, 4) twice: the item targets' normalised relative price minus the user's mean relative price

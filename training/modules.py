@@ -486,6 +486,21 @@ def profile_match(profile: Tensor, log_mass: Tensor, category: Tensor) -> tuple[
     return in_target, share
 
 
+def interest_match(scores: Tensor, heads: int, interests: int, log_mass: Tensor | None, profile: Tensor | None,
+                   category: Tensor) -> Tensor:
+    """The user-target match features of interests with time-decay pools: scores (N, G, S) (:func:`match_scores`;
+    its first ``interests`` = K + P columns the category cosines, the pools' after the K = ``heads`` attention
+    heads'), log_mass (N, P) (each pool's log(1 + decayed count); None without pools), profile (N, P, buckets)
+    (None without the category profile), category (N, G) -> scores ‖ each pool's category cosine times its
+    log mass ‖ (with the profile) :func:`profile_match`'s count and share: (N, G, S + P (+ 2P))."""
+    if log_mass is None:
+        return scores
+    parts = [scores, scores[..., heads:interests] * log_mass.unsqueeze(1)]
+    if profile is not None:
+        parts += list(profile_match(profile, log_mass, category))
+    return torch.cat(parts, dim=-1)
+
+
 class UserProfile(nn.Module):
     """The user profile vector u: age, gender and city embeddings plus normalised dense features.
 

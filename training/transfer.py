@@ -51,7 +51,7 @@ from training import evaluation
 from training.data import TRAIN_FIELDS, USER_FIELDS, Batch, PetastormSource
 from training.model import (
     DUPNModel, TaskModel, UserTower, build_model, interest_layout, last_shared_layer, price_gaps)
-from training.modules import RelativePrice, embedding, match_scores, mlp, profile_match, required_match
+from training.modules import RelativePrice, embedding, interest_match, match_scores, mlp, required_match
 from training.spec import ModelSpec
 from training.step import TrainTask
 from training.weighting import TaskWeighting, build_weighting
@@ -207,20 +207,15 @@ class RepresentationTransfer(ShopScorer):
     def match(self, rep: Tensor, category: Tensor, log_price: Tensor | None = None) -> Tensor:
         """The match features (B, :func:`match_width`) of published vectors rep (B, R), shop categories (B,)
         (and the shops' log prices (B,), with ``price_match``), in :func:`tower_match`'s order."""
-        direction = self.head.category(category).unsqueeze(1)
-        scores = match_scores(rep[:, self.interest_cols], direction, self.cat_dim)[:, 0]  # (B, K + P)
-        parts = [scores]
-        if len(self.activity_cols):
-            mass = rep[:, self.activity_cols]  # (B, P)
-            parts.append(scores[:, self.attention_heads:] * mass)
-            if self.profile_cols.shape[-1]:
-                in_target, share = profile_match(rep[:, self.profile_cols], mass, category.unsqueeze(1))
-                parts += [in_target[:, 0], share[:, 0]]
+        target = category.unsqueeze(1)  # one target per row: (B, 1)
+        scores = match_scores(rep[:, self.interest_cols], self.head.category(target), self.cat_dim)  # (B, 1, K + P)
+        mass = rep[:, self.activity_cols] if len(self.activity_cols) else None
+        profile = rep[:, self.profile_cols] if self.profile_cols.shape[-1] else None
+        out = interest_match(scores, self.attention_heads, self.heads, mass, profile, target)
         if self.prices is not None and log_price is not None:
-            target = self.prices(log_price.unsqueeze(1), category.unsqueeze(1))
-            gap, size = price_gaps(rep[:, self.price_cols], target, log_price.unsqueeze(1))
-            parts += [gap[:, 0], size[:, 0]]
-        return torch.cat(parts, dim=-1)
+            prices = log_price.unsqueeze(1)
+            out = torch.cat([out, *price_gaps(rep[:, self.price_cols], self.prices(prices, target), prices)], dim=-1)
+        return out[:, 0]
 
     def shop_logit(self, batch: Mapping[str, Tensor]) -> Tensor:
         """batch: ``embedding`` (B, R) and the shop fields -> logit (B,)."""

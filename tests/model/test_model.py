@@ -508,6 +508,22 @@ def test_price_match_gives_item_heads_the_targets_gap_to_the_users_prices() -> N
     _total(priced.train(), batch).backward()  # trains end to end
 
 
+def test_price_match_without_time_decay_pools_gives_the_match_features_their_declared_width() -> None:
+    """The price gaps do not depend on the pools: without pools the item heads still read them (the match had
+    returned the cosines alone, narrower than match_dim, and the heads' first layer failed)."""
+    torch.manual_seed(0)
+    model = build_model(tiny_spec(recency_interests=0, price_match=True))
+    tower = model.tower
+    assert isinstance(tower, UserTower) and tower.recency_pools == 0
+    batch = random_batch(n=8, seed=2)
+    with torch.no_grad():
+        rep = model.eval()(batch)["representation"]
+        category, tags = batch["item_category"], batch["item_tags"]
+        match = tower.match(rep, category, tags.reshape(tags.shape[0], category.shape[1], -1), batch["item_log_price"])
+    assert match.shape[-1] == tower.match_dim == 2 * tower.n_interests + 8
+    assert "ctr_logit" in model(batch)
+
+
 def test_target_priors_reach_the_heads_and_only_their_own_rows() -> None:
     """With model.target_priors the item heads read 3 more inputs per slot (whether the list has a query,
     the query's earlier share in the item's category and its log) and the follow head 4 (the talent's and
