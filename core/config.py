@@ -377,6 +377,10 @@ class TransferConfig(_Strict):
                                      "fraction of lr, the new shop head at lr (discriminative fine-tuning)")
     price_match: bool = Field(False, description="the shop head also reads the shop's relative price minus the "
                               "user's mean of each behaviour type (the item heads' model.price_match)")
+    head_input: Literal["full", "dense", "match"] = Field(
+        "full", description="what of the user representation the shop head's MLP reads beside the match features: "
+        "full = every column, dense = the dense part (a DUPN vector's first model.representation_dim columns, not "
+        "its interests, prices and category profile), match = none (the shop features and the match features only)")
     seed: int = 3
     days: int = Field(2, ge=1)
     ra_mix: int = Field(4, ge=1)

@@ -72,10 +72,12 @@ NET_FIELDS = ("example_id", *USER_FIELDS, *SHOP_FIELDS, "label")
 
 # ---------------------------------------------------------------------- models
 class ShopHead(nn.Module):
-    """Shop preference: MLP(representation ‖ s ‖ (P·representation) ⊙ s ‖ match) -> logit (B,), where
-    s = shop embedding ‖ shop-category embedding ‖ shop_dense (the shop features) and ``match`` the
-    user-shop match features (:func:`tower_match`: what :class:`training.model.FollowHead` reads for the
-    shop's category, and with ``transfer.price_match`` the shop's price gaps), when the caller gives them.
+    """Shop preference: MLP(r ‖ s ‖ (P·r) ⊙ s ‖ match) -> logit (B,), where r = the first ``reads``
+    columns of the representation (``transfer.head_input``: all of it, its dense part, or none, when
+    r and the product term drop out), s = shop embedding ‖ shop-category embedding ‖ shop_dense (the
+    shop features) and ``match`` the user-shop match features (:func:`tower_match`: what
+    :class:`training.model.FollowHead` reads for the shop's category, and with ``transfer.price_match``
+    the shop's price gaps), when the caller gives them.
 
     One hidden layer; the product term hands the MLP the user-shop match directly (as
     :class:`training.model.ItemHead` does for items).
@@ -87,27 +89,56 @@ class ShopHead(nn.Module):
         hidden: hidden width.
         dropout: dropout after the hidden layer.
         match_dim: width of the match features (0 = none).
+        reads: leading columns of the representation the MLP reads (:func:`head_reads`; None = all R).
     """
 
     def __init__(self, rep_dim: int, shop: nn.Embedding, category: nn.Embedding, hidden: int,
-                 dropout: float, match_dim: int = 0) -> None:
+                 dropout: float, match_dim: int = 0, reads: int | None = None) -> None:
         super().__init__()
         self.shop = shop
         self.category = category
         self.match_dim = match_dim
+        self.reads = rep_dim if reads is None else reads
+        if not 0 <= self.reads <= rep_dim:
+            raise ValueError(f"the shop head reads {self.reads} columns of a {rep_dim}-column representation")
         d = shop.embedding_dim + category.embedding_dim + len(SHOP_DENSE)
-        self.interact = nn.Linear(rep_dim, d)
-        self.mlp = mlp(rep_dim + 2 * d + match_dim, [hidden], 1, dropout)
+        self.interact = nn.Linear(self.reads, d) if self.reads else None
+        self.mlp = mlp((self.reads + d if self.reads else 0) + d + match_dim, [hidden], 1, dropout)
 
     def forward(self, representation: Tensor, batch: Mapping[str, Tensor], match: Tensor | None = None) -> Tensor:
         """representation (B, R) float; batch ``shop`` (B,), ``shop_category`` (B,) int64,
         ``shop_dense`` (B, len(SHOP_DENSE)) float; match (B, M) -> logit (B,)."""
         s = torch.cat([self.shop(batch["shop"]), self.category(batch["shop_category"]),
                        batch["shop_dense"].float()], dim=-1)
-        parts = [representation, s, self.interact(representation) * s]
+        parts = [s]
+        if self.interact is not None:
+            r = representation[:, :self.reads]
+            parts = [r, s, self.interact(r) * s]
         if self.match_dim:
             parts.append(required_match(match, "(B, M)"))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+HEAD_INPUTS = ("full", "dense", "match")
+
+
+def head_reads(head_input: str, rep_dim: int, dense_dim: int, match_dim: int) -> int:
+    """Leading columns of an R-column representation the shop head's MLP reads for ``transfer.head_input``:
+    ``full`` R, ``dense`` the dense part (``dense_dim``), ``match`` 0 (the match features stand for the user).
+
+    Raises:
+        PlatformError: an unknown value, or ``dense`` / ``match`` without match features (the vector's
+            layout is not a DUPN one with interests, so its parts are not known).
+    """
+    if head_input not in HEAD_INPUTS:
+        raise PlatformError(f"transfer.head_input is {head_input!r}; use one of {', '.join(HEAD_INPUTS)}")
+    if head_input == "full":
+        return rep_dim
+    if not match_dim:
+        raise PlatformError(f"transfer.head_input={head_input} reads part of a DUPN representation with interests "
+                            f"and match features; this base model's vectors have none (another family, "
+                            f"model.match_features off, or vectors of another spec): set transfer.head_input=full")
+    return dense_dim if head_input == "dense" else 0
 
 
 def tower_match(tower: nn.Module, representation: Tensor, category: Tensor,
@@ -175,7 +206,7 @@ class RepresentationTransfer(ShopScorer):
     profile_cols: Tensor
     price_cols: Tensor
 
-    def __init__(self, rep_dim: int, spec: ModelSpec, price_match: bool = False) -> None:
+    def __init__(self, rep_dim: int, spec: ModelSpec, price_match: bool = False, head_input: str = "full") -> None:
         super().__init__()
         m = spec.model
         self.dense_dim, heads, self.interest_dim = interest_layout(m)
@@ -202,7 +233,7 @@ class RepresentationTransfer(ShopScorer):
             self.register_buffer(name, value.long(), persistent=False)
         self.head = ShopHead(rep_dim, embedding(spec.vocab["shop"], m.shop_dim),
                              embedding(spec.vocab["category"], m.category_dim), m.head_hidden, m.dropout,
-                             match_dim)
+                             match_dim, head_reads(head_input, rep_dim, self.dense_dim, match_dim))
 
     def match(self, rep: Tensor, category: Tensor, log_price: Tensor | None = None) -> Tensor:
         """The match features (B, :func:`match_width`) of published vectors rep (B, R), shop categories (B,)
@@ -241,15 +272,24 @@ def tower_tables(tower: nn.Module) -> tuple[int, nn.Embedding, nn.Embedding]:
     return out_dim, shop, category
 
 
+def shop_head(tower: nn.Module, hidden: int, dropout: float, price_match: bool, head_input: str) -> ShopHead:
+    """A :class:`ShopHead` on ``tower``'s representation, sharing its shop and category tables."""
+    rep_dim, shop, category = tower_tables(tower)
+    match_dim = match_width(tower, price_match)
+    reads = head_reads(head_input, rep_dim, int(getattr(tower, "dense_dim", rep_dim)), match_dim)
+    return ShopHead(rep_dim, shop, category, hidden, dropout, match_dim, reads)
+
+
 class ShopPreferenceNet(ShopScorer):
     """FT / RS: a DUPN user tower -> representation (B, R) -> :class:`ShopHead` (sharing the tower's shop and
     category tables)."""
 
-    def __init__(self, tower: nn.Module, hidden: int, dropout: float, price_match: bool = False) -> None:
+    def __init__(self, tower: nn.Module, hidden: int, dropout: float, price_match: bool = False,
+                 head_input: str = "full") -> None:
         super().__init__()
         self.tower = tower
         self.price_match = price_match
-        self.head = ShopHead(*tower_tables(tower), hidden, dropout, match_width(tower, price_match))
+        self.head = shop_head(tower, hidden, dropout, price_match, head_input)
 
     def shop_logit(self, batch: Mapping[str, Tensor]) -> Tensor:
         """batch: user-side keys (``USER_FIELDS``) and the shop fields -> logit (B,)."""
@@ -261,11 +301,12 @@ class ShopPreferenceNet(ShopScorer):
 class JointShopDUPN(ShopScorer):
     """RA: a DUPN model with one more head, :class:`ShopHead` on the shared representation."""
 
-    def __init__(self, dupn: DUPNModel, hidden: int, dropout: float, price_match: bool = False) -> None:
+    def __init__(self, dupn: DUPNModel, hidden: int, dropout: float, price_match: bool = False,
+                 head_input: str = "full") -> None:
         super().__init__()
         self.dupn = dupn
         self.price_match = price_match
-        self.head = ShopHead(*tower_tables(dupn.tower), hidden, dropout, match_width(dupn.tower, price_match))
+        self.head = shop_head(dupn.tower, hidden, dropout, price_match, head_input)
 
     def _shop(self, rep: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         return self.head(rep, batch, tower_match(self.dupn.tower, rep, batch["shop_category"],
@@ -684,6 +725,7 @@ class TransferSettings:
     patience: int = 0
     ft_tower_lr_scale: float = 1.0
     price_match: bool = False
+    head_input: str = "full"
     reader_workers: int = 1
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     torch_threads: int | None = None
@@ -710,7 +752,7 @@ def run_rt(files: TransferFiles, rep_dim: int, spec: ModelSpec, s: TransferSetti
     """RT: a shallow :class:`RepresentationTransfer` on the published vectors (Ds = the spec's shop_dim)."""
     started = time.perf_counter()
     torch.manual_seed(s.seed)
-    model = RepresentationTransfer(rep_dim, spec, s.price_match)
+    model = RepresentationTransfer(rep_dim, spec, s.price_match, s.head_input)
     return _fit_shop(ShopTask("rt", model, s.lr), files, RT_FIELDS, s, started)
 
 
@@ -720,7 +762,7 @@ def run_ft(files: TransferFiles, champion: DUPNModel, s: TransferSettings) -> Me
     started = time.perf_counter()
     torch.manual_seed(s.seed)
     model = ShopPreferenceNet(copy.deepcopy(champion.tower), champion.spec.model.head_hidden,
-                              champion.spec.model.dropout, s.price_match)
+                              champion.spec.model.dropout, s.price_match, s.head_input)
     return _fit_shop(ShopTask("ft", model, s.lr, s.ft_tower_lr_scale), files, NET_FIELDS, s, started)
 
 
@@ -729,7 +771,7 @@ def run_rs(files: TransferFiles, spec: ModelSpec, s: TransferSettings) -> Method
     started = time.perf_counter()
     torch.manual_seed(s.seed)
     model = ShopPreferenceNet(UserTower(spec), spec.model.head_hidden, spec.model.dropout,
-                              s.price_match)
+                              s.price_match, s.head_input)
     return _fit_shop(ShopTask("rs", model, s.lr), files, NET_FIELDS, s, started)
 
 
@@ -741,7 +783,7 @@ def run_ra(files: TransferFiles, original: OriginalData, spec: ModelSpec, s: Tra
     dupn = build_model(spec)
     if not isinstance(dupn, DUPNModel):
         raise PlatformError(f"'ra' retrains a DUPN model; the base version's family is {spec.model.family}")
-    model = JointShopDUPN(dupn, spec.model.head_hidden, spec.model.dropout, s.price_match)
+    model = JointShopDUPN(dupn, spec.model.head_hidden, spec.model.dropout, s.price_match, s.head_input)
     weighting = build_weighting(s.weighting, spec.loss_names, last_shared_layer(model.dupn))
     train = MixedBatches(_source(files.train, NET_FIELDS, s, True),
                          _source(original.files, TRAIN_FIELDS, s, True, s.batch_size * s.ra_mix), s.ra_mix)

@@ -148,3 +148,53 @@ def test_representation_transfer_reads_from_the_published_vector_what_the_follow
     batch_prices = {"embedding": rep, "shop": torch.ones(16, dtype=torch.long), "shop_category": category,
                     "shop_dense": torch.zeros(16, 3), "shop_log_price": log_price}
     assert rt.shop_logit(batch_prices).shape == (16,)
+
+
+@pytest.mark.parametrize("head_input", ["full", "dense", "match"])
+def test_shop_head_reads_the_part_of_the_representation_that_transfer_head_input_names(head_input: str) -> None:
+    """transfer.head_input: the shop head's MLP reads every column (full), the dense part (dense) or no column
+    (match) of the representation beside the match features; the columns it does not read cannot move its
+    logit, the ones it reads can. RT (published vectors) and FT / RS / RA (a tower) read the same columns."""
+    from training.model import build_model
+    from training.transfer import RepresentationTransfer, ShopPreferenceNet
+
+    torch.manual_seed(0)
+    spec = tiny_spec(recency_interests=2, category_profile=8)
+    model = build_model(spec).eval()
+    rep_dim, dense = model.embedding_dim, spec.model.representation_dim
+    reads = {"full": rep_dim, "dense": dense, "match": 0}[head_input]
+    rt = RepresentationTransfer(rep_dim, spec, head_input=head_input).eval()
+    ft = ShopPreferenceNet(model.tower, 8, 0.0, head_input=head_input).eval()
+    assert rt.head.reads == ft.head.reads == reads
+    batch = {"shop": torch.arange(1, 9), "shop_category": torch.randint(1, spec.vocab["category"], (8,)),
+             "shop_dense": torch.randn(8, 3)}
+    rep, match = torch.randn(8, rep_dim), torch.randn(8, rt.head.match_dim)
+    with torch.no_grad():
+        base = rt.head(rep, batch, match)
+        unread = rep.clone()
+        unread[:, reads:] += 5.0
+        torch.testing.assert_close(rt.head(unread, batch, match), base)
+        if reads:
+            read = rep.clone()
+            read[:, :reads] += 5.0
+            assert not torch.allclose(rt.head(read, batch, match), base)
+        assert not torch.allclose(rt.head(rep, batch, match + 5.0), base)
+    d = spec.model.shop_dim + spec.model.category_dim + 3  # the shop features
+    first = rt.head.mlp[0]
+    assert isinstance(first, torch.nn.Linear)
+    assert first.in_features == (reads + d if reads else 0) + d + rt.head.match_dim  # r, s, (P·r) ⊙ s, match
+
+
+def test_shop_head_refuses_a_partial_read_of_vectors_without_a_known_layout() -> None:
+    """Opaque vectors (not the spec's width) have no dense part or match features to read: head_input other
+    than full is refused, naming the key and the fix."""
+    from core.errors import PlatformError
+    from training.model import build_model
+    from training.transfer import RepresentationTransfer
+
+    spec = tiny_spec(recency_interests=2)
+    opaque = build_model(spec).embedding_dim + 1
+    assert RepresentationTransfer(opaque, spec, head_input="full").head.reads == opaque
+    for head_input in ("dense", "match"):
+        with pytest.raises(PlatformError, match=f"transfer.head_input={head_input} .*set transfer.head_input=full"):
+            RepresentationTransfer(opaque, spec, head_input=head_input)
