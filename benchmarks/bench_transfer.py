@@ -96,11 +96,14 @@ class SeedRun:
                 "methods": per_method, "params": dict(self.params), "curves": dict(self.curves)}
 
 
-def job_command(config: str, date: str, seed: int | str, overrides: Sequence[str]) -> list[str]:
-    """The job's command line for one seed (``transfer.seed`` first, then the benchmark's overrides)."""
+def job_command(config: str, date: str, seed: int | str, overrides: Sequence[str],
+                methods: Sequence[str] = ()) -> list[str]:
+    """The job's command line for one seed (``transfer.seed`` first, then the benchmark's overrides; the
+    job's ``--methods`` when given, else all of them)."""
     sets = [x for o in overrides for x in ("--set", o)]
+    chosen = ["--methods", *methods] if methods else []
     return [sys.executable, "-m", JOB_MODULE, "--config", config, "--date", date, "--log-level", "WARNING",
-            "--set", f"transfer.seed={seed}", *sets]
+            *chosen, "--set", f"transfer.seed={seed}", *sets]
 
 
 def failure_line(stderr_lines: Iterable[str], code: int) -> str:
@@ -246,6 +249,7 @@ def markdown(runs: Sequence[SeedRun], context: Mapping[str, Any]) -> str:
     methods = methods_of(runs)
     auc = summaries(runs)
     seconds = summaries(runs, "seconds")
+    valid = summaries(runs, "chosen_valid_auc")
     seeds = [r.seed for r in runs]
     first = runs[0].params if runs else {}
     settings = {k: v for k, v in context["settings"].items() if k != "seed"}
@@ -274,16 +278,18 @@ def markdown(runs: Sequence[SeedRun], context: Mapping[str, Any]) -> str:
                      f"{r.params.get('rep_model_versions', '–')} | {_f(r.wall_seconds, 0)} | `{r.run_id}` |")
     lines += ["", "## Test AUC (the epoch chosen on validation, test scored once)", "",
               f"Per-seed values in seed order ({', '.join(map(str, seeds))}); ± is the sample standard deviation "
-              "over the seeds. Seconds: the method's wall time in the job (`<m>_seconds`).", "",
-              "| method | | test AUC | per seed | chosen epoch per seed | seconds |", "|---|---|---:|---|---|---:|"]
+              "over the seeds. Validation AUC: the chosen epoch's, what it was chosen on. Seconds: the method's wall "
+              "time in the job (`<m>_seconds`).", "",
+              "| method | | validation AUC | test AUC | per seed | chosen epoch per seed | seconds |",
+              "|---|---|---:|---:|---|---|---:|"]
     for m in methods:
         per_seed = ", ".join(_f(r.value(m, "test_auc")) for r in runs)
         epochs = ", ".join(_epoch(r.value(m, "chosen_epoch")) for r in runs)
-        lines.append(f"| {m.upper()} | {METHOD_NAMES[m]} | {auc[m].describe()} | {per_seed} | {epochs} | "
+        lines.append(f"| {m.upper()} | {METHOD_NAMES[m]} | {valid[m].describe()} | {auc[m].describe()} | {per_seed} | {epochs} | "
                      f"{seconds[m].describe(1)} |")
     oracle = ev.summarize(r.oracle_auc for r in runs)
     if oracle.n:
-        lines.append(f"| oracle | the world's own `p_label` on the same test rows | {oracle.describe()} | "
+        lines.append(f"| oracle | the world's own `p_label` on the same test rows | | {oracle.describe()} | "
                      f"{', '.join(_f(r.oracle_auc) for r in runs)} | | |")
     else:
         lines += ["", "Oracle: not available (no `raw/_truth/shop_prefs` in this lake, or `--no-oracle`)."]
@@ -345,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="transfer", help="results file names (<name>.md, <name>.json)")
     p.add_argument("--no-oracle", action="store_true", help="do not score the oracle (no Spark in this process)")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=[],
+                   help="the job's --methods (default: all four); e.g. rt alone to compare RT's settings over many seeds")
     args = p.parse_args(argv)
     if any(o.split("=", 1)[0].strip() == "transfer.seed" for o in args.overrides):
         p.error("transfer.seed is set per run from --seeds; remove it from --set")
@@ -357,7 +365,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.time()
     try:
         cfg = load_config(args.config, args.overrides)
-        runs = run_seeds(args.config, cfg, date, args.seeds, args.overrides, oracle=not args.no_oracle)
+        runs = run_seeds(args.config, cfg, date, args.seeds, args.overrides, oracle=not args.no_oracle,
+                         methods=args.methods)
     except (RuntimeError, PlatformError) as exc:
         raise SystemExit(f"bench_transfer failed: {exc}") from None
     command = "python -m benchmarks.bench_transfer " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -365,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     context = {  # machine_line() ends with the date, which the header gives first
         "command": command.strip(), "date": today, "machine": machine_line().removesuffix(f", {today}."),
         "transfer_date": date, "config": args.config, "overrides": args.overrides, "seeds": args.seeds,
-        "job_command": " ".join(["python", *job_command(args.config, date, "<seed>", args.overrides)[1:]]),
+        "job_command": " ".join(["python", *job_command(args.config, date, "<seed>", args.overrides,
+                                                        args.methods)[1:]]),
         "settings": cfg.transfer.model_dump(mode="json"), "wall_minutes": (time.time() - started) / 60,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -383,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 def run_seeds(config: str, cfg: Config, date: str, seeds: Sequence[int], overrides: Sequence[str],
-              oracle: bool = True) -> list[SeedRun]:
+              oracle: bool = True, methods: Sequence[str] = ()) -> list[SeedRun]:
     """Run the job once per seed, read each run back from MLflow and (``oracle``) score the oracle on
     its test rows; log one line per seed with the elapsed time and the ETA.
 
@@ -403,7 +413,7 @@ def run_seeds(config: str, cfg: Config, date: str, seeds: Sequence[int], overrid
     started = time.time()
     try:
         for i, seed in enumerate(seeds, start=1):
-            cmd = job_command(config, date, seed, overrides)
+            cmd = job_command(config, date, seed, overrides, methods)
             logger.info("seed %d (%d of %d): %s", seed, i, len(seeds), " ".join(cmd[1:]))
             t0 = time.time()
             try:

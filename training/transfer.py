@@ -726,6 +726,8 @@ class TransferSettings:
     ft_tower_lr_scale: float = 1.0
     price_match: bool = False
     head_input: str = "full"
+    rt_lr: float | None = None
+    rt_epochs: int | None = None
     reader_workers: int = 1
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     torch_threads: int | None = None
@@ -741,19 +743,21 @@ def _source(files: Sequence[str], fields: Sequence[str], s: TransferSettings, tr
 
 
 def _fit_shop(task: StepTask, files: TransferFiles, fields: Sequence[str], s: TransferSettings,
-              started: float, train: BatchSource | None = None) -> MethodResult:
-    """:func:`fit` on the three splits of ``files`` (``train`` replaces the training source, for RA)."""
+              started: float, train: BatchSource | None = None, epochs: int | None = None) -> MethodResult:
+    """:func:`fit` on the three splits of ``files`` (``train`` replaces the training source, for RA;
+    ``epochs`` the cap, default ``s.epochs``)."""
     return fit(task, train if train is not None else _source(files.train, fields, s, True),
-               _source(files.valid, fields, s, False), _source(files.test, fields, s, False), s.epochs, started,
-               patience=s.patience)
+               _source(files.valid, fields, s, False), _source(files.test, fields, s, False),
+               epochs or s.epochs, started, patience=s.patience)
 
 
 def run_rt(files: TransferFiles, rep_dim: int, spec: ModelSpec, s: TransferSettings) -> MethodResult:
-    """RT: a shallow :class:`RepresentationTransfer` on the published vectors (Ds = the spec's shop_dim)."""
+    """RT: a shallow :class:`RepresentationTransfer` on the published vectors (Ds = the spec's shop_dim), at
+    ``rt_lr`` for up to ``rt_epochs`` epochs (default: the shared ``lr`` and ``epochs``)."""
     started = time.perf_counter()
     torch.manual_seed(s.seed)
     model = RepresentationTransfer(rep_dim, spec, s.price_match, s.head_input)
-    return _fit_shop(ShopTask("rt", model, s.lr), files, RT_FIELDS, s, started)
+    return _fit_shop(ShopTask("rt", model, s.rt_lr or s.lr), files, RT_FIELDS, s, started, epochs=s.rt_epochs)
 
 
 def run_ft(files: TransferFiles, champion: DUPNModel, s: TransferSettings) -> MethodResult:

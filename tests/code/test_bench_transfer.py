@@ -119,6 +119,9 @@ def test_job_command_sets_the_seed_before_the_overrides() -> None:
     cmd = bt.job_command("conf/local.yaml", DATE, 2, ["transfer.epochs=1"])
     assert cmd == [sys.executable, "-m", "jobs.transfer", "--config", "conf/local.yaml", "--date", DATE,
                    "--log-level", "WARNING", "--set", "transfer.seed=2", "--set", "transfer.epochs=1"]
+    # --methods rt: the job compares RT alone (its settings over many seeds, without FT, RS and RA)
+    cmd = bt.job_command("conf/local.yaml", DATE, 2, [], ["rt"])
+    assert cmd[cmd.index("--methods") + 1:cmd.index("--set")] == ["rt"]
 
 
 def test_a_failed_run_gives_one_line() -> None:

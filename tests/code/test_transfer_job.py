@@ -39,7 +39,9 @@ from training.losses import LOSS_NAMES, example_weights, task_losses
 
 DAY, SNAPSHOT, DAYS = TINY_END, "2026-11-06", "2"          # examples of 11-07 and 11-08, users as of end of 11-06
 EPOCHS = 2
-OV = (*TINY_WORLD, *SMALL, f"transfer.epochs={EPOCHS}", "transfer.batch_size=64")
+RT_EPOCHS = EPOCHS + 1                                         # transfer.rt_epochs: RT's own cap
+OV = (*TINY_WORLD, *SMALL, f"transfer.epochs={EPOCHS}", "transfer.batch_size=64", f"transfer.rt_epochs={RT_EPOCHS}",
+      "transfer.rt_lr=0.002")
 ARGS = ("--date", DAY, "--days", DAYS, "--ra-mix", "2")
 
 
@@ -100,10 +102,11 @@ def test_every_method_chooses_its_epoch_on_validation_and_is_tested_once(transfe
         assert math.isfinite(auc) and 0.0 <= auc <= 1.0, (m, auc)
         assert math.isfinite(logloss) and logloss > 0, (m, logloss)
         assert metrics[f"{m}_seconds"] >= metrics[f"{m}_train_seconds"] > 0
-        assert metrics[f"{m}_epochs"] == EPOCHS
+        epochs = RT_EPOCHS if m == "rt" else EPOCHS
+        assert metrics[f"{m}_epochs"] == epochs
         # the validation curve has one point per epoch; the chosen epoch is its best (the first on ties)
         curve = sorted(client.get_metric_history(r.info.run_id, f"{m}_valid_auc"), key=lambda x: x.step)
-        assert [x.step for x in curve] == list(range(1, EPOCHS + 1)), m
+        assert [x.step for x in curve] == list(range(1, epochs + 1)), m
         values = [x.value for x in curve]
         best = values.index(max(values)) + 1
         assert metrics[f"{m}_chosen_epoch"] == best == methods[m]["chosen_epoch"], (m, values)
@@ -220,6 +223,8 @@ def test_the_comparison_is_logged_to_mlflow(transfer_env) -> None:
     assert r.data.params["snapshot_dt"] == SNAPSHOT and r.data.params["days"] == DAYS
     assert r.data.params["methods"] == "rt,ft,rs,ra" and r.data.params["ra_mix"] == "2"
     assert r.data.params["validation_share"] == "0.15" and r.data.params["test_share"] == "0.3"
+    assert (r.data.params["rt_lr"], r.data.params["rt_epochs"]) == ("0.002", str(RT_EPOCHS))
+    assert r.data.params["head_input"] == "dense"  # conf/local.yaml's
     # FT fine-tunes the version that published the snapshot's vectors (the ones RT reads)
     published = tables.read(t.USER_REPRESENTATIONS, dt=SNAPSHOT).select("model_version").distinct()
     assert [row[0] for row in published.collect()] == [r.data.params["base_model_version"]]
