@@ -285,8 +285,8 @@ def markdown(runs: Sequence[SeedRun], context: Mapping[str, Any]) -> str:
     for m in methods:
         per_seed = ", ".join(_f(r.value(m, "test_auc")) for r in runs)
         epochs = ", ".join(_epoch(r.value(m, "chosen_epoch")) for r in runs)
-        lines.append(f"| {m.upper()} | {METHOD_NAMES[m]} | {valid[m].describe()} | {auc[m].describe()} | {per_seed} | {epochs} | "
-                     f"{seconds[m].describe(1)} |")
+        lines.append(f"| {m.upper()} | {METHOD_NAMES[m]} | {valid[m].describe()} | {auc[m].describe()} | {per_seed} "
+                     f"| {epochs} | {seconds[m].describe(1)} |")
     oracle = ev.summarize(r.oracle_auc for r in runs)
     if oracle.n:
         lines.append(f"| oracle | the world's own `p_label` on the same test rows | | {oracle.describe()} | "
@@ -352,7 +352,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--name", default="transfer", help="results file names (<name>.md, <name>.json)")
     p.add_argument("--no-oracle", action="store_true", help="do not score the oracle (no Spark in this process)")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=[],
-                   help="the job's --methods (default: all four); e.g. rt alone to compare RT's settings over many seeds")
+                   help="the job's --methods (default: all four); e.g. rt alone, to compare RT's settings over "
+                        "many seeds")
     args = p.parse_args(argv)
     if any(o.split("=", 1)[0].strip() == "transfer.seed" for o in args.overrides):
         p.error("transfer.seed is set per run from --seeds; remove it from --set")

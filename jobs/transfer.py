@@ -53,7 +53,8 @@ def run(ctx: JobContext) -> str:
     settings = tr.TransferSettings(epochs=tc.epochs, batch_size=tc.batch_size,
                                    eval_batch_size=cfg.training.eval_batch_size, lr=tc.lr, seed=tc.seed,
                                    ra_mix=ra_mix, patience=tc.patience, ft_tower_lr_scale=tc.ft_tower_lr_scale,
-                                   price_match=tc.price_match, head_input=tc.head_input, rt_lr=tc.rt_lr, rt_epochs=tc.rt_epochs,
+                                   price_match=tc.price_match, head_input=tc.head_input, rt_lr=tc.rt_lr,
+                                   rt_epochs=tc.rt_epochs,
                                    reader_workers=cfg.training.reader_workers,
                                    weighting=cfg.training.weighting, torch_threads=cfg.training.torch_threads)
     tags = {"job": JOB, "job_run_id": ctx.run_id, "transfer_date": ds, "snapshot_dt": snap,
