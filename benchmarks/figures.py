@@ -103,7 +103,7 @@ def transfer_curves(payload: Mapping[str, Any]) -> Any:
         xs = [sum(c[i]["elapsed_seconds"] for c in curves) / len(curves) for i in range(n)]
         ys = [sum(c[i]["valid_auc"] for c in curves) / len(curves) for i in range(n)]
         ax.plot(xs, ys, marker="o", label=TRANSFER_LABELS.get(m, m))
-    oracle = payload.get("oracle_test_auc", {}).get("mean")
+    oracle = (payload.get("oracle_test_auc") or {}).get("mean")
     if _finite(oracle):
         ax.axhline(oracle, color="grey", linestyle="--", linewidth=1, label="oracle (test rows)")
     ax.set_xscale("log")

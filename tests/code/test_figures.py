@@ -39,6 +39,8 @@ def test_transfer_curves_average_the_seeds_and_name_a_file_without_curves() -> N
     fig = transfer_curves({"runs": [run, other], "oracle_test_auc": {"mean": 0.79}})
     rt = fig.axes[0].get_lines()[0]
     assert list(rt.get_xdata()) == [3.0] and list(rt.get_ydata()) == pytest.approx([0.7])
+    # bench_transfer --no-oracle writes oracle_test_auc None: no oracle line, the methods' curves still drawn
+    assert len(transfer_curves({"runs": [run], "oracle_test_auc": None}).axes[0].get_lines()) == 1
     with pytest.raises(ValueError, match="no per-epoch curves"):
         transfer_curves({"runs": [{"methods": {}}]})
 
