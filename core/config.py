@@ -375,8 +375,8 @@ class TransferConfig(_Strict):
     lr: float = Field(0.005, gt=0)
     rt_lr: float | None = Field(None, gt=0, description="RT's learning rate (default lr): a shallow head on a "
                                 "frozen vector, whose best epoch a coarse lr leaves to chance")
-    rt_epochs: int | None = Field(None, ge=1, description="RT's cap on passes (default epochs); an RT epoch costs "
-                                  "about a second on the demo world")
+    rt_epochs: int | None = Field(None, ge=1, description="RT's cap on passes (default epochs); an RT epoch takes "
+                                  "under a second on the demo world")
     ft_tower_lr_scale: float = Field(1.0, gt=0, le=1, description="FT: the pre-trained user tower learns at this "
                                      "fraction of lr, the new shop head at lr (discriminative fine-tuning)")
     price_match: bool = Field(False, description="the shop head also reads the shop's relative price minus the "

@@ -18,12 +18,16 @@ this module holds the models, the batches, the training loop and the report:
 * ``ra`` all tasks retrained: a fresh :class:`training.model.DUPNModel` (that version's spec)
   plus the shop head, trained jointly on the original tasks' example groups and the shop rows
   mixed into every batch (:func:`merge_batches`; each loss selects its own rows). Its budget is
-  ``ra_mix`` original rows per shop row and step, for the same number of epochs as the others.
+  ``ra_mix`` original rows per shop row and step, for the same number of epochs as FT and RS.
 
-The protocol (:func:`fit`): every method trains up to ``epochs`` epochs (fewer with
-``transfer.patience``: early stopping on validation), is scored on the **validation** split after
-each, keeps the weights of its best validation epoch, and the **test** split is scored once, with
-those weights. Every method reads exactly the same rows of each split (checked by row fingerprints).
+Every shop head reads the part of the representation ``transfer.head_input`` names (:func:`head_reads`)
+beside the shop and match features.
+
+The protocol (:func:`fit`): every method trains up to ``epochs`` epochs (RT ``rt_epochs``, at its own
+``rt_lr``; fewer with ``transfer.patience``: early stopping on validation), is scored on the
+**validation** split after each, keeps the weights of its best validation epoch, and the **test**
+split is scored once, with those weights. Every method reads exactly the same rows of each split
+(checked by row fingerprints).
 
 Shapes: B = batch size, L = max_len, R = representation dim, Ds = shop embedding dim,
 G = training_set.group_size (impression slots of an original row).
