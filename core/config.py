@@ -362,6 +362,9 @@ class PublishConfig(_Strict):
     index: IndexConfig = Field(default_factory=IndexConfig)
 
 
+HeadInput = Literal["full", "dense", "match"]  # transfer.head_input's values
+
+
 class TransferConfig(_Strict):
     """``jobs/transfer.py``: users split by hash into train / validation / test; each method's
     epoch is chosen on validation and the test split is scored once with it."""
@@ -381,7 +384,7 @@ class TransferConfig(_Strict):
                                      "fraction of lr, the new shop head at lr (discriminative fine-tuning)")
     price_match: bool = Field(False, description="the shop head also reads the shop's relative price minus the "
                               "user's mean of each behaviour type (the item heads' model.price_match)")
-    head_input: Literal["full", "dense", "match"] = Field(
+    head_input: HeadInput = Field(
         "full", description="what of the user representation the shop head's MLP reads beside the match features: "
         "full = every column, dense = the dense part (a DUPN vector's first model.representation_dim columns, not "
         "its interests, prices and category profile), match = none (the shop features and the match features only)")

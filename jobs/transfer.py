@@ -90,7 +90,7 @@ def run(ctx: JobContext) -> str:
                   "seed": tc.seed, "epochs": tc.epochs, "patience": tc.patience,
                   "selection": "best validation AUC epoch", "ft_tower_lr_scale": tc.ft_tower_lr_scale,
                   "price_match": tc.price_match, "head_input": tc.head_input,
-                  "rt_lr": tc.rt_lr or tc.lr, "rt_epochs": tc.rt_epochs or tc.epochs,
+                  "rt_lr": settings.rt_step, "rt_epochs": settings.rt_cap,
                   "batch_size": tc.batch_size, "lr": tc.lr, "optimizer": "adam", "ra_mix": ra_mix,
                   "ra_weighting": cfg.training.weighting.kind, "base_model_version": base.version,
                   "rep_model_versions": ",".join(stats.rep_model_versions), "rep_dim": stats.rep_dim,

@@ -40,7 +40,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, cast
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, cast, get_args
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core import tables as t
-from core.config import TrainingConfig, WeightingConfig
+from core.config import HeadInput, TrainingConfig, WeightingConfig
 from core.errors import DataQualityError, PlatformError
 from features.transfer import FINGERPRINT_MOD, SHOP_DENSE, SHOP_FIELDS, SPLITS, OriginalData, TransferFiles
 from training import evaluation
@@ -123,7 +123,7 @@ class ShopHead(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
-HEAD_INPUTS = ("full", "dense", "match")
+HEAD_INPUTS: tuple[str, ...] = get_args(HeadInput)
 
 
 def head_reads(head_input: str, rep_dim: int, dense_dim: int, match_dim: int) -> int:
@@ -732,6 +732,16 @@ class TransferSettings:
     head_input: str = "full"
     rt_lr: float | None = None
     rt_epochs: int | None = None
+
+    @property
+    def rt_step(self) -> float:
+        """RT's learning rate: ``rt_lr``, else the shared ``lr``."""
+        return self.rt_lr or self.lr
+
+    @property
+    def rt_cap(self) -> int:
+        """RT's cap on epochs: ``rt_epochs``, else the shared ``epochs``."""
+        return self.rt_epochs or self.epochs
     reader_workers: int = 1
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
     torch_threads: int | None = None
@@ -761,7 +771,7 @@ def run_rt(files: TransferFiles, rep_dim: int, spec: ModelSpec, s: TransferSetti
     started = time.perf_counter()
     torch.manual_seed(s.seed)
     model = RepresentationTransfer(rep_dim, spec, s.price_match, s.head_input)
-    return _fit_shop(ShopTask("rt", model, s.rt_lr or s.lr), files, RT_FIELDS, s, started, epochs=s.rt_epochs)
+    return _fit_shop(ShopTask("rt", model, s.rt_step), files, RT_FIELDS, s, started, epochs=s.rt_cap)
 
 
 def run_ft(files: TransferFiles, champion: DUPNModel, s: TransferSettings) -> MethodResult:
