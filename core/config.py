@@ -233,6 +233,10 @@ class ModelConfig(_Strict):
                                    "adds an interest and the log of its decayed behaviour count")
     recency_by_behavior: bool = Field(False, description="each time-decay pool also learns a weight per behaviour "
                                       "type (click, fav, cart, buy), e.g. to follow recent purchases")
+    purchase_pool: bool = Field(False, description="with time-decay pools: one more pool that counts purchases "
+                                "only (its own learned weight per age bucket), so an interest, a decayed count and "
+                                "(with the category profile) a count per category say what the user bought apart "
+                                "from what they clicked")
     category_profile: int = Field(0, ge=0, description="with time-decay pools: each pool's decayed behaviour "
                                   "count per category (category index mod this many buckets) is published, and "
                                   "heads read the count in the target's own category (0 = off)")
@@ -260,6 +264,9 @@ class ModelConfig(_Strict):
             raise ValueError(f"recency_interests ({self.recency_interests}) pools behaviours by their properties "
                              f"(age, behaviour type), which property_in={self.property_in!r} leaves out; use "
                              f"property_in all or attention, or recency_interests: 0")
+        if self.purchase_pool and not self.recency_interests:
+            raise ValueError("purchase_pool adds a time-decay pool of the purchases beside the others; set "
+                             "recency_interests > 0 or purchase_pool: false")
         if self.category_profile and not self.recency_interests:
             raise ValueError(f"category_profile ({self.category_profile}) counts the time-decay pools' behaviours "
                              f"per category; set recency_interests > 0 or category_profile: 0")
@@ -293,6 +300,18 @@ class PromotionConfig(_Strict):
     auto_promote: bool = True
 
 
+class LRScheduleConfig(_Strict):
+    """The learning rate over a run (``training/step.py:lr_factor``): ``constant`` keeps ``lr``;
+    ``linear`` and ``cosine`` take it from ``lr`` (after ``warmup_steps`` of linear warm-up from 0)
+    down to ``final_fraction`` x ``lr`` at the end of ``epochs`` epochs (default, and at most, the
+    run's epoch cap) and hold it there."""
+
+    kind: Literal["constant", "linear", "cosine"] = "constant"
+    epochs: float | None = Field(None, gt=0, description="epochs the decay spans (default: the run's epoch cap)")
+    final_fraction: float = Field(0.0, ge=0, le=1, description="lr at the end of the decay, as a share of lr")
+    warmup_steps: int = Field(0, ge=0)
+
+
 class EarlyStoppingConfig(_Strict):
     """Model selection on the validation split (``training/evaluation.py``'s selection score):
     the validation split is scored ``evals_per_epoch`` times per epoch; training stops after
@@ -321,6 +340,7 @@ class TrainingConfig(_Strict):
     optimizer: Literal["adagrad", "adam", "sgd"] = "adagrad"
     lr: float = Field(0.001, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: LRScheduleConfig = Field(default_factory=LRScheduleConfig)
     batch_size: int = Field(1024, ge=1)
     ema_decay: float = Field(0.0, ge=0, lt=1, description="validation scores, and training keeps, an exponential "
                              "moving average of the weights with this decay per step (0 = the weights themselves)")

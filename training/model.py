@@ -77,10 +77,15 @@ def behaviour_prices(rel_price: Tensor, behavior: Tensor, valid: Tensor) -> Tens
     return torch.stack(out, dim=1)
 
 
+def pool_count(m: "ModelConfig") -> int:
+    """P: the time-decay pools of a DUPN tower, the purchases' pool (``model.purchase_pool``) included."""
+    return m.recency_interests + (1 if m.purchase_pool and m.recency_interests else 0)
+
+
 def interest_layout(m: "ModelConfig") -> tuple[int, int, int]:
     """Where a DUPN representation holds its interests: (first column, count K + P, width Dk + 1); the
     first ``category_dim`` columns of each interest are in the item categories' space."""
-    return m.representation_dim, m.attention_heads + m.recency_interests, m.category_dim + m.tag_dim + 1
+    return m.representation_dim, m.attention_heads + pool_count(m), m.category_dim + m.tag_dim + 1
 
 
 def price_gaps(prices: Tensor, target: Tensor, log_price: Tensor) -> tuple[Tensor, Tensor]:
@@ -104,8 +109,9 @@ class UserTower(nn.Module):
     Linear -> ReLU -> the dense part (B, R). Each attention head also pools the behaviours' interest
     keys (category ‖ tag embeddings, :meth:`ItemEmbedding.key`) and their normalised price relative to
     the category: the K **interests** (B, K, Dk + 1) are the second part of the representation, the
-    behaviour-type prices (with properties) the third. With ``model.recency_interests`` = P > 0,
-    P time-decay pools (:class:`training.modules.RecencyPooling`) add P interests after the
+    behaviour-type prices (with properties) the third. With ``model.recency_interests`` > 0, P time-decay
+    pools (:class:`training.modules.RecencyPooling`; with ``model.purchase_pool`` one more, of the
+    purchases alone, so P = recency_interests + 1) add P interests after the
     attention's and the log of their decayed behaviour counts: (B, R + (K + P)·(Dk + 1) + 8 + P)
     in all; with ``model.category_profile`` = C > 0, last, each pool's log decayed count per category
     bucket (:func:`training.modules.category_profile`), P·C more columns. Heads match a target's key against
@@ -141,9 +147,11 @@ class UserTower(nn.Module):
         # each interest: the pooled key (category ‖ tags) and the pooled relative price of its behaviours
         _, _, self.interest_dim = interest_layout(m)
         assert self.interest_dim == self.key_dim + 1
-        self.recency_pools = m.recency_interests
+        self.recency_pools = pool_count(m)
         self.recency = RecencyPooling(spec.vocab["time_bucket"], m.recency_interests,
-                                      behaviors=spec.vocab["behavior"] if m.recency_by_behavior else 0) \
+                                      behaviors=spec.vocab["behavior"] if m.recency_by_behavior else 0,
+                                      only=(BEHAVIOR_INDEX["buy"],) if m.purchase_pool else (),
+                                      behavior_vocab=spec.vocab["behavior"]) \
             if m.recency_interests else None
         self.n_interests = self.heads + self.recency_pools
         self._prices_at = m.representation_dim + self.n_interests * self.interest_dim

@@ -420,31 +420,53 @@ class RecencyPooling(nn.Module):
 
     With ``behaviors`` > 0, each pool also learns a log-weight per behaviour type (starting at 0), so
     a pool can follow, e.g., the recent purchases: ``w_{r,t} = exp(a_r[age_t] + b_r[behaviour_t])``.
+    Each behaviour type in ``only`` adds one pool, after the ``pools`` others, that counts behaviours of
+    that type alone (weight 0 on the others; its age weights start as the slowest pool's).
 
     Args:
         buckets: the time-bucket vocabulary (0 = padding).
-        pools: R.
+        pools: the pools over every behaviour; R = pools + len(only).
         behaviors: the behaviour-type vocabulary, or 0 for weights by age only.
+        only: behaviour-type indices, one more pool each (e.g. purchases: ``model.purchase_pool``).
+        behavior_vocab: the behaviour-type vocabulary's size (needed with ``only``).
     """
 
-    def __init__(self, buckets: int, pools: int, max_log_weight: float = 2.0, behaviors: int = 0) -> None:
+    def __init__(self, buckets: int, pools: int, max_log_weight: float = 2.0, behaviors: int = 0,
+                 only: Sequence[int] = (), behavior_vocab: int = 0) -> None:
         super().__init__()
         rates = torch.logspace(0.0, -1.0, pools) if pools > 1 else torch.ones(1)
+        if only:  # each pool of one behaviour type decays like the slowest of the others at first
+            rates = torch.cat([rates, rates[-1:].expand(len(only))])
+        total = pools + len(only)
         age = torch.arange(buckets, dtype=torch.float32).clamp_min(1.0) - 1.0
         self.log_weight = nn.Parameter(-rates.unsqueeze(1) * age.unsqueeze(0))  # (R, buckets)
-        self.behavior_log_weight = nn.Parameter(torch.zeros(pools, behaviors)) if behaviors else None
+        self.behavior_log_weight = nn.Parameter(torch.zeros(total, behaviors)) if behaviors else None
         self.max_log_weight = max_log_weight
+        self.allowed: Tensor | None
+        if not only:
+            self.allowed = None
+        else:
+            if not behavior_vocab or max(only) >= behavior_vocab:
+                raise ValueError(f"pools of behaviour types {list(only)} need the behaviour vocabulary's size "
+                                 f"(behavior_vocab={behavior_vocab})")
+            allowed = torch.ones(total, behavior_vocab)
+            for r, kind in enumerate(only, start=pools):
+                allowed[r] = 0.0
+                allowed[r, kind] = 1.0
+            self.register_buffer("allowed", allowed, persistent=False)
 
     def weights(self, time_bucket: Tensor, valid: Tensor, behavior: Tensor | None = None) -> Tensor:
         """time_bucket (B, L) int64, valid (B, L) bool (, behavior (B, L) int64, needed with behaviour
         weights) -> each pool's weight of each behaviour (B, R, L), 0 on padding."""
         log_w = self.log_weight[:, time_bucket]  # (R, B, L)
+        if (self.behavior_log_weight is not None or self.allowed is not None) and behavior is None:
+            raise ValueError("this RecencyPooling weighs behaviour types; pass behavior=(B, L)")
         if self.behavior_log_weight is not None:
-            if behavior is None:
-                raise ValueError("this RecencyPooling weighs behaviour types; pass behavior=(B, L)")
             log_w = log_w + self.behavior_log_weight[:, behavior]
-        log_w = log_w.clamp(max=self.max_log_weight)
-        return torch.exp(log_w).permute(1, 0, 2) * valid.unsqueeze(1).to(log_w.dtype)
+        w = torch.exp(log_w.clamp(max=self.max_log_weight))
+        if self.allowed is not None:
+            w = w * self.allowed[:, behavior]  # pools of one behaviour type: 0 on the others
+        return w.permute(1, 0, 2) * valid.unsqueeze(1).to(log_w.dtype)
 
     def forward(self, keys: Tensor, time_bucket: Tensor, valid: Tensor,
                 behavior: Tensor | None = None, weights: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from core.config import TrainingConfig
+from core.config import LRScheduleConfig, TrainingConfig
 from training.losses import row_counts, task_losses
 from training.model import unwrap
 from training.weighting import TaskWeighting
@@ -44,6 +44,28 @@ def build_optimizer(model_params: Iterable[nn.Parameter], cfg: TrainingConfig,
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr)
     raise ValueError(f"unknown optimizer '{cfg.optimizer}'; choose adagrad, adam or sgd")
+
+
+def lr_factor(schedule: LRScheduleConfig, step: int, steps_per_epoch: int, epochs: int) -> float:
+    """The share of ``lr`` that ``schedule`` gives the optimiser step after ``step`` steps, in a run of at
+    most ``epochs`` epochs of ``steps_per_epoch`` steps (``training.lr_schedule``)."""
+    if schedule.warmup_steps and step < schedule.warmup_steps:
+        return (step + 1) / schedule.warmup_steps
+    if schedule.kind == "constant":
+        return 1.0
+    span_epochs = min(schedule.epochs, epochs) if schedule.epochs is not None else epochs
+    span = max(1, round(span_epochs * steps_per_epoch) - schedule.warmup_steps)
+    done = min(1.0, (step - schedule.warmup_steps) / span)
+    shape = 1.0 - done if schedule.kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+    return schedule.final_fraction + (1.0 - schedule.final_fraction) * shape
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: LRScheduleConfig, steps_per_epoch: int,
+                    epochs: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """``optimizer``'s learning rates (every parameter group's) scaled by :func:`lr_factor`; call its
+    ``step()`` after each optimiser step."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(schedule, step, steps_per_epoch, epochs))
 
 
 def _average_across_processes(params: Sequence[nn.Parameter]) -> None:

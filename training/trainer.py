@@ -36,7 +36,7 @@ from training.losses import LOSS_NAMES, row_counts, task_losses
 from training.model import TaskModel, build_model, last_shared_layer, unwrap
 from training.progress import Progress, ensure_output
 from training.spec import ModelSpec
-from training.step import AttentionByProperty, TrainTask
+from training.step import AttentionByProperty, TrainTask, build_scheduler
 from training.weighting import build_weighting
 
 logger = logging.getLogger(__name__)
@@ -349,6 +349,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     steps_per_epoch = max(1, math.ceil(rows_total / world / cfg.batch_size))
     if plan.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, max(plan.max_steps_per_epoch, 1))
+    scheduler = build_scheduler(task.optimizer, cfg.lr_schedule, steps_per_epoch, plan.epochs)
     evals = max(1, cfg.early_stopping.evals_per_epoch) if plan.select else 1
     eval_every = max(1, math.ceil(steps_per_epoch / evals))
     selector = _Selector(cfg.early_stopping.patience, cfg.early_stopping.min_delta)
@@ -394,7 +395,8 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
             if plan.max_steps_per_epoch is not None and n_steps >= plan.max_steps_per_epoch:
                 break
             assert batch is not None  # every rank has one (checked collectively above)
-            stats = task.step(batch)
+            stats = {**task.step(batch), "lr": float(scheduler.get_last_lr()[0])}
+            scheduler.step()
             if averaged is not None:
                 averaged.update_parameters(unwrap(model))
             examples = work.examples(batch)

@@ -471,6 +471,40 @@ def test_recency_interests_add_pools_masses_and_match_features() -> None:
     assert torch.all(after[1, -2:] < masses[1])  # older behaviours weigh less in every pool
 
 
+def test_the_purchase_pool_adds_a_pool_of_the_purchases_alone() -> None:
+    """model.purchase_pool: one more pool (an interest, a mass, a profile row and their match features) whose
+    profile counts the user's purchases per category and nothing else."""
+    torch.manual_seed(0)
+    plain = build_model(tiny_spec(recency_interests=2, category_profile=16))
+    bought = build_model(tiny_spec(recency_interests=2, category_profile=16, purchase_pool=True))
+    assert isinstance(plain, DUPNModel) and isinstance(bought, DUPNModel)
+    tower, before = bought.tower, plain.tower
+    assert isinstance(tower, UserTower) and isinstance(before, UserTower)
+    assert tower.recency_pools == 3 and bought.embedding_dim - plain.embedding_dim == tower.interest_dim + 1 + 16
+    assert tower.match_dim - before.match_dim == 2 + 1 + 2  # cosines, cosine x mass, count and share
+    batch = random_batch(n=12, seed=3)
+    with torch.no_grad():
+        rep = bought.eval()(batch)["representation"]
+    profile = tower.category_profile(rep)[:, 2]  # (B, 16): the purchases' row
+    n = int(batch["seq_len"].max())
+    valid = torch.arange(n).unsqueeze(0) < batch["seq_len"].unsqueeze(1)
+    buys = (batch["seq_behavior"][:, :n] == BEHAVIOR_INDEX["buy"]) & valid
+    has = torch.zeros(12, 16, dtype=torch.bool)
+    for b in range(12):
+        has[b, batch["seq_category"][b, :n][buys[b]] % 16] = True
+    assert buys.any() and (~buys & valid).any()
+    assert torch.equal(profile > 0, has)  # a category's count is positive exactly where the user bought
+    changed = dict(batch)
+    changed["seq_behavior"] = torch.where(buys, BEHAVIOR_INDEX["click"], batch["seq_behavior"][:, :n])
+    changed["seq_behavior"] = torch.cat([changed["seq_behavior"], batch["seq_behavior"][:, n:]], dim=1)
+    with torch.no_grad():
+        after = bought(changed)["representation"]
+    assert (tower.category_profile(after)[:, 2] == 0).all() and (tower.activity(after)[:, 2] == 0).all()
+    _total(bought.train(), batch).backward()  # trains end to end
+    with pytest.raises(ValueError, match="purchase_pool"):
+        tiny_spec(purchase_pool=True)
+
+
 def test_price_match_gives_item_heads_the_targets_gap_to_the_users_prices() -> None:
     """With model.price_match the item heads read 8 more match features: the target's normalised relative
     price minus the user's mean of each behaviour type (click, fav, cart, buy), and its absolute value,

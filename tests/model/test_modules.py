@@ -249,6 +249,26 @@ def test_recency_pooling_weighs_behaviours_by_age_and_type_without_normalising()
     assert (empty == 0).all() and (none == 0).all()
 
 
+def test_a_pool_of_one_behaviour_type_counts_that_type_alone() -> None:
+    pool = RecencyPooling(buckets=5, pools=2, only=(3,), behavior_vocab=4)
+    assert pool.log_weight.shape == (3, 5)
+    torch.testing.assert_close(pool.log_weight[2], pool.log_weight[1])  # starts as the slowest pool
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]]])  # the third is padding
+    bucket, valid = torch.tensor([[1, 2, 1]]), torch.tensor([[True, True, False]])
+    behavior = torch.tensor([[2, 3, 3]])
+    w = pool.weights(bucket, valid, behavior)
+    assert (w[0, 2] == torch.tensor([0.0, float(torch.exp(pool.log_weight[2, 2].detach())), 0.0])).all()
+    assert (w[0, :2, :2] > 0).all()  # the other pools count both behaviours
+    pooled, log_mass = pool(keys, bucket, valid, behavior)
+    torch.testing.assert_close(pooled[0, 2], torch.tensor([0.0, 1.0]))  # the pool's only behaviour's key
+    empty, none = pool(keys, bucket, valid, torch.tensor([[2, 2, 3]]))  # no behaviour of the type
+    assert (empty[0, 2] == 0).all() and none[0, 2] == 0 and none[0, 0] > 0
+    with pytest.raises(ValueError, match="behaviour types"):
+        pool(keys, bucket, valid)
+    with pytest.raises(ValueError, match="behaviour vocabulary"):
+        RecencyPooling(buckets=5, pools=2, only=(3,))
+
+
 def test_category_profile_counts_each_pools_decayed_behaviours_per_category() -> None:
     """Entry (b, r, c) is log(1 + pool r's weight summed over user b's behaviours in category c); padding and
     other users' behaviours add nothing; with fewer buckets than categories, index mod buckets."""
