@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence, get_args
 from benchmarks import figures
 from benchmarks.common import ROOT, WORK, commit, machine, run_job
 from core import tables as t
-from core.config import Config, ModelFamily, load_config
+from core.config import Config, LRScheduleConfig, ModelFamily, load_config
 from core.delta import DeltaTables, get_tables
 from core.spark import get_spark
 from training import evaluation as ev
@@ -136,6 +136,20 @@ ROWS: tuple[Row, ...] = (
     # its runs were made as the row that tried the target priors, before they became the platform's
     Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",),
         cache_as="dupn_priors"),
+    # settings tried on the platform's model of 2026-12-06 (the priors on), each against DUPN-all's runs on validation
+    Row("dupn_cosine", "DUPN-all with the learning rate on a cosine from lr to 0 over 2 epochs", "DUPN ablations",
+        ("training.model.property_in=all", "training.lr_schedule.kind=cosine", "training.lr_schedule.epochs=2")),
+    Row("dupn_linear3", "DUPN-all with the learning rate falling linearly from lr to 0 over 3 epochs",
+        "DUPN ablations",
+        ("training.model.property_in=all", "training.lr_schedule.kind=linear", "training.lr_schedule.epochs=3")),
+    Row("dupn_head128", "DUPN-all with heads of 128 hidden units (64 in the platform's model)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.head_hidden=128")),
+    Row("dupn_by_behavior", "DUPN-all with time-decay pools that also weigh behaviour types (so a pool, and its "
+        "category profile, can follow e.g. the purchases)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.recency_by_behavior=true")),
+    Row("dupn_purchase_pool", "DUPN-all with a time-decay pool of the purchases alone (its interest, decayed count "
+        "and category profile)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.purchase_pool=true")),
     Row("dupn_nopriors", "DUPN-all without the target priors (the platform's model before them)", "DUPN ablations",
         ("training.model.property_in=all", NOPRIORS), cache_as=REFERENCE),
     Row("dupn_catalogue", "DUPN-all with prices relative to the catalogue's mean, without the average of the weights "
@@ -254,14 +268,17 @@ def data_fingerprint(data: TrainingData) -> str:
 LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "recency_interests": (0, frozenset({"dupn"})),
     "recency_by_behavior": (False, frozenset({"dupn"})),
+    "purchase_pool": (False, frozenset({"dupn"})),
     "category_profile": (0, frozenset({"dupn"})),
     "price_reference": ("catalogue", frozenset(get_args(ModelFamily))),
     "price_match": (False, frozenset({"dupn"})),
     "target_priors": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
 }
+# Rows that vary the platform's model as it is (made after the target priors, which they keep on).
+PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool")
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
-LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0}
+LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "lr_schedule": LRScheduleConfig().model_dump()}
 
 
 def _without_later_fields(part: Any) -> Any:
@@ -544,6 +561,8 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
     if ref is not None:
         lines += _against(ref, [r for r in results if r is not ref and not r.same_as], marked,
                           "## DUPN-all against every other row")
+    if ref is not None and ref.outcomes:
+        lines += validation_table(ref, [r for r in results if not r.same_as])
     base = next((r for r in results if r.row.key == NOPROFILE_REFERENCE and r.summary["ctr_auc"].n), None)
     if base is not None:
         lines += _against(base, [r for r in results if NOPROFILE in r.row.overrides and r is not base
@@ -570,6 +589,48 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         for task, feats in imp.items():
             lines.append(f"* {task} ({trees.get(task)} trees): " + ", ".join(f"{n}" for n, _ in feats[:6]))
     return "\n".join(lines) + "\n"
+
+
+VALIDATION_COLUMNS = ("ctr_auc", "ctcvr_auc", "l2r_auc", "follow_auc", "ppp_accuracy")
+
+
+def paired_difference(ref: RowResult, row: RowResult, column: str) -> tuple[float, float, int]:
+    """``row`` minus ``ref`` on the validation day's selected ``column``, over the seeds both ran: (mean,
+    standard error of the mean (NaN for one seed), seeds)."""
+    by_seed = {o.seed: o.valid.get(column, math.nan) for o in ref.outcomes}
+    diffs = [o.valid.get(column, math.nan) - by_seed[o.seed] for o in row.outcomes if o.seed in by_seed]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    if not diffs:
+        return math.nan, math.nan, 0
+    s = ev.summarize(diffs)
+    return s.mean, (s.std / math.sqrt(s.n) if s.n > 1 else math.nan), s.n
+
+
+def validation_table(ref: RowResult, rows: Sequence[RowResult]) -> list[str]:
+    """The rows' selected validation metrics, and each row's paired difference from ``ref``: what the choice of
+    a setting reads (the test day above is scored once, after it)."""
+    lines = ["", "## The validation day: what selection and the choice of a setting read", "",
+             "Each row's validation metrics at its selected scoring (mean ± std over its seeds) and, in brackets, "
+             f"its paired difference from {ref.row.label.split(' (')[0]} over the seeds both ran (mean ± standard "
+             "error; **bold** beyond two standard errors; one seed: the difference alone).", "",
+             "| model | seeds | " + " | ".join(HEAD[c] for c in VALIDATION_COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(VALIDATION_COLUMNS)]
+    for r in rows:
+        if not r.outcomes:
+            continue
+        cells = []
+        for c in VALIDATION_COLUMNS:
+            s = ev.summarize(o.valid.get(c, math.nan) for o in r.outcomes)
+            text = f"{s.mean:.4f}" if s.n == 1 else _fmt(s)
+            mean, se, n = paired_difference(ref, r, c) if r is not ref else (math.nan, math.nan, 0)
+            if n == 1:
+                text += f" ({mean:+.4f})"
+            elif n > 1:
+                diff = f"{mean:+.4f} ± {se:.4f}"
+                text += f" (**{diff}**)" if abs(mean) > 2 * se else f" ({diff})"
+            cells.append(text)
+        lines.append(f"| {r.row.label} | {', '.join(str(o.seed) for o in r.outcomes)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _against(ref: RowResult, rows: Sequence[RowResult], marked: Sequence[str], title: str,

@@ -1,7 +1,8 @@
 """The comparison table is written from the runs: marks, missing seeds, convergence flags."""
 from __future__ import annotations
 
-from benchmarks.bench_comparison import NOPROFILE, REFERENCE, ROWS, Row, RowResult, _cache_key, lift_share, markdown
+from benchmarks.bench_comparison import (NOPRIORS, NOPROFILE, PROBES, REFERENCE, ROWS, Row, RowResult, _cache_key,
+                                         lift_share, markdown, paired_difference)
 from training.experiment import RunOutcome
 
 CONTEXT = {"command": "python -m benchmarks.bench_comparison", "machine": "2 cores", "date": "2026-12-01",
@@ -33,6 +34,29 @@ def test_table_marks_best_noise_missing_seeds_and_runs_still_improving() -> None
     assert "≈" not in wide_line.split("|")[3]  # 0.70 vs 0.80: beyond noise
     vs = text.split("## DUPN-all against every other row")[1]
     assert any(line.startswith("| Wide") and "| > |" in line for line in vs.splitlines())
+
+
+def test_the_validation_table_pairs_each_row_with_the_reference_over_the_seeds_both_ran() -> None:
+    def with_valid(key: str, seed: int, ctr: float) -> RunOutcome:
+        o = outcome(key, seed, 0.8)
+        o.valid = {"ctr_auc": ctr, "follow_auc": 0.7}
+        return o
+
+    ref = RowResult(row(REFERENCE), [with_valid(REFERENCE, s, 0.80 + 0.01 * s) for s in (0, 1, 2)])
+    # +0.002 on seeds 0 and 1 (+0.003, +0.001): paired, within noise of the reference's spread; a seed 5 it lacks
+    close = RowResult(row("dupn_cosine"), [with_valid("dupn_cosine", 0, 0.803), with_valid("dupn_cosine", 1, 0.811),
+                                           with_valid("dupn_cosine", 5, 0.9)])
+    lower = RowResult(row("dupn_head128"), [with_valid("dupn_head128", s, 0.79 + 0.01 * s) for s in (0, 1, 2)])
+    one = RowResult(row("dupn_linear3"), [with_valid("dupn_linear3", 2, 0.825)])
+    mean, se, n = paired_difference(ref, close, "ctr_auc")
+    assert n == 2 and abs(mean - 0.002) < 1e-9 and abs(se - 0.001) < 1e-9
+    assert paired_difference(ref, lower, "ctr_auc")[:2][0] < -0.0099 and paired_difference(ref, one, "ctr_auc")[2] == 1
+    text = markdown([ref, close, lower, one], ORACLE, CONTEXT).split("## The validation day")[1]
+    lines = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| DUPN")}
+    assert "(+0.0020 ± 0.0010)" in lines[row("dupn_cosine").label]  # one standard error from 0: not bold
+    assert "(**-0.0100 ± 0.0000**)" in lines[row("dupn_head128").label]
+    assert "| 2 | 0.8250 (+0.0050) |" in lines[row("dupn_linear3").label]  # one seed: its value and the difference
+    assert "0.8100 ± 0.0100 |" in lines[row(REFERENCE).label]
 
 
 def test_lift_share() -> None:
@@ -188,6 +212,8 @@ def test_dupn_all_finds_the_runs_made_as_dupn_priors_and_dupn_nopriors_those_mad
     assert _cache_key(rows["dupn_nopriors"], off, 3, 0) == _cache_key(Row(REFERENCE, "", "DUPN ablations"), before,
                                                                       3, 0)
     assert _cache_key(rows[REFERENCE], on, 3, 0) != _cache_key(rows["dupn_nopriors"], off, 3, 0)
-    pinned = [r.key for r in ROWS if r.kind in ("neural", "stl") and r.key != REFERENCE
+    pinned = [r.key for r in ROWS if r.kind in ("neural", "stl") and r.key != REFERENCE and r.key not in PROBES
               and "training.model.target_priors=false" not in r.overrides]
     assert pinned == []
+    # the probes vary the platform's model as it is: the priors stay on
+    assert all(NOPRIORS not in rows[k].overrides and rows[k].kind == "neural" for k in PROBES)
