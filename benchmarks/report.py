@@ -55,12 +55,21 @@ SECTIONS: tuple[Section, ...] = (
             command="python -m benchmarks.bench_comparison --rows dupn_all dupn_nopriors gbdt gbdt_noitem "
                     "--name comparison_priors --cache-dir benchmarks/results/comparison_priors_runs "
                     "--set lake_root=<a make demo's lake>"),
+    Section("Settings tried on the platform's model: learning-rate schedules, wider heads, behaviour-weighted pools, "
+            "a purchase pool", "comparison_probes.md",
+            "Each against DUPN-all's runs on the same lake; chosen on the validation table (none was kept).",
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_cosine dupn_linear3 dupn_head128 "
+                    "dupn_by_behavior dupn_purchase_pool gbdt_noitem --name comparison_probes "
+                    "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
     Section("Do the published vectors tell users apart", "neighbours.md",
             "The 10 nearest neighbours of sampled users against the demo world's truth (top interest, tier)."),
     Section("Purchasing power: what behaviour can reveal", "ppp_ceiling.md",
             "The Bayes ceiling of the tier task beside the models' accuracies on the same users."),
+    Section("The item tasks by slice: where the GBDT's lead is", "slices.md",
+            "CTR and CTCVR AUC of DUPN-all, the GBDT and the oracle on slices of the test day, and the GBDT without "
+            "each group of its category features; one seed."),
     Section("Census-income against torch-rechub and the papers", "census.md",
             "The tabular multi-task path: every sharing design × task weighting, 5 seeds."),
     Section("Census-income speed, measured alone", "census_quiet.md",

@@ -73,7 +73,10 @@ def _matrix(data: Mapping[str, np.ndarray], rows: np.ndarray, features: Sequence
         if len(features) else np.zeros((int(rows.sum()), 0), np.float32)
 
 
-def _rows(data: Mapping[str, np.ndarray], task: str, training: bool) -> np.ndarray:
+def task_rows(data: Mapping[str, np.ndarray], task: str, training: bool) -> np.ndarray:
+    """The rows of ``data`` (a :func:`load_split`) that hold ``task``'s examples, in the order its predictions
+    list them; ``training``: only those a booster trains on (sampled-out impressions and follows, and PPP
+    labels of users outside the training group, left out)."""
     kind = np.asarray(data["task"]).astype(str)
     if task in ("ctr", "ctcvr"):
         rows = kind == "impressions"
@@ -94,7 +97,7 @@ def _fit(task: str, train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndar
          params: GBDTParams, seed: int) -> Any:
     import lightgbm as lgb
 
-    tr, va = _rows(train, task, True), _rows(valid, task, False)
+    tr, va = task_rows(train, task, True), task_rows(valid, task, False)
     p = params.lightgbm(seed)
     if task in ("ctr", "cvr"):
         y_tr = train["label_click" if task == "ctr" else "label_buy"][tr]
@@ -143,7 +146,7 @@ def predictions(boosters: Mapping[str, Any], data: Mapping[str, np.ndarray],
     """:class:`Predictions` of one split from the task boosters."""
     out = Predictions()
     if "ctr" in boosters:
-        rows = _rows(data, "ctr", False)
+        rows = task_rows(data, "ctr", False)
         p = _predict(boosters["ctr"], data, rows, features["ctr"])
         out.ctr = {"prob": p, "click": data["label_click"][rows], "buy": data["label_buy"][rows],
                    "user": data["user_id"][rows]}
@@ -152,12 +155,12 @@ def predictions(boosters: Mapping[str, Any], data: Mapping[str, np.ndarray],
             out.ctr["cvr_prob"] = cvr
             out.ctr["ctcvr_prob"] = p * cvr
     if "l2r" in boosters:
-        rows = _rows(data, "l2r", False)
+        rows = task_rows(data, "l2r", False)
         out.l2r = {"score": _predict(boosters["l2r"], data, rows, features["l2r"]),
                    "click": data["label_click"][rows], "gain": data["l2r_gain"][rows],
                    "list_id": data["list_id"][rows], "user": data["user_id"][rows]}
     if "follow" in boosters:
-        rows = _rows(data, "follow", False)
+        rows = task_rows(data, "follow", False)
         out.follow = {"prob": _predict(boosters["follow"], data, rows, features["follow"]),
                       "label": data["label_follow"][rows], "user": data["user_id"][rows]}
     if "ppp" in boosters:
@@ -214,12 +217,12 @@ def heuristic_predictions(data: Mapping[str, np.ndarray], feature: str, tasks: S
         return np.where(np.isnan(x), -1.0, x)
 
     if "ctr" in tasks:
-        rows = _rows(data, "ctr", False)
+        rows = task_rows(data, "ctr", False)
         s = score(rows)
         out.ctr = {"prob": s, "cvr_prob": s, "ctcvr_prob": s, "click": data["label_click"][rows],
                    "buy": data["label_buy"][rows], "user": data["user_id"][rows]}
     if "l2r" in tasks:
-        rows = _rows(data, "l2r", False)
+        rows = task_rows(data, "l2r", False)
         out.l2r = {"score": score(rows), "click": data["label_click"][rows], "gain": data["l2r_gain"][rows],
                    "list_id": data["list_id"][rows], "user": data["user_id"][rows]}
     return out
