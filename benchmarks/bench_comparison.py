@@ -150,6 +150,11 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_purchase_pool", "DUPN-all with a time-decay pool of the purchases alone (its interest, decayed count "
         "and category profile)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.purchase_pool=true")),
+    Row("dupn_wd1e5", "DUPN-all with an L2 penalty of 1e-5 on the weights (training.weight_decay; 0 in the "
+        "platform's model)", "DUPN ablations",
+        ("training.model.property_in=all", "training.weight_decay=1e-5")),
+    Row("dupn_wd1e4", "DUPN-all with an L2 penalty of 1e-4 on the weights (training.weight_decay)", "DUPN ablations",
+        ("training.model.property_in=all", "training.weight_decay=1e-4")),
     Row("dupn_nopriors", "DUPN-all without the target priors (the platform's model before them)", "DUPN ablations",
         ("training.model.property_in=all", NOPRIORS), cache_as=REFERENCE),
     Row("dupn_catalogue", "DUPN-all with prices relative to the catalogue's mean, without the average of the weights "
@@ -275,7 +280,8 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "target_priors": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
 }
 # Rows that vary the platform's model as it is (made after the target priors, which they keep on).
-PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool")
+PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool", "dupn_wd1e5",
+          "dupn_wd1e4")
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
 LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "lr_schedule": LRScheduleConfig().model_dump()}

@@ -56,10 +56,11 @@ SECTIONS: tuple[Section, ...] = (
                     "--name comparison_priors --cache-dir benchmarks/results/comparison_priors_runs "
                     "--set lake_root=<a make demo's lake>"),
     Section("Settings tried on the platform's model: learning-rate schedules, wider heads, behaviour-weighted pools, "
-            "a purchase pool", "comparison_probes.md",
-            "Each against DUPN-all's runs on the same lake; chosen on the validation table (none was kept).",
+            "a purchase pool, weight decay", "comparison_probes.md",
+            "Each against DUPN-all's runs on the same lake, read on the validation table: only the weight decay of "
+            "1e-4 gains (docs/learning.md).",
             command="python -m benchmarks.bench_comparison --rows dupn_all dupn_cosine dupn_linear3 dupn_head128 "
-                    "dupn_by_behavior dupn_purchase_pool gbdt_noitem --name comparison_probes "
+                    "dupn_by_behavior dupn_purchase_pool dupn_wd1e5 dupn_wd1e4 gbdt_noitem --name comparison_probes "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
