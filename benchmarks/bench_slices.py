@@ -72,13 +72,12 @@ def recent_bucket(edges: Sequence[int], seconds: int) -> int:
 def batch_slices(batch: Mapping[str, Any], last_bucket: int) -> tuple[np.ndarray, np.ndarray]:
     """(search, recent) of every impression slot of a training-set batch, in the order in which
     :func:`training.evaluation.batch_predictions` lists the CTR predictions."""
-    import torch
+    from training.losses import slot_mask
+    from training.modules import valid_mask
 
-    g = batch["label_click"].shape[1]
-    slots = torch.arange(g).unsqueeze(0) < batch["n_items"].unsqueeze(1)
-    search = (batch["query_tokens"] > 0).any(dim=1).unsqueeze(1).expand(-1, g)
-    length = batch["seq_category"].shape[1]
-    valid = torch.arange(length).unsqueeze(0) < batch["seq_len"].unsqueeze(1)
+    slots = slot_mask(batch)
+    search = (batch["query_tokens"] > 0).any(dim=1).unsqueeze(1).expand_as(slots)
+    valid = valid_mask(batch["seq_len"], batch["seq_category"].shape[1])
     near = valid & (batch["seq_time_bucket"] >= 1) & (batch["seq_time_bucket"] <= last_bucket)
     same = batch["seq_category"].unsqueeze(1) == batch["item_category"].unsqueeze(2)  # (B, G, L)
     recent = (same & near.unsqueeze(1)).any(dim=2)
@@ -168,7 +167,8 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from training.datasets import serving_statistics, training_data
     from training.gbdt import GBDTParams, load_split, run_gbdt, task_rows
     from training.spec import ModelSpec
-    from training.trainer import TrainPlan, eval_source, train_process
+    from training.experiment import train_selected
+    from training.trainer import eval_source
 
     started = time.time()
     overrides = [*BUDGET, *args.overrides]
@@ -204,10 +204,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
                                  logit_offsets=data.logit_offsets,
                                  **stats.model_inputs(cfg.training.model.price_reference))
     training = cfg.training.model_copy(update={"seed": args.seed})
-    plan = TrainPlan(spec=spec.to_dict(), training=training, train_files=data.train_files,
-                     valid_files=data.valid_files, epochs=training.epochs, select=True)
-    result = train_process(plan)
-    assert result is not None
+    result = train_selected(spec, training, data)
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     pred = ev.predict(result.model(), eval_source(training, data.test_files, spec.tasks).batches(),
                       on_batch=lambda out, batch: parts.append(batch_slices(batch, last_bucket)))

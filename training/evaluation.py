@@ -88,9 +88,11 @@ def batch_predictions(outputs: Mapping[str, "Tensor"], batch: Mapping[str, "Tens
     and add them, with their labels, to ``collector``."""
     import torch
 
+    from training.losses import slot_mask
+
     n_items = batch["n_items"]
     g = batch["label_click"].shape[1]
-    mask = torch.arange(g).unsqueeze(0) < n_items.unsqueeze(1)
+    mask = slot_mask(batch)
     users = batch["user_id"] if "user_id" in batch else torch.zeros_like(n_items)
     slot_users = users.unsqueeze(1).expand(-1, g)[mask].numpy()
     if "ctr_logit" in outputs:

@@ -16,7 +16,7 @@ from training import evaluation as ev
 from training.datasets import TrainingData
 from training.model import GateStats, attach_gate_stats
 from training.spec import ModelSpec
-from training.trainer import TrainPlan, eval_source, train_process
+from training.trainer import TrainPlan, TrainResult, eval_source, train_process
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,18 @@ class RunOutcome:
         return RunOutcome(**data)
 
 
+def train_selected(spec: ModelSpec, training: TrainingConfig, data: TrainingData, progress: bool = True) -> TrainResult:
+    """Train ``spec`` with ``training`` on ``data``'s training split in this process, selecting its weights on
+    the validation split (the test split is not read)."""
+    plan = TrainPlan(spec=spec.to_dict(), training=training, train_files=data.train_files,
+                     valid_files=data.valid_files, epochs=training.epochs, select=True,
+                     max_steps_per_epoch=training.max_steps_per_epoch, progress=progress)
+    result = train_process(plan)
+    if result is None:
+        raise RuntimeError("training returned no result")
+    return result
+
+
 def train_and_test(name: str, spec: ModelSpec, training: TrainingConfig, data: TrainingData, seed: int,
                    progress: bool = True) -> RunOutcome:
     """Train ``spec`` with ``training`` (its seed replaced by ``seed``) on ``data``'s training split,
@@ -65,12 +77,8 @@ def train_and_test(name: str, spec: ModelSpec, training: TrainingConfig, data: T
     the validation split.
     """
     cfg = training.model_copy(update={"seed": seed})
-    plan = TrainPlan(spec=spec.to_dict(), training=cfg, train_files=data.train_files, valid_files=data.valid_files,
-                     epochs=cfg.epochs, select=True, max_steps_per_epoch=cfg.max_steps_per_epoch, progress=progress)
     started = time.perf_counter()
-    result = train_process(plan)
-    if result is None:
-        raise RuntimeError("training returned no result")
+    result = train_selected(spec, cfg, data, progress)
     model = result.model()
     gates: dict[str, list[float]] = {}
     collapsed: list[str] = []

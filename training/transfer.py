@@ -732,6 +732,9 @@ class TransferSettings:
     head_input: str = "full"
     rt_lr: float | None = None
     rt_epochs: int | None = None
+    reader_workers: int = 1
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    torch_threads: int | None = None
 
     @property
     def rt_step(self) -> float:
@@ -742,9 +745,6 @@ class TransferSettings:
     def rt_cap(self) -> int:
         """RT's cap on epochs: ``rt_epochs``, else the shared ``epochs``."""
         return self.rt_epochs or self.epochs
-    reader_workers: int = 1
-    weighting: WeightingConfig = field(default_factory=WeightingConfig)
-    torch_threads: int | None = None
 
 
 def _source(files: Sequence[str], fields: Sequence[str], s: TransferSettings, train: bool,

@@ -86,6 +86,7 @@ def test_dupn_rows_and_gbdt_rows_fall_in_the_same_slices(tiny_pipeline) -> None:
     from tests.helpers import run
     from training.datasets import training_data
     from training.gbdt import load_split, task_rows
+    from training.losses import slot_mask
     from training.trainer import eval_source
 
     cfg, tables, tmp = tiny_pipeline
@@ -103,9 +104,8 @@ def test_dupn_rows_and_gbdt_rows_fall_in_the_same_slices(tiny_pipeline) -> None:
     dupn_cells: Counter = Counter()
     for batch in eval_source(cfg.training, data.test_files, ["ctr"]).batches():
         search, recent = batch_slices(batch, recent_bucket(cfg.sequences.time_bucket_edges_s, 1800))
-        g = batch["label_click"].shape[1]
-        slots = torch.arange(g).unsqueeze(0) < batch["n_items"].unsqueeze(1)
-        users = batch["user_id"].unsqueeze(1).expand(-1, g)[slots].tolist()
+        slots = slot_mask(batch)
+        users = batch["user_id"].unsqueeze(1).expand_as(slots)[slots].tolist()
         clicks = batch["label_click"][slots].tolist()
         dupn_cells.update(zip(users, search.tolist(), recent.tolist(), clicks))
     assert sum(gbdt_cells.values()) > 100 and dupn_cells == gbdt_cells
