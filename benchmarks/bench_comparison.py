@@ -68,6 +68,8 @@ REFERENCE = "dupn_all"
 # those rows leave it out and compare with ``dupn_noprofile``, the platform's model without it.
 NOPROFILE = "training.model.category_profile=0"
 NOPROFILE_REFERENCE = "dupn_noprofile"
+# the platform's model before the weight decay, which the settings tried on it (PROBES) were measured against
+NOWD_REFERENCE = "dupn_nowd"
 # The behaviours' reference price (model.price_reference) came after every other row was measured: they keep
 # the catalogue's (and compare as before); ``dupn_catalogue`` is the platform's model with it.
 CATALOGUE = "training.model.price_reference=catalogue"
@@ -75,6 +77,8 @@ CATALOGUE = "training.model.price_reference=catalogue"
 NOEMA = "training.ema_decay=0"
 # And so did the target priors (model.target_priors): every neural row measured before them reads none.
 NOPRIORS = "training.model.target_priors=false"
+# And the weight decay (training.weight_decay 1e-4): every neural row measured before it trains without.
+NOWD = "training.weight_decay=0"
 
 
 @dataclass(frozen=True)
@@ -97,11 +101,11 @@ class Row:
 NOITEM = ("item_n_30d", "item_last_age_h")
 ROWS: tuple[Row, ...] = (
     Row("wide", "Wide (logistic regression, one-hot + crosses)", "baselines",
-        ("training.model.family=wide", CATALOGUE, NOEMA, NOPRIORS)),
-    Row("wide_deep", "Wide&Deep", "baselines", ("training.model.family=wide_deep", CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.model.family=wide", CATALOGUE, NOEMA, NOPRIORS, NOWD)),
+    Row("wide_deep", "Wide&Deep", "baselines", ("training.model.family=wide_deep", CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("dssm", "DSSM (profile + bag of items; item tower)", "baselines",
-        ("training.model.family=dssm", CATALOGUE, NOEMA, NOPRIORS)),
-    Row("cnn_max", "CNN-max", "baselines", ("training.model.family=cnn_max", CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.model.family=dssm", CATALOGUE, NOEMA, NOPRIORS, NOWD)),
+    Row("cnn_max", "CNN-max", "baselines", ("training.model.family=cnn_max", CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("gbdt", "GBDT (LightGBM, hand-crafted point-in-time features)", "baselines", kind="gbdt"),
     Row("gbdt_noitem", "GBDT without the user's history with the target item (item_n_30d and item_last_age_h "
         "left out; DUPN's heads have no exact-item match either)", "baselines", kind="gbdt",
@@ -127,78 +131,82 @@ ROWS: tuple[Row, ...] = (
         "1-day half-life; nothing learned)", "baselines", kind="heuristic", feature="cat_decayed_share_1d"),
     Row("dupn_nobp", "DUPN-nobp (no behaviour properties)", "DUPN ablations",
         ("training.model.property_in=none", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA,
-         NOPRIORS)),
+         NOPRIORS, NOWD)),
     Row("dupn_bplstm", "DUPN-bplstm (properties in the LSTM)", "DUPN ablations",
         ("training.model.property_in=lstm", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA,
-         NOPRIORS)),
+         NOPRIORS, NOWD)),
     Row("dupn_bpatt", "DUPN-bpatt (properties in the attention)", "DUPN ablations",
-        ("training.model.property_in=attention", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
-    # its runs were made as the row that tried the target priors, before they became the platform's
+        ("training.model.property_in=attention", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
+    # its runs were made as the row that tried the weight decay, before it became the platform's
     Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",),
-        cache_as="dupn_priors"),
+        cache_as="dupn_wd1e4"),
+    # the platform's model before the weight decay: its runs were made as the row that tried the target priors
+    Row(NOWD_REFERENCE, "DUPN-all without the weight decay (the platform's model before it; the reference of the "
+        "settings tried on it)", "DUPN ablations", ("training.model.property_in=all", NOWD), cache_as="dupn_priors"),
     # settings tried on the platform's model of 2026-12-06 (the priors on), each against DUPN-all's runs on validation
     Row("dupn_cosine", "DUPN-all with the learning rate on a cosine from lr to 0 over 2 epochs", "DUPN ablations",
-        ("training.model.property_in=all", "training.lr_schedule.kind=cosine", "training.lr_schedule.epochs=2")),
+        ("training.model.property_in=all", "training.lr_schedule.kind=cosine", "training.lr_schedule.epochs=2", NOWD)),
     Row("dupn_linear3", "DUPN-all with the learning rate falling linearly from lr to 0 over 3 epochs",
         "DUPN ablations",
-        ("training.model.property_in=all", "training.lr_schedule.kind=linear", "training.lr_schedule.epochs=3")),
+        ("training.model.property_in=all", "training.lr_schedule.kind=linear", "training.lr_schedule.epochs=3", NOWD)),
     Row("dupn_head128", "DUPN-all with heads of 128 hidden units (64 in the platform's model)", "DUPN ablations",
-        ("training.model.property_in=all", "training.model.head_hidden=128")),
+        ("training.model.property_in=all", "training.model.head_hidden=128", NOWD)),
     Row("dupn_by_behavior", "DUPN-all with time-decay pools that also weigh behaviour types (so a pool, and its "
         "category profile, can follow e.g. the purchases)", "DUPN ablations",
-        ("training.model.property_in=all", "training.model.recency_by_behavior=true")),
+        ("training.model.property_in=all", "training.model.recency_by_behavior=true", NOWD)),
     Row("dupn_purchase_pool", "DUPN-all with a time-decay pool of the purchases alone (its interest, decayed count "
         "and category profile)", "DUPN ablations",
-        ("training.model.property_in=all", "training.model.purchase_pool=true")),
-    Row("dupn_wd1e5", "DUPN-all with an L2 penalty of 1e-5 on the weights (training.weight_decay; 0 in the "
+        ("training.model.property_in=all", "training.model.purchase_pool=true", NOWD)),
+    Row("dupn_wd1e5", "DUPN-all with an L2 penalty of 1e-5 on the weights (training.weight_decay; 1e-4 in the "
         "platform's model)", "DUPN ablations",
         ("training.model.property_in=all", "training.weight_decay=1e-5")),
-    Row("dupn_wd1e4", "DUPN-all with an L2 penalty of 1e-4 on the weights (training.weight_decay)", "DUPN ablations",
+    Row("dupn_wd1e4", "DUPN-all with an L2 penalty of 1e-4 on the weights (training.weight_decay; tried, then "
+        "kept)", "DUPN ablations",
         ("training.model.property_in=all", "training.weight_decay=1e-4")),
     Row("dupn_nopriors", "DUPN-all without the target priors (the platform's model before them)", "DUPN ablations",
-        ("training.model.property_in=all", NOPRIORS), cache_as=REFERENCE),
+        ("training.model.property_in=all", NOPRIORS, NOWD), cache_as=REFERENCE),
     Row("dupn_catalogue", "DUPN-all with prices relative to the catalogue's mean, without the average of the weights "
         "(the platform's model before both)", "DUPN ablations",
-        ("training.model.property_in=all", CATALOGUE, NOEMA, NOPRIORS),
+        ("training.model.property_in=all", CATALOGUE, NOEMA, NOPRIORS, NOWD),
         cache_as=REFERENCE),
     Row("dupn_price_match", "DUPN-all with price match features, without the average of the weights (tried, not kept: "
         "no gain on validation over the next row)",
-        "DUPN ablations", ("training.model.property_in=all", "training.model.price_match=true", NOEMA, NOPRIORS),
+        "DUPN ablations", ("training.model.property_in=all", "training.model.price_match=true", NOEMA, NOPRIORS, NOWD),
         cache_as=REFERENCE),
     Row("dupn_noema", "DUPN-all without the average of the weights (the platform's model before it)",
-        "DUPN ablations", ("training.model.property_in=all", NOEMA, NOPRIORS), cache_as=REFERENCE),
+        "DUPN ablations", ("training.model.property_in=all", NOEMA, NOPRIORS, NOWD), cache_as=REFERENCE),
     Row("dupn_ema995", "DUPN-all with a shorter average of the weights (decay 0.995; tried, not kept)",
-        "DUPN ablations", ("training.model.property_in=all", "training.ema_decay=0.995", NOPRIORS),
+        "DUPN ablations", ("training.model.property_in=all", "training.ema_decay=0.995", NOPRIORS, NOWD),
         cache_as=REFERENCE),
     Row("dupn_noprofile", "DUPN-all without the category profile (the platform's model before it; the reference of "
         "the ablations, designs and weightings, all measured without it)", "DUPN ablations",
-        ("training.model.property_in=all", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS), cache_as=REFERENCE),
+        ("training.model.property_in=all", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD), cache_as=REFERENCE),
     Row("dupn_nopools", "DUPN-all without the time-decay pools (the platform's model before them)", "DUPN ablations",
-        ("training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("dupn_paper", "DUPN-all with the paper's heads (one attention, no match features, linear tier and "
         "ranking heads)", "DUPN ablations",
         ("training.model.attention_heads=1", "training.model.match_features=false", "training.model.ppp_hidden=0",
          "training.model.l2r_item_score=false", "training.model.recency_interests=0", NOPROFILE, CATALOGUE, NOEMA,
-         NOPRIORS)),
+         NOPRIORS, NOWD)),
     Row("dupn_stl", "DUPN single-task (one model per task)", "single- vs multi-task",
-        (NOPROFILE, CATALOGUE, NOEMA, NOPRIORS),
+        (NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD),
         kind="stl"),
     Row("mtl_shared_bottom", "shared-bottom", "sharing designs",
-        ("training.model.architecture=shared_bottom", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.model.architecture=shared_bottom", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("mtl_mmoe", "MMoE", "sharing designs",
-        ("training.model.architecture=mmoe", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.model.architecture=mmoe", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("mtl_cgc", "CGC", "sharing designs",
-        ("training.model.architecture=cgc", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.model.architecture=cgc", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("mtl_ple", "PLE (2 levels)", "sharing designs",
-        ("training.model.architecture=ple", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.model.architecture=ple", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("mtl_cross_stitch", "cross-stitch", "sharing designs",
-        ("training.model.architecture=cross_stitch", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.model.architecture=cross_stitch", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("w_fixed", "fixed weights (1 each)", "task weightings",
-        ("training.weighting.kind=fixed", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
-    Row("w_uncertainty", "uncertainty (Kendall et al.)", "task weightings", ("training.weighting.kind=uncertainty",
-                                                                             NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.weighting.kind=fixed", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
+    Row("w_uncertainty", "uncertainty (Kendall et al.)", "task weightings",
+        ("training.weighting.kind=uncertainty", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     Row("w_gradnorm", "GradNorm (Chen et al.)", "task weightings",
-        ("training.weighting.kind=gradnorm", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS)),
+        ("training.weighting.kind=gradnorm", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
 )
 
 
@@ -567,8 +575,9 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
     if ref is not None:
         lines += _against(ref, [r for r in results if r is not ref and not r.same_as], marked,
                           "## DUPN-all against every other row")
-    if ref is not None and ref.outcomes:
-        lines += validation_table(ref, [r for r in results if not r.same_as])
+    paired = next((r for r in results if r.row.key == context.get("pair_with", REFERENCE) and r.outcomes), None)
+    if paired is not None:
+        lines += validation_table(paired, [r for r in results if not r.same_as])
     base = next((r for r in results if r.row.key == NOPROFILE_REFERENCE and r.summary["ctr_auc"].n), None)
     if base is not None:
         lines += _against(base, [r for r in results if NOPROFILE in r.row.overrides and r is not base
@@ -672,11 +681,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="a line printed under the table's header (how the runs were made)")
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: write the table from the cached runs, marking rows and seeds not run")
+    p.add_argument("--pair-with", choices=[r.key for r in ROWS], default=REFERENCE,
+                   help="the row the validation table's paired differences are taken from (default DUPN-all; "
+                        f"{NOWD_REFERENCE} for the settings tried on the platform's model before the weight decay)")
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    if args.rows and args.pair_with not in args.rows:
+        parser().error(f"--pair-with {args.pair_with}: not among --rows; add it to --rows or leave --pair-with out")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "petastorm", "alembic", "matplotlib", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -749,6 +763,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"scorings per epoch, patience {tc.early_stopping.patience}) within {tc.epochs} epochs; the GBDT "
                   f"adds trees until validation stops improving (50 rounds patience, at most 1,500).",
         "note": args.note,
+        "pair_with": args.pair_with,
         "runs_made_at": sorted(runner.cache.commits),
         "data_fingerprint": runner.cache.fingerprint,
     }

@@ -1,8 +1,8 @@
 """The comparison table is written from the runs: marks, missing seeds, convergence flags."""
 from __future__ import annotations
 
-from benchmarks.bench_comparison import (NOPRIORS, NOPROFILE, PROBES, REFERENCE, ROWS, Row, RowResult, _cache_key,
-                                         lift_share, markdown, paired_difference)
+from benchmarks.bench_comparison import (NOPRIORS, NOPROFILE, NOWD, NOWD_REFERENCE, PROBES, REFERENCE, ROWS, Row,
+                                         RowResult, _cache_key, lift_share, markdown, paired_difference)
 from training.experiment import RunOutcome
 
 CONTEXT = {"command": "python -m benchmarks.bench_comparison", "machine": "2 cores", "date": "2026-12-01",
@@ -57,6 +57,14 @@ def test_the_validation_table_pairs_each_row_with_the_reference_over_the_seeds_b
     assert "(**-0.0100 ± 0.0000**)" in lines[row("dupn_head128").label]
     assert "| 2 | 0.8250 (+0.0050) |" in lines[row("dupn_linear3").label]  # one seed: its value and the difference
     assert "0.8100 ± 0.0100 |" in lines[row(REFERENCE).label]
+    # --pair-with: the same rows paired with another one (the model the settings were tried on)
+    base = RowResult(row(NOWD_REFERENCE), [with_valid(NOWD_REFERENCE, s, 0.79 + 0.01 * s) for s in (0, 1, 2)])
+    text = markdown([ref, base, lower], ORACLE, {**CONTEXT, "pair_with": NOWD_REFERENCE})
+    text = text.split("## The validation day")[1]
+    lines = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| DUPN")}
+    assert "paired difference from DUPN-all without the weight decay" in text
+    assert "(**+0.0100 ± 0.0000**)" in lines[row(REFERENCE).label] and "(" not in lines[row(NOWD_REFERENCE).label][-40:]
+    assert "| 0.8000 ± 0.0100 (+0.0000 ± 0.0000) |" in lines[row("dupn_head128").label]
 
 
 def test_lift_share() -> None:
@@ -208,12 +216,35 @@ def test_dupn_all_finds_the_runs_made_as_dupn_priors_and_dupn_nopriors_those_mad
     off = {"spec": {"model": {**model, "target_priors": False}}}
     on = {"spec": {"model": {**model, "target_priors": True}}}
     tried = Row("dupn_priors", "", "DUPN ablations")
-    assert _cache_key(rows[REFERENCE], on, 3, 0) == _cache_key(tried, on, 3, 0)
+    assert _cache_key(rows[NOWD_REFERENCE], on, 3, 0) == _cache_key(tried, on, 3, 0)  # (now without weight decay)
     assert _cache_key(rows["dupn_nopriors"], off, 3, 0) == _cache_key(Row(REFERENCE, "", "DUPN ablations"), before,
                                                                       3, 0)
-    assert _cache_key(rows[REFERENCE], on, 3, 0) != _cache_key(rows["dupn_nopriors"], off, 3, 0)
-    pinned = [r.key for r in ROWS if r.kind in ("neural", "stl") and r.key != REFERENCE and r.key not in PROBES
-              and "training.model.target_priors=false" not in r.overrides]
+    assert _cache_key(rows[NOWD_REFERENCE], on, 3, 0) != _cache_key(rows["dupn_nopriors"], off, 3, 0)
+    pinned = [r.key for r in ROWS if r.kind in ("neural", "stl") and r.key not in (REFERENCE, NOWD_REFERENCE)
+              and r.key not in PROBES and "training.model.target_priors=false" not in r.overrides]
     assert pinned == []
     # the probes vary the platform's model as it is: the priors stay on
     assert all(NOPRIORS not in rows[k].overrides and rows[k].kind == "neural" for k in PROBES)
+
+
+def test_dupn_all_finds_the_runs_made_as_dupn_wd1e4_and_every_row_measured_before_weight_decay_pins_it_off() -> None:
+    """Once the weight decay is the platform's (conf/local.yaml): DUPN-all resolves to the configuration of
+    the row that tried it and reads that row's runs; DUPN-all without it reads the runs made before it; every
+    other neural row resolves to no weight decay, as when its runs were made, so its key is unchanged."""
+    from core.config import load_config
+
+    rows = {r.key: r for r in ROWS}
+
+    def training(key: str) -> dict:
+        return load_config("conf/local.yaml", list(rows[key].overrides)).training.model_dump(mode="json")
+
+    assert training(REFERENCE)["weight_decay"] == 1e-4  # the platform's setting
+    assert training(REFERENCE) == training("dupn_wd1e4")
+    resolved = {"spec": {"model": {"family": "dupn"}}, "training": training(REFERENCE)}
+    assert _cache_key(rows[REFERENCE], resolved, 3, 0) == _cache_key(Row("dupn_wd1e4", "", ""), resolved, 3, 0)
+    assert training(NOWD_REFERENCE) == {**training(REFERENCE), "weight_decay": 0.0}
+    before = {"spec": {"model": {"family": "dupn"}}, "training": training(NOWD_REFERENCE)}
+    assert _cache_key(rows[NOWD_REFERENCE], before, 3, 0) == _cache_key(Row("dupn_priors", "", ""), before, 3, 0)
+    for r in ROWS:
+        if r.kind in ("neural", "stl") and r.key not in (REFERENCE, "dupn_wd1e4", "dupn_wd1e5"):
+            assert NOWD in r.overrides and training(r.key)["weight_decay"] == 0.0, r.key
