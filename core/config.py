@@ -373,8 +373,8 @@ class IndexConfig(_Strict):
 
 
 class PublishConfig(_Strict):
-    batch_size: int = Field(4096, ge=1)  # users per Arrow batch, sorted by sequence length within it
-    forward_batch: int = Field(256, ge=1)  # users per forward pass of the user part
+    batch_size: int = Field(16384, ge=1)  # users per Arrow batch, sorted by sequence length within it
+    forward_batch: int = Field(128, ge=1)  # users per forward pass of the user part
     # executors read the sequences' Parquet files and write the published ones with pyarrow when the lake
     # is local (file://); false, or a lake elsewhere: Spark reads and writes them (mapInArrow)
     from_files: bool = True

@@ -114,9 +114,11 @@ def arrow_to_batch(batch: "pa.RecordBatch") -> dict[str, Any]:
     return out
 
 
-def score_by_length(part: "nn.Module", batch: dict[str, Any], forward_batch: int) -> tuple[Any, Any]:
+def length_passes(part: "nn.Module", batch: dict[str, Any],
+                  forward_batch: int) -> Iterator[tuple[Any, Any, Any]]:
     """The user part over ``batch`` in forward passes of at most ``forward_batch`` users of similar
-    ``seq_len``, outputs (representation, tier probabilities) in the batch's row order.
+    ``seq_len``, shortest first: per pass (the batch rows it scored, or None for all of them in order;
+    representation; tier probabilities).
 
     The user tower skips the padding after the longest sequence of a pass (:class:`training.model`),
     so a pass of users sorted by length runs about as many LSTM steps as its own users need rather
@@ -127,17 +129,28 @@ def score_by_length(part: "nn.Module", batch: dict[str, Any], forward_batch: int
 
     n = int(batch["seq_len"].shape[0])
     if n <= forward_batch:
-        return part(batch)
+        rep, prob = part(batch)
+        yield None, rep, prob
+        return
     order = torch.argsort(batch["seq_len"], stable=True)
-    reps, probs = [], []
     for start in range(0, n, forward_batch):
         rows = order[start:start + forward_batch]
         rep, prob = part({k: v.index_select(0, rows) for k, v in batch.items()})
-        reps.append(rep)
-        probs.append(prob)
+        yield rows, rep, prob
+
+
+def score_by_length(part: "nn.Module", batch: dict[str, Any], forward_batch: int) -> tuple[Any, Any]:
+    """:func:`length_passes`' outputs (representation, tier probabilities) in the batch's row order."""
+    import torch
+
+    passes = list(length_passes(part, batch, forward_batch))
+    if passes[0][0] is None:
+        return passes[0][1], passes[0][2]
+    order = torch.cat([rows for rows, _, _ in passes])
     inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(n)
-    return torch.cat(reps).index_select(0, inverse), torch.cat(probs).index_select(0, inverse)
+    inverse[order] = torch.arange(len(order))
+    return (torch.cat([rep for _, rep, _ in passes]).index_select(0, inverse),
+            torch.cat([prob for _, _, prob in passes]).index_select(0, inverse))
 
 
 def _list_array(matrix: np.ndarray) -> "pa.Array":
@@ -323,15 +336,17 @@ Unit = tuple[int, str, list[int]]  # (index, file, the run of its row groups)
 def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, model_name: str,
                 model_version: str, batch_size: int, forward_batch: int, row_group_bytes: int) -> dict[str, Any]:
     """One task's work: score the users of a run of row groups of a sequences file and write
-    their representations, sorted by user_id, as one Parquet file in ``folder``. The outputs go
-    straight into (users, width) matrices at their sorted rows, so no Arrow list is copied or taken.
-    Returns the file's checks."""
+    their representations, sorted by user_id, as one Parquet file in ``folder``. Each forward pass's
+    outputs go straight into (users, width) matrices at their users' sorted rows, so no Arrow list
+    or output batch is copied or taken. Returns the file's checks and the task's seconds per phase
+    (:data:`TASK_PHASES`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
     index, path, row_groups = unit
     os.makedirs(folder, exist_ok=True)
+    clock = time.perf_counter()
     part = _user_part(state, key)
     source = pq.ParquetFile(path)
     id_col = source.read_row_groups(row_groups, columns=["user_id"]).column(0)
@@ -345,15 +360,22 @@ def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, mo
     emb: np.ndarray | None = None
     probs = np.empty((n, 7), dtype=np.float32)
     start = 0
-    for batch in source.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=list(USER_INPUTS)):
-        with torch.no_grad():
-            rep, prob = score_by_length(part, arrow_to_batch(batch), forward_batch)
+    seconds = dict.fromkeys(TASK_PHASES, 0.0)
+    batches = source.iter_batches(batch_size=batch_size, row_groups=row_groups, columns=list(USER_INPUTS))
+    while (batch := next(batches, None)) is not None:
+        tensors = arrow_to_batch(batch)
+        clock = _lap(seconds, "task_read_s", clock)
         rows = at[start:start + batch.num_rows]
-        if emb is None:
-            emb = np.empty((n, rep.shape[1]), dtype=np.float32)
-        emb[rows] = rep.numpy()
-        probs[rows] = prob.numpy()
+        with torch.no_grad():
+            for scored, rep, prob in length_passes(part, tensors, forward_batch):
+                out = rows if scored is None else rows[scored.numpy()]
+                if emb is None:
+                    emb = np.empty((n, rep.shape[1]), dtype=np.float32)
+                emb[out] = rep.numpy()
+                probs[out] = prob.numpy()
         start += batch.num_rows
+        clock = _lap(seconds, "task_forward_s", clock)
+    clock = _lap(seconds, "task_read_s", clock)  # the reader's end
     assert emb is not None and start == n
     tier = tiers(probs)
     stats = _file_stats(emb, probs, tier, id_col.null_count)
@@ -363,7 +385,20 @@ def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, mo
     pq.write_table(table, f"{folder}/part-{index:05d}-{uuid.uuid4().hex}.snappy.parquet",
                    row_group_size=rows_per_group, use_dictionary=["model_name", "model_version"],
                    write_statistics=["user_id", "ppp_tier"])  # what lookups prune by
-    return stats
+    _lap(seconds, "task_write_s", clock)
+    return {**stats, **seconds}
+
+
+def _lap(seconds: dict[str, float], phase: str, since: float) -> float:
+    """Adds the time since ``since`` to ``seconds[phase]``; returns now."""
+    now = time.perf_counter()
+    seconds[phase] += now - since
+    return now
+
+
+# a scoring task's seconds: reading and decoding its rows into tensors (with the model's first load), the
+# forward passes (with placing their outputs), and the checks, the output table and its Parquet write
+TASK_PHASES = ("task_read_s", "task_forward_s", "task_write_s")
 
 
 MAX_UNIT_USERS = 1 << 17  # a task's output file is sorted in memory: files of more users are split by row groups
@@ -495,11 +530,14 @@ def publish_from_files(tables: "DeltaTables", cfg: "PublishConfig", files: list[
             row = tables.spark.read.parquet(target).agg(F.countDistinct("user_id")).first()
             stats["users"] = float(row[0]) if row else 0.0
         if timings is not None:
-            timings.update(score=scored - started, unique=time.perf_counter() - scored)
+            timings.update(score=scored - started, unique=time.perf_counter() - scored,
+                           **{k: stats.get(k, 0.0) for k in TASK_PHASES})
         logging.getLogger("training.progress").info(  # shown like every progress line
-            "nightly job: scored %s users in %.1f s (%s users/s); user_id's uniqueness checked in %.1f s",
+            "nightly job: scored %s users in %.1f s (%s users/s; the tasks' seconds: read %.1f, forward %.1f, "
+            "write %.1f); user_id's uniqueness checked in %.1f s",
             f"{stats.get('rows', 0):,.0f}", scored - started,
-            f"{stats.get('rows', 0) / max(scored - started, 1e-9):,.0f}", time.perf_counter() - scored)
+            f"{stats.get('rows', 0) / max(scored - started, 1e-9):,.0f}",
+            *(stats.get(k, 0.0) for k in TASK_PHASES), time.perf_counter() - scored)
         return {"rows": int(refuse_bad(stats, population, dim)["rows"])}
 
     return tables.replace_partition_files(t.USER_REPRESENTATIONS, ds, stage, metadata)

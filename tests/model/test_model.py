@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -135,6 +136,44 @@ def test_scoring_users_sorted_by_length_gives_each_user_the_same_outputs(
     assert [len(p) for p in passes] == [8, 8, 8, 8, 5]
     assert all(int(a.max()) <= int(b.min()) for a, b in zip(passes, passes[1:]))  # sorted: short passes first
     assert sorted(torch.cat(passes).tolist()) == sorted(batch["seq_len"].tolist())
+
+
+def test_a_scoring_task_writes_each_pass_to_its_users_rows_sorted_by_user_id(
+        make_spec: Callable[..., ModelSpec], make_batch: Callable[..., Batch], tmp_path: Path) -> None:
+    """The nightly job's task (``inference._score_unit``) over a file of two row groups, in Arrow batches
+    of 16 and passes of 8 sorted by length, writes the outputs of one pass over all users, each at its
+    user's row of the file sorted by user_id (each pass goes straight to its users' rows), and its seconds
+    per phase."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.inference import TASK_PHASES, USER_INPUTS, _score_unit
+    from training.trainer import dump_state
+
+    torch.manual_seed(0)
+    model = build_model(make_spec(recency_interests=2)).eval()
+    batch = {k: v for k, v in make_batch(n=37, seed=5).items() if k in USER_INPUTS}
+    ids = np.random.default_rng(1).permutation(1000)[:37]  # the file's rows are not in user_id order
+    pq.write_table(pa.table({"user_id": ids, **{k: (v.numpy() if v.dim() == 1 else list(v.numpy()))
+                                                for k, v in batch.items()}}), tmp_path / "seq.parquet",
+                   row_group_size=20)
+
+    class State:
+        value = dump_state(model)
+
+    stats = _score_unit((0, str(tmp_path / "seq.parquet"), [0, 1]), State, "test", str(tmp_path / "out"), "m", "1",
+                        batch_size=16, forward_batch=8, row_group_bytes=0)
+    out = pq.read_table(next((tmp_path / "out").glob("*.parquet")))
+    with torch.no_grad():
+        rep, probs = model.user_part()(batch)
+    order = np.argsort(ids)
+    assert stats["rows"] == 37 and out.column("user_id").to_pylist() == sorted(ids.tolist())
+    assert all(stats[phase] > 0 for phase in TASK_PHASES)  # the task's seconds per phase
+    np.testing.assert_allclose(np.stack(out.column("embedding").to_numpy(zero_copy_only=False)),
+                               rep.numpy()[order], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.stack(out.column("ppp_probs").to_numpy(zero_copy_only=False)),
+                               probs.numpy()[order], rtol=1e-5, atol=1e-6)
 
 
 def test_user_part_ignores_the_query_and_is_uniform_without_ppp(
