@@ -683,16 +683,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="a line printed under the table's header (how the runs were made)")
     p.add_argument("--cached-only", action="store_true",
                    help="train nothing: write the table from the cached runs, marking rows and seeds not run")
-    p.add_argument("--pair-with", choices=[r.key for r in ROWS], default=REFERENCE,
+    p.add_argument("--pair-with", choices=[r.key for r in ROWS], default=None,
                    help="the row the validation table's paired differences are taken from (default DUPN-all; "
                         f"{NOWD_REFERENCE} for the settings tried on the platform's model before the weight decay)")
     return p
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--pair-with`` a row that ``--rows`` leaves out is refused."""
+    p = parser()
+    args = p.parse_args(argv)
+    if args.pair_with and args.rows and args.pair_with not in args.rows:
+        p.error(f"--pair-with {args.pair_with}: not among --rows; add it to --rows or leave --pair-with out")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    if args.rows and args.pair_with not in args.rows:
-        parser().error(f"--pair-with {args.pair_with}: not among --rows; add it to --rows or leave --pair-with out")
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "petastorm", "alembic", "matplotlib", "mlflow", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -765,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                   f"scorings per epoch, patience {tc.early_stopping.patience}) within {tc.epochs} epochs; the GBDT "
                   f"adds trees until validation stops improving (50 rounds patience, at most 1,500).",
         "note": args.note,
-        "pair_with": args.pair_with,
+        "pair_with": args.pair_with or REFERENCE,
         "runs_made_at": sorted(runner.cache.commits),
         "data_fingerprint": runner.cache.fingerprint,
     }

@@ -248,3 +248,14 @@ def test_dupn_all_finds_the_runs_made_as_dupn_wd1e4_and_every_row_measured_befor
     for r in ROWS:
         if r.kind in ("neural", "stl") and r.key not in (REFERENCE, "dupn_wd1e4", "dupn_wd1e5", "dupn_wd3e4"):
             assert NOWD in r.overrides and training(r.key)["weight_decay"] == 0.0, r.key
+
+
+def test_pair_with_must_be_among_the_rows_run_and_defaults_to_dupn_all() -> None:
+    import pytest
+
+    from benchmarks.bench_comparison import parse_args
+
+    assert parse_args(["--rows", "dupn_wd3e4"]).pair_with is None  # the table pairs with DUPN-all
+    assert parse_args(["--rows", "dupn_all", "dupn_nowd", "--pair-with", "dupn_nowd"]).pair_with == NOWD_REFERENCE
+    with pytest.raises(SystemExit):
+        parse_args(["--rows", "dupn_wd3e4", "--pair-with", "dupn_nowd"])
