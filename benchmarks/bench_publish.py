@@ -326,7 +326,7 @@ def main() -> None:
         f"be {2 * n / ceil:.1f} task-seconds): reading and decoding into tensors {read:.1f}, forward passes "
         f"{forward:.1f}, checks and Parquet write {write:.1f}, the rest (task start-up, waiting) "
         f"{2 * score - read - forward - write:.1f}. With its forward passes at the ceiling's speed and the rest "
-        f"as measured, the job would reach {share_bound(n, sec, score, ceil, forward):.0%} of the ceiling."
+        f"as measured, the job would reach {share_bound(n, sec, ceil, forward):.0%} of the ceiling."
         for n, sec, score, unique, ceil, read, forward, write in phases]]
     table = "\n".join(lines)
     print(table)
@@ -334,7 +334,7 @@ def main() -> None:
                  + " --paths " + " ".join(args.paths) + (" --out " + str(args.out) if args.out else ""), table)
 
 
-def share_bound(n: int, seconds: float, score: float, ceiling: float, forward: float) -> float:
+def share_bound(n: int, seconds: float, ceiling: float, forward: float) -> float:
     """The share of the ceiling the job would reach if its tasks' forward passes (``forward`` task-seconds,
     two tasks at a time) took what the ceiling's do and everything else took what it took: the bound that
     reading the sequences and writing the vectors on the same cores set."""

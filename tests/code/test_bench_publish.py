@@ -6,8 +6,8 @@ from benchmarks.bench_publish import share_bound
 
 def test_the_bound_replaces_only_the_forward_passes_with_the_ceilings() -> None:
     # 1,000 users at a ceiling of 100 users/s: a forward of 10 s wall, 20 task-seconds on two tasks
-    assert abs(share_bound(1000, 20.0, 18.0, 100.0, 20.0) - 0.5) < 1e-12  # forward already at the ceiling
+    assert abs(share_bound(1000, 20.0, 100.0, 20.0) - 0.5) < 1e-12  # forward already at the ceiling
     # 10 task-seconds slower forward passes cost 5 s of wall: without them 15 s, i.e. 10 / 15 of the ceiling
-    assert abs(share_bound(1000, 20.0, 18.0, 100.0, 30.0) - 10 / 15) < 1e-12
+    assert abs(share_bound(1000, 20.0, 100.0, 30.0) - 10 / 15) < 1e-12
     # nothing but forward passes: the bound is the ceiling itself
-    assert abs(share_bound(1000, 15.0, 15.0, 100.0, 30.0) - 1.0) < 1e-12
+    assert abs(share_bound(1000, 15.0, 100.0, 30.0) - 1.0) < 1e-12
