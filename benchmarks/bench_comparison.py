@@ -165,6 +165,8 @@ ROWS: tuple[Row, ...] = (
         ("training.model.property_in=all", "training.weight_decay=1e-4")),
     Row("dupn_wd3e4", "DUPN-all with an L2 penalty of 3e-4 on the weights (training.weight_decay; 1e-4 in the "
         "platform's model)", "DUPN ablations", ("training.model.property_in=all", "training.weight_decay=3e-4")),
+    Row("dupn_wd1e3", "DUPN-all with an L2 penalty of 1e-3 on the weights (training.weight_decay; 1e-4 in the "
+        "platform's model)", "DUPN ablations", ("training.model.property_in=all", "training.weight_decay=1e-3")),
     Row("dupn_nopriors", "DUPN-all without the target priors (the platform's model before them)", "DUPN ablations",
         ("training.model.property_in=all", NOPRIORS, NOWD), cache_as=REFERENCE),
     Row("dupn_catalogue", "DUPN-all with prices relative to the catalogue's mean, without the average of the weights "
@@ -291,7 +293,7 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
 }
 # Rows that vary the platform's model as it is (made after the target priors, which they keep on).
 PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool", "dupn_wd1e5",
-          "dupn_wd1e4", "dupn_wd3e4")
+          "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3")
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
 LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "lr_schedule": LRScheduleConfig().model_dump()}
