@@ -227,7 +227,7 @@ def test_dupn_all_finds_the_runs_made_as_dupn_priors_and_dupn_nopriors_those_mad
     assert all(NOPRIORS not in rows[k].overrides and rows[k].kind == "neural" for k in PROBES)
 
 
-def test_dupn_all_finds_the_runs_made_as_dupn_wd1e4_and_every_row_measured_before_weight_decay_pins_it_off() -> None:
+def test_dupn_all_finds_the_runs_made_as_dupn_wd3e4_and_every_row_measured_before_weight_decay_pins_it_off() -> None:
     """Once the weight decay is the platform's (conf/local.yaml): DUPN-all resolves to the configuration of
     the row that tried it and reads that row's runs; DUPN-all without it reads the runs made before it; every
     other neural row resolves to no weight decay, as when its runs were made, so its key is unchanged."""
@@ -238,10 +238,12 @@ def test_dupn_all_finds_the_runs_made_as_dupn_wd1e4_and_every_row_measured_befor
     def training(key: str) -> dict:
         return load_config("conf/local.yaml", list(rows[key].overrides)).training.model_dump(mode="json")
 
-    assert training(REFERENCE)["weight_decay"] == 1e-4  # the platform's setting
-    assert training(REFERENCE) == training("dupn_wd1e4")
+    assert training(REFERENCE)["weight_decay"] == 3e-4  # the platform's setting
+    assert training(REFERENCE) == training("dupn_wd3e4")
     resolved = {"spec": {"model": {"family": "dupn"}}, "training": training(REFERENCE)}
-    assert _cache_key(rows[REFERENCE], resolved, 3, 0) == _cache_key(Row("dupn_wd1e4", "", ""), resolved, 3, 0)
+    assert _cache_key(rows[REFERENCE], resolved, 3, 0) == _cache_key(Row("dupn_wd3e4", "", ""), resolved, 3, 0)
+    # the setting before it keeps its own runs
+    assert training("dupn_wd1e4") == {**training(REFERENCE), "weight_decay": 1e-4}
     assert training(NOWD_REFERENCE) == {**training(REFERENCE), "weight_decay": 0.0}
     before = {"spec": {"model": {"family": "dupn"}}, "training": training(NOWD_REFERENCE)}
     assert _cache_key(rows[NOWD_REFERENCE], before, 3, 0) == _cache_key(Row("dupn_priors", "", ""), before, 3, 0)
