@@ -50,6 +50,7 @@ from training.esmm_study import LABELS, MODELS, StudySplits, run_seed
 from training.experiment import RunOutcome
 from training.losses import slot_mask
 from training.spec import ModelSpec
+from training.step import prepare_torch
 from training.trainer import DUPNWorkload
 
 logger = logging.getLogger("bench_esmm")
@@ -211,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     oracle = oracle_scores(tables, data.test_days, cfg.training_set)
     logger.info("oracle on %s: %s", data.test_days, {c: round(oracle[c], 4) for c in COLUMNS})
     spark.stop()  # the rest reads Parquet files through Petastorm
-    torch.set_num_threads(cfg.training.torch_threads or torch.get_num_threads())
+    prepare_torch(cfg.training.torch_threads or torch.get_num_threads())  # as the trainer does
     memory = read_splits(spec, cfg, data.train_files, data.valid_files, data.test_files)
     logger.info("in memory: train %d, validation %d, test %d rows", memory.train_rows.n, memory.valid.n,
                 memory.test.n)

@@ -42,7 +42,7 @@ from training.datasets import serving_statistics, training_data
 from training.losses import row_counts
 from training.model import build_model, last_shared_layer
 from training.spec import ModelSpec
-from training.step import TrainTask
+from training.step import TrainTask, prepare_torch
 from training.weighting import build_weighting
 
 logger = logging.getLogger("bench_training")
@@ -141,7 +141,7 @@ def main() -> None:
     spec = ModelSpec.from_config(cfg, tasks=data.tasks, logit_offsets=data.logit_offsets,
                                  **stats.model_inputs(cfg.training.model.price_reference))
     tc = cfg.training
-    torch.set_num_threads(tc.torch_threads or torch.get_num_threads())
+    prepare_torch(tc.torch_threads or torch.get_num_threads())  # as the trainer does
     # one sample of the training split, held in memory (the same rows for every in-memory setting)
     src = PetastormSource(data.train_files, TRAIN_FIELDS, batch_size=args.rows, shuffle=True,
                           shuffle_capacity=args.rows, bucket_by_length=False, workers=tc.reader_workers, seed=1)

@@ -27,6 +27,21 @@ LossFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], Iterable[str]], d
 CountFn = Callable[[Mapping[str, Tensor], Iterable[str]], dict[str, int]]
 
 
+def prepare_torch(threads: int) -> None:
+    """Set this process's torch threads, and have the CPU flush denormal floats to zero.
+
+    With weight decay, the gradient of an embedding row no batch touches is the decay itself, so Adam
+    drives the row and its moments towards zero, and after about 1,200 steps many of them are denormal
+    (below 1.2e-38), where every element-wise operation on them runs many times slower on x86: the
+    demo's full training ran its third epoch at half the speed of its first two (docs/training.md).
+    Flushing changes only values below 1.2e-38, to zero.
+    """
+    torch.set_num_threads(threads)
+    if not torch.set_flush_denormal(True):
+        logger.info("this CPU cannot flush denormal floats to zero: steps may slow down once Adam's moments of "
+                    "unused embedding rows decay below 1.2e-38")
+
+
 def build_optimizer(model_params: Iterable[nn.Parameter], cfg: TrainingConfig,
                     extra_params: Sequence[nn.Parameter] = ()) -> torch.optim.Optimizer:
     """The configured optimiser (adagrad / adam / sgd at ``cfg.lr``).

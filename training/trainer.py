@@ -36,7 +36,7 @@ from training.losses import LOSS_NAMES, row_counts, task_losses
 from training.model import TaskModel, build_model, last_shared_layer, unwrap
 from training.progress import Progress, ensure_output
 from training.spec import ModelSpec
-from training.step import AttentionByProperty, TrainTask, build_scheduler
+from training.step import AttentionByProperty, TrainTask, build_scheduler, prepare_torch
 from training.weighting import build_weighting
 
 logger = logging.getLogger(__name__)
@@ -317,8 +317,7 @@ def train_process(plan: TrainPlan, data: Mapping[str, TensorBatches] | None = No
     cfg = plan.training
     if plan.progress and rank == 0:
         ensure_output()
-    threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // world)
-    torch.set_num_threads(threads)
+    prepare_torch(cfg.torch_threads or max(1, (os.cpu_count() or 1) // world))
     torch.manual_seed(cfg.seed + rank)
     work = work if work is not None else workload_of(plan.spec)
     model: torch.nn.Module = work.build()

@@ -57,7 +57,7 @@ from training.model import (
     DUPNModel, TaskModel, UserTower, build_model, interest_layout, last_shared_layer, price_gaps)
 from training.modules import RelativePrice, embedding, interest_match, match_scores, mlp, required_match
 from training.spec import ModelSpec
-from training.step import TrainTask
+from training.step import TrainTask, prepare_torch
 from training.weighting import TaskWeighting, build_weighting
 
 logger = logging.getLogger(__name__)
@@ -834,7 +834,7 @@ def run_methods(methods: Sequence[str], files: TransferFiles, champion: TaskMode
                             f"version")
     if "ra" in methods and original is None:
         raise PlatformError("method 'ra' needs the original training examples")
-    torch.set_num_threads(s.torch_threads or max(1, os.cpu_count() or 1))
+    prepare_torch(s.torch_threads or max(1, os.cpu_count() or 1))
     spec = champion.spec
     out = []
     for m in methods:
