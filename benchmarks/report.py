@@ -51,24 +51,25 @@ SECTIONS: tuple[Section, ...] = (
     Section("DUPN-all (the target priors, the weight decay), beside DUPN-all without each and the GBDT on the "
             "same lake", "comparison_priors.md",
             "The platform's model, whose heads read the query's and the talent's earlier-days statistics and which "
-            "trains with an L2 penalty of 1e-4, against the model before each and the GBDT, all on one training "
+            "trains with an L2 penalty of 3e-4, against the model before each and the GBDT, all on one training "
             "set built by the current code; 3 seeds.",
-            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_nowd dupn_nopriors gbdt gbdt_noitem "
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_wd1e4 dupn_nowd dupn_nopriors gbdt "
+                    "gbdt_noitem "
                     "--name comparison_priors --cache-dir benchmarks/results/comparison_priors_runs "
                     "--set lake_root=<a make demo's lake>"),
     Section("Settings tried on the platform's model before the weight decay: learning-rate schedules, wider heads, "
             "behaviour-weighted pools, a purchase pool, weight decay", "comparison_probes.md",
             "Each against the model they were tried on (DUPN-all without the weight decay) on the same lake, read "
-            "on the validation table: only the weight decay of 1e-4 gains, and it became the platform's "
-            "(docs/learning.md).",
+            "on the validation table: only the weight decay of 1e-4 gains; it became the platform's, and then "
+            "3e-4 replaced it (docs/learning.md).",
             command="python -m benchmarks.bench_comparison --rows dupn_all dupn_nowd dupn_cosine dupn_linear3 "
                     "dupn_head128 dupn_by_behavior dupn_purchase_pool dupn_wd1e5 dupn_wd1e4 gbdt_noitem "
                     "--pair-with dupn_nowd --name comparison_probes "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
-    Section("The weight decay's strength: none, 1e-5, 1e-4 (the platform's), 3e-4", "comparison_wd.md",
+    Section("The weight decay's strength: none, 1e-5, 1e-4, 3e-4 (the platform's), 1e-3", "comparison_wd.md",
             "The platform's model against the same model with other L2 penalties on the same lake, paired on the "
             "validation table.",
-            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_nowd dupn_wd1e5 dupn_wd3e4 "
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_nowd dupn_wd1e5 dupn_wd1e4 dupn_wd1e3 "
                     "--name comparison_wd --cache-dir benchmarks/results/comparison_priors_runs "
                     "--set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
