@@ -89,16 +89,57 @@ class Row:
     label: str
     group: str
     overrides: tuple[str, ...] = ()
-    kind: str = "neural"  # neural | gbdt | stl | heuristic
+    kind: str = "neural"  # neural | gbdt | feature_mlp | stl | heuristic
     note: str = ""
     feature: str = ""  # heuristic rows: the features/gbdt_examples column that scores
-    exclude: tuple[str, ...] = ()  # GBDT rows: features left out (an ablation of the hand-crafted set)
+    exclude: tuple[str, ...] = ()  # GBDT and feature-MLP rows: features left out (an ablation of the hand-crafted set)
     cache_as: str = ""  # the row name in the run cache's keys, for a row whose runs were made under another name
+    tasks: tuple[str, ...] = ()  # feature-MLP rows: only these tasks (ctr brings cvr along); all when empty
 
 
 # the user's history with the target item, which DUPN's heads have no exact match of: every GBDT ablation
 # below the first leaves it out, so each is read against the GBDT without it
 NOITEM = ("item_n_30d", "item_last_age_h")
+# The hand-crafted summaries of the user's history (features/gbdt.py), in groups. DUPN's heads read what the
+# feature-MLP ladder's first row keeps (the target's own columns, the ranking features, the query's and the
+# talent's priors, the profile) and must learn the rest from the sequence: the ladder adds the groups back one
+# at a time, so each step says what a network gains from one summary of the history.
+WINDOWED = tuple(f"cat_{k}_{w}" for k in ("n", "share") for w in ("1h", "1d", "3d", "7d", "30d")) \
+    + ("cat_decayed_share_1d", "cat_decayed_share_3d")
+HISTORY_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("activity", "the user's events in the target's category (counts and shares over 1 h to 30 d, decayed shares)",
+     WINDOWED),
+    ("recency", "how recent the latest of them is (cat_last_age_h, cat_recency_rank)",
+     ("cat_last_age_h", "cat_recency_rank")),
+    ("kinds", "the favourites, carts and purchases in the target's category (7 d, 30 d, the last purchase's age)",
+     ("cat_fav_7d", "cat_cart_7d", "cat_buy_7d", "cat_buy_30d", "cat_last_buy_age_h")),
+    ("price", "the user's prices by behaviour type and the target's gap to them",
+     ("cat_mean_rel_price", "user_rel_price_click", "user_rel_price_fav", "user_rel_price_cart", "user_rel_price_buy",
+      "user_rel_price_decayed_deep", "user_rel_price_buy_max", "user_rel_price_buy_min", "user_log_price_mean",
+      "target_price_gap_buy", "target_price_gap_deep")),
+    ("user", "the user's totals (events over 1 h to 30 d and by type, distinct categories, the last event's age)",
+     ("user_n_1h", "user_n_1d", "user_n_3d", "user_n_7d", "user_n_30d", "user_n_click", "user_n_fav", "user_n_cart",
+      "user_n_buy", "user_distinct_categories", "user_last_age_h")),
+    ("popularity", "the item's and the category's impressions and rates of the days before",
+     ("item_imps_prev", "item_ctr_prev", "item_cvr_prev", "cat_imps_prev", "cat_ctr_prev", "item_events_prev")),
+)
+LADDER_TASKS = ("ctr", "follow")
+
+
+def ladder_rows() -> tuple[Row, ...]:
+    """The feature-MLP rows that add :data:`HISTORY_GROUPS` back one at a time (the last is ``feature_mlp``)."""
+    rows = []
+    for i in range(len(HISTORY_GROUPS)):
+        left_out = tuple(f for _, _, group in HISTORY_GROUPS[i:] for f in group)
+        kept = [name for name, _, _ in HISTORY_GROUPS[:i]]
+        label = ("MLP on the GBDT's features: what DUPN's heads read beside the sequence (the target's columns, "
+                 "ranking features, query and talent priors, profile)" if not kept else
+                 "... and " + HISTORY_GROUPS[i - 1][1])
+        rows.append(Row(f"feature_mlp_{'base' if not kept else '_'.join(['base', *kept])}", label, "feature ladder",
+                        kind="feature_mlp", exclude=(*NOITEM, *left_out), tasks=LADDER_TASKS))
+    return tuple(rows)
+
+
 ROWS: tuple[Row, ...] = (
     Row("wide", "Wide (logistic regression, one-hot + crosses)", "baselines",
         ("training.model.family=wide", CATALOGUE, NOEMA, NOPRIORS, NOWD)),
@@ -125,6 +166,12 @@ ROWS: tuple[Row, ...] = (
     Row("gbdt_noquery", "GBDT without the query's category either (also query_category_share and has_query left "
         "out)", "baselines", kind="gbdt",
         exclude=(*NOITEM, "query_category_share", "has_query")),
+    Row("feature_mlp", "MLP on the GBDT's features (the same columns and rows as the GBDT without the user's history "
+        "with the target item; piecewise-linear encoding; one network per task)", "baselines", kind="feature_mlp",
+        exclude=NOITEM),
+    *ladder_rows(),
+    Row("feature_mlp_ladder_end", "... and " + HISTORY_GROUPS[-1][1] + " (every column of feature_mlp)",
+        "feature ladder", kind="feature_mlp", exclude=NOITEM, tasks=LADDER_TASKS),
     Row("popularity", "Popularity (the item's events in the 7 days before; nothing learned)", "baselines",
         kind="heuristic", feature="item_events_prev"),
     Row("recent_category", "Recently interacted category (the user's share of events in the target's category, "
@@ -167,6 +214,9 @@ ROWS: tuple[Row, ...] = (
         "kept)", "DUPN ablations", ("training.model.property_in=all", "training.weight_decay=3e-4")),
     Row("dupn_wd1e3", "DUPN-all with an L2 penalty of 1e-3 on the weights (training.weight_decay; 3e-4 in the "
         "platform's model)", "DUPN ablations", ("training.model.property_in=all", "training.weight_decay=1e-3")),
+    Row("dupn_top_share", "DUPN-all whose heads also read each pool's count in the target's category over its count "
+        "in the user's top category (model.profile_top_share)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.profile_top_share=true")),
     Row("dupn_nopriors", "DUPN-all without the target priors (the platform's model before them)", "DUPN ablations",
         ("training.model.property_in=all", NOPRIORS, NOWD), cache_as=REFERENCE),
     Row("dupn_catalogue", "DUPN-all with prices relative to the catalogue's mean, without the average of the weights "
@@ -289,11 +339,12 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "category_profile": (0, frozenset({"dupn"})),
     "price_reference": ("catalogue", frozenset(get_args(ModelFamily))),
     "price_match": (False, frozenset({"dupn"})),
+    "profile_top_share": (False, frozenset({"dupn"})),
     "target_priors": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
 }
 # Rows that vary the platform's model as it is (made after the target priors, which they keep on).
 PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool", "dupn_wd1e5",
-          "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3")
+          "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share")
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
 LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "lr_schedule": LRScheduleConfig().model_dump()}
@@ -434,6 +485,32 @@ class Runner:
                               extra={"trees": res.rounds, "importance": res.importance})
         return self.cache.get(key, make)
 
+    def feature_mlp(self, row: Row, seed: int) -> RunOutcome:
+        """A network per task on the GBDT's columns (:mod:`training.feature_mlp`): the trees' inputs, a network's
+        model class."""
+        from features.gbdt import gbdt_spec, task_features
+        from training.feature_mlp import FeatureMLPParams, run_feature_mlp
+
+        params = FeatureMLPParams(threads=self.cfg.training.torch_threads or 1)
+        rank_dim = self.cfg.inputs.rank_features_dim
+        features = {task: [f for f in task_features(task, rank_dim) if f not in row.exclude]
+                    for task in ("ctr", "cvr", "l2r", "follow", "ppp")}
+        version = self.tables.version(gbdt_spec(rank_dim))
+        resolved = {"params": {k: v for k, v in params.__dict__.items() if k != "threads"}, "features": features,
+                    "gbdt_version": version, **({"tasks": list(row.tasks)} if row.tasks else {})}
+        key = _cache_key(row, resolved, self.data.version, seed)
+
+        def make() -> RunOutcome:
+            train, valid, test = self._gbdt_splits(self._gbdt_columns())
+            tasks = [x for x in self.data.tasks if not row.tasks or x in row.tasks]
+            res = run_feature_mlp(train, valid, test, features, tasks, params, seed)
+            return RunOutcome(name=row.key, seed=seed, test=ev.metrics(res.test), valid=ev.metrics(res.valid),
+                              selected_step=math.nan, selected_epoch=math.nan, evals=[],
+                              train_seconds=res.train_seconds, train_samples=res.train_examples,
+                              train_rows=res.train_examples, stopped_early=True, parameters=0,
+                              extra={"epochs": res.rounds})
+        return self.cache.get(key, make)
+
     def heuristic(self, row: Row, seed: int) -> RunOutcome:
         """A one-feature score, nothing learned: the same for every seed (computed, never cached)."""
         from training.gbdt import heuristic_metrics, heuristic_predictions
@@ -464,6 +541,8 @@ class Runner:
     def run(self, row: Row, seed: int) -> RunOutcome:
         if row.kind == "gbdt":
             return self.gbdt(row, seed)
+        if row.kind == "feature_mlp":
+            return self.feature_mlp(row, seed)
         if row.kind == "stl":
             return self.stl(row, seed)
         if row.kind == "heuristic":

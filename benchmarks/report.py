@@ -72,6 +72,17 @@ SECTIONS: tuple[Section, ...] = (
             command="python -m benchmarks.bench_comparison --rows dupn_all dupn_nowd dupn_wd1e5 dupn_wd1e4 dupn_wd1e3 "
                     "--name comparison_wd --cache-dir benchmarks/results/comparison_priors_runs "
                     "--set lake_root=<a make demo's lake>"),
+    Section("The GBDT's features in a network: the model class or the features, and a ladder of history summaries",
+            "comparison_features.md",
+            "An MLP per task on exactly the GBDT's columns, then the same MLP from what DUPN's heads read beside the "
+            "sequence up to every column, one group of history summaries at a time; beside DUPN-all and the GBDT "
+            "on the same lake.",
+            command="python -m benchmarks.bench_comparison --rows dupn_all gbdt_noitem feature_mlp feature_mlp_base "
+                    "feature_mlp_base_activity feature_mlp_base_activity_recency "
+                    "feature_mlp_base_activity_recency_kinds feature_mlp_base_activity_recency_kinds_price "
+                    "feature_mlp_base_activity_recency_kinds_price_user feature_mlp_ladder_end "
+                    "--name comparison_features "
+                    "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
     Section("Do the published vectors tell users apart", "neighbours.md",

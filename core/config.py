@@ -240,6 +240,9 @@ class ModelConfig(_Strict):
     category_profile: int = Field(0, ge=0, description="with time-decay pools: each pool's decayed behaviour "
                                   "count per category (category index mod this many buckets) is published, and "
                                   "heads read the count in the target's own category (0 = off)")
+    profile_top_share: bool = Field(False, description="with the category profile: heads also read each pool's "
+                                    "decayed count in the target's category over its count in the user's top "
+                                    "category there (1 when the target is the category the user acts in most)")
     price_reference: Literal["catalogue", "behaviours"] = Field(
         "catalogue", description="what a price is relative to: its category's mean log price over the item "
         "snapshot (catalogue) or over the serving users' behaviours (behaviours; features/stats.py)")
@@ -267,6 +270,9 @@ class ModelConfig(_Strict):
         if self.purchase_pool and not self.recency_interests:
             raise ValueError("purchase_pool adds a time-decay pool of the purchases beside the others; set "
                              "recency_interests > 0 or purchase_pool: false")
+        if self.profile_top_share and not self.category_profile:
+            raise ValueError("profile_top_share compares counts of the category profile; set category_profile > 0 "
+                             "or profile_top_share: false")
         if self.category_profile and not self.recency_interests:
             raise ValueError(f"category_profile ({self.category_profile}) counts the time-decay pools' behaviours "
                              f"per category; set recency_interests > 0 or category_profile: 0")

@@ -166,7 +166,9 @@ class UserTower(nn.Module):
         # category cosine times log(1 + its mass) (decayed activity in the target's category)
         # with the category profile, also each pool's log decayed count in the target's category and that
         # count's share of the pool's mass
-        profile_match = 2 * self.recency_pools if self.profile_buckets else 0
+        # (with model.profile_top_share, also that count over the pool's count in the user's top category)
+        self.profile_top_share = m.profile_top_share and self.profile_buckets > 0
+        profile_match = (3 if self.profile_top_share else 2) * self.recency_pools if self.profile_buckets else 0
         # with model.price_match, item targets' price gaps to the behaviour types' mean prices (and their size)
         self.price_match = m.price_match and self.behaviour_prices > 0
         self.match_dim = 2 * self.n_interests + self.recency_pools + profile_match + \
@@ -202,7 +204,8 @@ class UserTower(nn.Module):
         (N, G) (+ tags (N, G, K_tags), + log prices (N, G)): the category cosines of the K + P interests,
         their tag cosines (with tags; :func:`training.modules.match_scores`), then the P time-decay pools'
         category cosines times log(1 + their mass), then (with ``model.category_profile``) each pool's
-        log(1 + decayed count) in the target's own category and that count's share of the pool's mass,
+        log(1 + decayed count) in the target's own category and that count's share of the pool's mass
+        (and with ``model.profile_top_share`` that count over the pool's count in the user's top category),
         then (with ``model.price_match``) the target's normalised relative price minus the user's mean of
         each behaviour type (click, fav, cart, buy; 0 for a type without behaviours or a target without
         a price) and those gaps' absolute values: how far the target sits from the prices the user takes.
@@ -216,7 +219,7 @@ class UserTower(nn.Module):
             scores = scores[..., :self.n_interests]  # a zero tag key has no tag match
         mass = self.activity(representation) if self.recency_pools else None
         profile = self.category_profile(representation) if self.profile_buckets else None
-        out = interest_match(scores, self.heads, self.n_interests, mass, profile, category)
+        out = interest_match(scores, self.heads, self.n_interests, mass, profile, category, self.profile_top_share)
         if tags is not None and self.price_match:
             assert log_price is not None
             out = torch.cat([out, *self.price_gaps(representation, category, log_price)], dim=-1)

@@ -493,33 +493,40 @@ def category_profile(weights: Tensor, category: Tensor, buckets: int) -> Tensor:
     return torch.log1p(profile.scatter_add(2, index, weights))
 
 
-def profile_match(profile: Tensor, log_mass: Tensor, category: Tensor) -> tuple[Tensor, Tensor]:
+def profile_match(profile: Tensor, log_mass: Tensor, category: Tensor, top_share: bool = False) \
+        -> tuple[Tensor, ...]:
     """What each time-decay pool's category profile says about targets: profile (N, P, buckets)
     (:func:`category_profile`), log_mass (N, P) (log(1 + each pool's decayed count)), category (N, G)
     int64 target category indices -> (N, G, P) twice: each pool's log(1 + decayed count) in the target's
     category (bucket ``category mod buckets``), and that count's share of the pool's mass (0 without
-    behaviours). No parameter: a downstream model reading a published vector gets the same values as the
-    model's own heads."""
+    behaviours); with ``top_share`` a third: that count over the pool's largest count in any category
+    (1 for the category the user acts in most, 0 without behaviours), how the target ranks among the
+    user's interests rather than how much of the activity it holds. No parameter: a downstream model
+    reading a published vector gets the same values as the model's own heads."""
     buckets = profile.shape[-1]
     pools = profile.shape[1]
     index = (category % buckets).unsqueeze(1).expand(-1, pools, -1)
     in_target = profile.gather(2, index).transpose(1, 2)  # (N, G, P)
     share = torch.expm1(in_target) / torch.expm1(log_mass).clamp_min(1e-6).unsqueeze(1)
-    return in_target, share
+    if not top_share:
+        return in_target, share
+    top = torch.expm1(profile.max(dim=2).values).clamp_min(1e-6).unsqueeze(1)  # (N, 1, P)
+    return in_target, share, torch.expm1(in_target) / top
 
 
 def interest_match(scores: Tensor, heads: int, interests: int, log_mass: Tensor | None, profile: Tensor | None,
-                   category: Tensor) -> Tensor:
+                   category: Tensor, top_share: bool = False) -> Tensor:
     """The user-target match features of interests with time-decay pools: scores (N, G, S) (:func:`match_scores`;
     its first ``interests`` = K + P columns the category cosines, the pools' after the K = ``heads`` attention
     heads'), log_mass (N, P) (each pool's log(1 + decayed count); None without pools), profile (N, P, buckets)
     (None without the category profile), category (N, G) -> scores ‖ each pool's category cosine times its
-    log mass ‖ (with the profile) :func:`profile_match`'s count and share: (N, G, S + P (+ 2P))."""
+    log mass ‖ (with the profile) :func:`profile_match`'s count and share (and with ``top_share`` the count
+    over the top category's): (N, G, S + P (+ 2P or 3P))."""
     if log_mass is None:
         return scores
     parts = [scores, scores[..., heads:interests] * log_mass.unsqueeze(1)]
     if profile is not None:
-        parts += list(profile_match(profile, log_mass, category))
+        parts += list(profile_match(profile, log_mass, category, top_share))
     return torch.cat(parts, dim=-1)
 
 

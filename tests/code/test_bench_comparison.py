@@ -169,7 +169,7 @@ def test_gbdt_ablation_rows_leave_out_features_the_gbdt_has() -> None:
     from features.gbdt import feature_columns
 
     ablations = [r for r in ROWS if r.exclude]
-    assert ablations and all(r.kind == "gbdt" for r in ablations)
+    assert ablations and all(r.kind in ("gbdt", "feature_mlp") for r in ablations)
     read = set(feature_columns(8))
     assert "talent_follow_rate_prev" in read and "misspelt_feature" not in read
     for r in ablations:
@@ -247,7 +247,7 @@ def test_dupn_all_finds_the_runs_made_as_dupn_wd3e4_and_every_row_measured_befor
     assert training(NOWD_REFERENCE) == {**training(REFERENCE), "weight_decay": 0.0}
     before = {"spec": {"model": {"family": "dupn"}}, "training": training(NOWD_REFERENCE)}
     assert _cache_key(rows[NOWD_REFERENCE], before, 3, 0) == _cache_key(Row("dupn_priors", "", ""), before, 3, 0)
-    decayed = (REFERENCE, "dupn_wd1e4", "dupn_wd1e5", "dupn_wd3e4", "dupn_wd1e3")
+    decayed = (REFERENCE, "dupn_wd1e4", "dupn_wd1e5", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share")
     for r in ROWS:
         if r.kind in ("neural", "stl") and r.key not in decayed:
             assert NOWD in r.overrides and training(r.key)["weight_decay"] == 0.0, r.key
@@ -262,3 +262,21 @@ def test_pair_with_must_be_among_the_rows_run_and_defaults_to_dupn_all() -> None
     assert parse_args(["--rows", "dupn_all", "dupn_nowd", "--pair-with", "dupn_nowd"]).pair_with == NOWD_REFERENCE
     with pytest.raises(SystemExit):
         parse_args(["--rows", "dupn_wd3e4", "--pair-with", "dupn_nowd"])
+
+
+def test_the_feature_ladder_adds_the_history_groups_back_one_at_a_time() -> None:
+    """The ladder's first row keeps what DUPN's heads read beside the sequence, every later row adds one group of
+    history summaries back, and its last row reads every column of feature_mlp."""
+    from benchmarks.bench_comparison import HISTORY_GROUPS, NOITEM, ROWS
+    from features.gbdt import feature_columns, task_features
+
+    ladder = [r for r in ROWS if r.group == "feature ladder"]
+    assert len(ladder) == len(HISTORY_GROUPS) + 1 and all(r.kind == "feature_mlp" for r in ladder)
+    for before, after, (_, _, group) in zip(ladder, ladder[1:], HISTORY_GROUPS):
+        assert set(before.exclude) - set(after.exclude) == set(group)
+    assert set(ladder[-1].exclude) == set(NOITEM) == set(next(r for r in ROWS if r.key == "feature_mlp").exclude)
+    kept = set(task_features("ctr", 8)) - set(ladder[0].exclude)
+    assert kept == {"target_category", "target_rel_price", "query_category_share", "has_query", "user_age_level",
+                    "user_gender", "user_city_level", *[f"rank_{i}" for i in range(8)]}
+    groups = [f for _, _, g in HISTORY_GROUPS for f in g]
+    assert len(groups) == len(set(groups)) and set(groups) <= set(feature_columns(8))

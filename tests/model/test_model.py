@@ -677,3 +677,34 @@ def test_target_priors_let_the_item_head_learn_a_label_that_only_the_share_expla
 
     assert trained_auc(True) > 0.85  # 0.93 when written
     assert trained_auc(False) < 0.65  # 0.51: the model memorises the training rows' other inputs
+
+
+def test_profile_top_share_adds_the_count_over_the_users_top_category_count() -> None:
+    """With model.profile_top_share each item's match features end with every pool's decayed count in the target's
+    category over the pool's largest count in any category: 1 for the user's top category, 0 without behaviours
+    there; the representation (what the nightly job publishes) does not change."""
+    torch.manual_seed(0)
+    pools, buckets = 2, 12
+    profiled = build_model(tiny_spec(recency_interests=pools, category_profile=buckets))
+    topped = build_model(tiny_spec(recency_interests=pools, category_profile=buckets, profile_top_share=True))
+    assert isinstance(profiled, DUPNModel) and isinstance(topped, DUPNModel)
+    tower = topped.tower
+    assert isinstance(tower, UserTower)
+    assert tower.match_dim - profiled.tower.match_dim == pools  # type: ignore[union-attr]
+    assert topped.embedding_dim == profiled.embedding_dim
+    batch = random_batch(n=6, seed=5)
+    with torch.no_grad():
+        rep = topped.eval()(batch)["representation"]
+        n = int(batch["seq_len"].max())
+        w = tower.recency.weights(batch["seq_time_bucket"][:, :n],  # type: ignore[union-attr]
+                                  torch.arange(n).unsqueeze(0) < batch["seq_len"].unsqueeze(1))
+        target = batch["seq_category"][:, :1]
+        match = tower.match(rep, target)[:, 0]
+    cats = batch["seq_category"][:, :n]
+    per_cat = torch.stack([(w * (cats == c).unsqueeze(1)).sum(dim=2) for c in range(buckets)], dim=2)  # (B, P, C)
+    in_target = (w * (cats == target).unsqueeze(1)).sum(dim=2)
+    expected = in_target / per_cat.max(dim=2).values.clamp_min(1e-6)
+    torch.testing.assert_close(match[:, -pools:], expected, atol=1e-5, rtol=1e-4)
+    assert ((expected - 1).abs() < 1e-5).any() and (expected[in_target > 0] <= 1 + 1e-5).all()
+    with pytest.raises(ValueError, match="profile_top_share"):
+        tiny_spec(recency_interests=pools, profile_top_share=True)
