@@ -214,6 +214,10 @@ ROWS: tuple[Row, ...] = (
         "kept)", "DUPN ablations", ("training.model.property_in=all", "training.weight_decay=3e-4")),
     Row("dupn_wd1e3", "DUPN-all with an L2 penalty of 1e-3 on the weights (training.weight_decay; 3e-4 in the "
         "platform's model)", "DUPN ablations", ("training.model.property_in=all", "training.weight_decay=1e-3")),
+    Row("dupn_price_gaps", "DUPN-all with price match features (model.price_match: the target's price gap to the "
+        "user's mean price of each behaviour type; tried before on the model without the weights' average, the "
+        "target priors and the weight decay)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.price_match=true")),
     Row("dupn_top_share", "DUPN-all whose heads also read each pool's count in the target's category over its count "
         "in the user's top category (model.profile_top_share)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.profile_top_share=true")),
@@ -344,7 +348,7 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
 }
 # Rows that vary the platform's model as it is (made after the target priors, which they keep on).
 PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool", "dupn_wd1e5",
-          "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share")
+          "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps")
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
 LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "lr_schedule": LRScheduleConfig().model_dump()}
