@@ -93,7 +93,7 @@ def price_gaps(prices: Tensor, target: Tensor, log_price: Tensor) -> tuple[Tenso
     representation holds them; target (N, G) the targets' normalised relative prices, log_price (N, G)
     their log prices -> (N, G, T) twice: target minus each type's mean, and its absolute value (zeros where
     the type has no behaviour or the target no price)."""
-    prices = prices.reshape(prices.shape[0], -1, 2)  # (N, T, 2)
+    prices = prices.reshape(prices.shape[0], prices.shape[1] // 2, 2)  # (N, T, 2); N may be 0 (no rows for a head)
     known = (prices[..., 1] > 0).to(prices.dtype).unsqueeze(1)  # (N, 1, T)
     priced = (log_price > 0).to(prices.dtype).unsqueeze(-1)  # (N, G, 1)
     gap = (target.unsqueeze(-1) - prices[..., 0].unsqueeze(1)) * known * priced

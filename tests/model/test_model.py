@@ -579,6 +579,9 @@ def test_price_match_gives_item_heads_the_targets_gap_to_the_users_prices() -> N
     with pytest.raises(ValueError, match="price_match"):
         tower.match(rep, category, tags)
     _total(priced.train(), batch).backward()  # trains end to end
+    # a head with no rows in a batch (e.g. no search list) gets an empty match, not a reshape error
+    empty = tower.match(rep[:0], category[:0], tags[:0], price[:0])
+    assert empty.shape == (0, category.shape[1], tower.match_dim)
 
 
 def test_price_match_without_time_decay_pools_gives_the_match_features_their_declared_width() -> None:
