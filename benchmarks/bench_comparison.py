@@ -127,7 +127,8 @@ LADDER_TASKS = ("ctr", "follow")
 
 
 def ladder_rows() -> tuple[Row, ...]:
-    """The feature-MLP rows that add :data:`HISTORY_GROUPS` back one at a time (the last is ``feature_mlp``)."""
+    """The feature-MLP rows that add :data:`HISTORY_GROUPS` back one at a time, all but the last group (the row
+    with every group, ``feature_mlp_ladder_end``, reads the columns of ``feature_mlp``)."""
     rows = []
     for i in range(len(HISTORY_GROUPS)):
         left_out = tuple(f for _, _, group in HISTORY_GROUPS[i:] for f in group)

@@ -75,9 +75,10 @@ SECTIONS: tuple[Section, ...] = (
     Section("The GBDT's features in a network: the model class or the features, and a ladder of history summaries",
             "comparison_features.md",
             "An MLP per task on exactly the GBDT's columns, then the same MLP from what DUPN's heads read beside the "
-            "sequence up to every column, one group of history summaries at a time; beside DUPN-all and the GBDT "
-            "on the same lake.",
-            command="python -m benchmarks.bench_comparison --rows dupn_all gbdt_noitem feature_mlp feature_mlp_base "
+            "sequence up to every column, one group of history summaries at a time; beside DUPN-all, two probes on it "
+            "and the GBDT on the same lake.",
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_top_share dupn_price_gaps gbdt "
+                    "gbdt_noitem feature_mlp feature_mlp_base "
                     "feature_mlp_base_activity feature_mlp_base_activity_recency "
                     "feature_mlp_base_activity_recency_kinds feature_mlp_base_activity_recency_kinds_price "
                     "feature_mlp_base_activity_recency_kinds_price_user feature_mlp_ladder_end "
