@@ -467,40 +467,45 @@ class Runner:
 
         return sorted(feature_columns(self.cfg.inputs.rank_features_dim))
 
-    def gbdt(self, row: Row, seed: int) -> RunOutcome:
+    def _hand_crafted(self, row: Row) -> tuple[dict[str, list[str]], int]:
+        """The GBDT's columns of each task without the row's exclusions, and the version of the table they are
+        read from (``features/gbdt_examples``): what a GBDT or feature-MLP row's cache key resolves."""
         from features.gbdt import gbdt_spec, task_features
-        from training.gbdt import GBDTParams, run_gbdt
 
-        params = GBDTParams()
         rank_dim = self.cfg.inputs.rank_features_dim
         features = {task: [f for f in task_features(task, rank_dim) if f not in row.exclude]
                     for task in ("ctr", "cvr", "l2r", "follow", "ppp")}
-        spec = gbdt_spec(rank_dim)
-        version = self.tables.version(spec)
+        return features, self.tables.version(gbdt_spec(rank_dim))
+
+    @staticmethod
+    def _tabular_outcome(row: Row, seed: int, res: Any, extra: dict[str, Any]) -> RunOutcome:
+        """A :class:`training.gbdt.GBDTResult` (of the GBDT or the feature MLP) as one run of the table."""
+        return RunOutcome(name=row.key, seed=seed, test=ev.metrics(res.test), valid=ev.metrics(res.valid),
+                          selected_step=math.nan, selected_epoch=math.nan, evals=[],
+                          train_seconds=res.train_seconds, train_samples=res.train_examples,
+                          train_rows=res.train_examples, stopped_early=True, parameters=0, extra=extra)
+
+    def gbdt(self, row: Row, seed: int) -> RunOutcome:
+        from training.gbdt import GBDTParams, run_gbdt
+
+        params = GBDTParams()
+        features, version = self._hand_crafted(row)
         resolved = {"params": params.__dict__, "features": features, "gbdt_version": version}
         key = _cache_key(row, resolved, self.data.version, seed)
 
         def make() -> RunOutcome:
             train, valid, test = self._gbdt_splits(self._gbdt_columns())
             res = run_gbdt(train, valid, test, features, self.data.tasks, params, seed)
-            return RunOutcome(name=row.key, seed=seed, test=ev.metrics(res.test), valid=ev.metrics(res.valid),
-                              selected_step=math.nan, selected_epoch=math.nan, evals=[],
-                              train_seconds=res.train_seconds, train_samples=res.train_examples,
-                              train_rows=res.train_examples, stopped_early=True, parameters=0,
-                              extra={"trees": res.rounds, "importance": res.importance})
+            return self._tabular_outcome(row, seed, res, {"trees": res.rounds, "importance": res.importance})
         return self.cache.get(key, make)
 
     def feature_mlp(self, row: Row, seed: int) -> RunOutcome:
         """A network per task on the GBDT's columns (:mod:`training.feature_mlp`): the trees' inputs, a network's
         model class."""
-        from features.gbdt import gbdt_spec, task_features
         from training.feature_mlp import FeatureMLPParams, run_feature_mlp
 
         params = FeatureMLPParams(threads=self.cfg.training.torch_threads or 1)
-        rank_dim = self.cfg.inputs.rank_features_dim
-        features = {task: [f for f in task_features(task, rank_dim) if f not in row.exclude]
-                    for task in ("ctr", "cvr", "l2r", "follow", "ppp")}
-        version = self.tables.version(gbdt_spec(rank_dim))
+        features, version = self._hand_crafted(row)
         resolved = {"params": {k: v for k, v in params.__dict__.items() if k != "threads"}, "features": features,
                     "gbdt_version": version, **({"tasks": list(row.tasks)} if row.tasks else {})}
         key = _cache_key(row, resolved, self.data.version, seed)
@@ -509,11 +514,7 @@ class Runner:
             train, valid, test = self._gbdt_splits(self._gbdt_columns())
             tasks = [x for x in self.data.tasks if not row.tasks or x in row.tasks]
             res = run_feature_mlp(train, valid, test, features, tasks, params, seed)
-            return RunOutcome(name=row.key, seed=seed, test=ev.metrics(res.test), valid=ev.metrics(res.valid),
-                              selected_step=math.nan, selected_epoch=math.nan, evals=[],
-                              train_seconds=res.train_seconds, train_samples=res.train_examples,
-                              train_rows=res.train_examples, stopped_early=True, parameters=0,
-                              extra={"epochs": res.rounds})
+            return self._tabular_outcome(row, seed, res, {"epochs": res.rounds})
         return self.cache.get(key, make)
 
     def heuristic(self, row: Row, seed: int) -> RunOutcome:

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from training.evaluation import NDCG_K, Predictions, auc, ndcg_per_list
-from training.gbdt import GBDTResult, GRADE, task_rows
+from training.gbdt import GBDTResult, GRADE, feature_matrix, task_predictions, task_rows
 from training.progress import Progress
 from training.step import prepare_torch
 from training.tabular import pieces
@@ -130,10 +130,6 @@ class FeatureMLP(nn.Module):
         return self.net(self.encoder(x))
 
 
-def _matrix(data: Mapping[str, np.ndarray], idx: np.ndarray, features: Sequence[str]) -> np.ndarray:
-    return np.stack([np.asarray(data[f], dtype=np.float32)[idx] for f in features], axis=1)
-
-
 def _lists(data: Mapping[str, np.ndarray], idx: np.ndarray) -> np.ndarray:
     """The rows ``idx`` grouped by list id: (lists, longest) row indices, -1 as padding."""
     idx = idx[np.argsort(data["list_id"][idx], kind="stable")]
@@ -163,11 +159,11 @@ def _task_data(task: str, data: Mapping[str, np.ndarray], features: Sequence[str
         positions = np.where(grid >= 0, np.cumsum(grid >= 0).reshape(grid.shape) - 1, -1)
         gains = np.array([GRADE.get(float(g), 3) for g in data["l2r_gain"][idx] * data["label_click"][idx]],
                          dtype=np.float32)
-        return _TaskData(_matrix(data, idx, features), gains, np.ones(len(idx), np.float32), idx, positions)
+        return _TaskData(feature_matrix(data, idx, features), gains, np.ones(len(idx), np.float32), idx, positions)
     label = {"ctr": "label_click", "cvr": "label_buy", "follow": "label_follow", "ppp": "label_tier"}[task]
     weight = {"ctr": "ctr_weight", "cvr": "ctr_weight", "follow": "follow_weight"}.get(task)
     w = np.asarray(data[weight], np.float32)[idx] if weight else np.ones(len(idx), np.float32)
-    return _TaskData(_matrix(data, idx, features), np.asarray(data[label])[idx], w, idx)
+    return _TaskData(feature_matrix(data, idx, features), np.asarray(data[label])[idx], w, idx)
 
 
 def _loss(task: str, model: FeatureMLP, d: _TaskData, batch: np.ndarray) -> Tensor:
@@ -260,36 +256,16 @@ def predictions(models: Mapping[str, FeatureMLP], data: Mapping[str, np.ndarray]
                 features: Mapping[str, Sequence[str]]) -> Predictions:
     """:class:`Predictions` of one split from the task networks (the rows and order of
     :func:`training.gbdt.predictions`)."""
-    out = Predictions()
+    def score(task: str, rows: np.ndarray) -> np.ndarray:
+        z = _scores(models[task], feature_matrix(data, rows, features[task]))
+        if task == "l2r":
+            return z
+        if task == "ppp":
+            z = np.exp(z - z.max(axis=1, keepdims=True))
+            return z / z.sum(axis=1, keepdims=True)
+        return _sigmoid(z)
 
-    def scored(task: str, rows: np.ndarray, model_task: str | None = None) -> np.ndarray:
-        name = model_task or task
-        return _scores(models[name], _matrix(data, np.flatnonzero(rows), features[name]))
-
-    if "ctr" in models:
-        rows = task_rows(data, "ctr", False)
-        p = _sigmoid(scored("ctr", rows))
-        out.ctr = {"prob": p, "click": data["label_click"][rows], "buy": data["label_buy"][rows],
-                   "user": data["user_id"][rows]}
-        if "cvr" in models:
-            cvr = _sigmoid(scored("ctr", rows, "cvr"))
-            out.ctr["cvr_prob"] = cvr
-            out.ctr["ctcvr_prob"] = p * cvr
-    if "l2r" in models:
-        rows = task_rows(data, "l2r", False)
-        out.l2r = {"score": scored("l2r", rows), "click": data["label_click"][rows], "gain": data["l2r_gain"][rows],
-                   "list_id": data["list_id"][rows], "user": data["user_id"][rows]}
-    if "follow" in models:
-        rows = task_rows(data, "follow", False)
-        out.follow = {"prob": _sigmoid(scored("follow", rows)), "label": data["label_follow"][rows],
-                      "user": data["user_id"][rows]}
-    if "ppp" in models:
-        rows = (np.asarray(data["task"]).astype(str) == "ppp") & (data["label_tier"] >= 0)
-        z = scored("ppp", rows)
-        z = np.exp(z - z.max(axis=1, keepdims=True))
-        out.ppp = {"probs": z / z.sum(axis=1, keepdims=True), "tier": data["label_tier"][rows],
-                   "ppp_user": data["ppp_user"][rows], "user": data["user_id"][rows]}
-    return out
+    return task_predictions(score, models.keys(), data)
 
 
 def run_feature_mlp(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -68,9 +68,11 @@ def load_split(files: Sequence[str], features: Sequence[str]) -> dict[str, np.nd
     return read_arrays(files, [*KEYS, *features])
 
 
-def _matrix(data: Mapping[str, np.ndarray], rows: np.ndarray, features: Sequence[str]) -> np.ndarray:
-    return np.stack([np.asarray(data[f], dtype=np.float32)[rows] for f in features], axis=1) \
-        if len(features) else np.zeros((int(rows.sum()), 0), np.float32)
+def feature_matrix(data: Mapping[str, np.ndarray], rows: np.ndarray, features: Sequence[str]) -> np.ndarray:
+    """The ``features`` columns of ``rows`` (a boolean mask or row indices) as a float32 matrix (rows, features)."""
+    if not len(features):
+        return np.zeros((int(rows.sum()) if rows.dtype == bool else len(rows), 0), np.float32)
+    return np.stack([np.asarray(data[f], dtype=np.float32)[rows] for f in features], axis=1)
 
 
 def task_rows(data: Mapping[str, np.ndarray], task: str, training: bool) -> np.ndarray:
@@ -122,13 +124,13 @@ def _fit(task: str, train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndar
         tr_idx, y_tr, tr_groups = ranked(train, tr)
         va_idx, y_va, va_groups = ranked(valid, va)
         p.update(objective="lambdarank", metric="ndcg", eval_at=[10], label_gain=[0, 1, 2, 4])
-        x_tr = np.stack([np.asarray(train[f], dtype=np.float32)[tr_idx] for f in features], axis=1)
-        x_va = np.stack([np.asarray(valid[f], dtype=np.float32)[va_idx] for f in features], axis=1)
-        d_tr = lgb.Dataset(x_tr, y_tr, group=tr_groups, feature_name=list(features), free_raw_data=True)
-        d_va = lgb.Dataset(x_va, y_va, group=va_groups, reference=d_tr)
+        d_tr = lgb.Dataset(feature_matrix(train, tr_idx, features), y_tr, group=tr_groups, feature_name=list(features),
+                           free_raw_data=True)
+        d_va = lgb.Dataset(feature_matrix(valid, va_idx, features), y_va, group=va_groups, reference=d_tr)
         return _train(lgb, p, d_tr, d_va, params), len(tr_idx)
-    d_tr = lgb.Dataset(_matrix(train, tr, features), y_tr, weight=w, feature_name=list(features), free_raw_data=True)
-    d_va = lgb.Dataset(_matrix(valid, va, features), y_va, reference=d_tr)
+    d_tr = lgb.Dataset(feature_matrix(train, tr, features), y_tr, weight=w, feature_name=list(features),
+                       free_raw_data=True)
+    d_va = lgb.Dataset(feature_matrix(valid, va, features), y_va, reference=d_tr)
     return _train(lgb, p, d_tr, d_va, params), int(tr.sum())
 
 
@@ -138,37 +140,47 @@ def _train(lgb: Any, p: dict[str, Any], d_tr: Any, d_va: Any, params: GBDTParams
 
 
 def _predict(booster: Any, data: Mapping[str, np.ndarray], rows: np.ndarray, features: Sequence[str]) -> np.ndarray:
-    return np.asarray(booster.predict(_matrix(data, rows, features), num_iteration=booster.best_iteration))
+    return np.asarray(booster.predict(feature_matrix(data, rows, features), num_iteration=booster.best_iteration))
+
+
+def task_predictions(score: Callable[[str, np.ndarray], np.ndarray], tasks: Collection[str],
+                     data: Mapping[str, np.ndarray]) -> Predictions:
+    """:class:`Predictions` of one split from per-task models: ``score(task, rows)`` gives the
+    probabilities of the rows (a boolean mask) for ``ctr``, ``cvr`` and ``follow``, the ranking score for
+    ``l2r`` and the (N, 7) tier probabilities for ``ppp``; ``tasks`` are the tasks with a model."""
+    out = Predictions()
+    if "ctr" in tasks:
+        rows = task_rows(data, "ctr", False)
+        p = score("ctr", rows)
+        out.ctr = {"prob": p, "click": data["label_click"][rows], "buy": data["label_buy"][rows],
+                   "user": data["user_id"][rows]}
+        if "cvr" in tasks:
+            cvr = score("cvr", rows)
+            out.ctr["cvr_prob"] = cvr
+            out.ctr["ctcvr_prob"] = p * cvr
+    if "l2r" in tasks:
+        rows = task_rows(data, "l2r", False)
+        out.l2r = {"score": score("l2r", rows), "click": data["label_click"][rows], "gain": data["l2r_gain"][rows],
+                   "list_id": data["list_id"][rows], "user": data["user_id"][rows]}
+    if "follow" in tasks:
+        rows = task_rows(data, "follow", False)
+        out.follow = {"prob": score("follow", rows), "label": data["label_follow"][rows],
+                      "user": data["user_id"][rows]}
+    if "ppp" in tasks:
+        rows = (np.asarray(data["task"]).astype(str) == "ppp") & (data["label_tier"] >= 0)
+        out.ppp = {"probs": score("ppp", rows), "tier": data["label_tier"][rows], "ppp_user": data["ppp_user"][rows],
+                   "user": data["user_id"][rows]}
+    return out
 
 
 def predictions(boosters: Mapping[str, Any], data: Mapping[str, np.ndarray],
                 features: Mapping[str, Sequence[str]]) -> Predictions:
     """:class:`Predictions` of one split from the task boosters."""
-    out = Predictions()
-    if "ctr" in boosters:
-        rows = task_rows(data, "ctr", False)
-        p = _predict(boosters["ctr"], data, rows, features["ctr"])
-        out.ctr = {"prob": p, "click": data["label_click"][rows], "buy": data["label_buy"][rows],
-                   "user": data["user_id"][rows]}
-        if "cvr" in boosters:
-            cvr = _predict(boosters["cvr"], data, rows, features["cvr"])
-            out.ctr["cvr_prob"] = cvr
-            out.ctr["ctcvr_prob"] = p * cvr
-    if "l2r" in boosters:
-        rows = task_rows(data, "l2r", False)
-        out.l2r = {"score": _predict(boosters["l2r"], data, rows, features["l2r"]),
-                   "click": data["label_click"][rows], "gain": data["l2r_gain"][rows],
-                   "list_id": data["list_id"][rows], "user": data["user_id"][rows]}
-    if "follow" in boosters:
-        rows = task_rows(data, "follow", False)
-        out.follow = {"prob": _predict(boosters["follow"], data, rows, features["follow"]),
-                      "label": data["label_follow"][rows], "user": data["user_id"][rows]}
-    if "ppp" in boosters:
-        rows = (np.asarray(data["task"]).astype(str) == "ppp") & (data["label_tier"] >= 0)
-        probs = _predict(boosters["ppp"], data, rows, features["ppp"]).reshape(-1, 7)
-        out.ppp = {"probs": probs, "tier": data["label_tier"][rows], "ppp_user": data["ppp_user"][rows],
-                   "user": data["user_id"][rows]}
-    return out
+    def score(task: str, rows: np.ndarray) -> np.ndarray:
+        p = _predict(boosters[task], data, rows, features[task])
+        return p.reshape(-1, 7) if task == "ppp" else p
+
+    return task_predictions(score, boosters.keys(), data)
 
 
 def run_gbdt(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],

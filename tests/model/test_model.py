@@ -445,6 +445,21 @@ def test_mmoe_gate_stats_average_the_softmax_of_the_gates() -> None:
     assert stats.result()["gate_follow"] == pytest.approx(expected.tolist(), rel=1e-5)
 
 
+def _first_category_match(model: DUPNModel, n: int, seed: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """A random batch, its time-decay pools' weights (B, P, L) over the longest sequence, and each row's match
+    features (B, category_match_dim) against the category of its first behaviour (``seq_category[:, :1]``)."""
+    tower = model.tower
+    assert isinstance(tower, UserTower) and tower.recency is not None
+    batch = random_batch(n=n, seed=seed)
+    with torch.no_grad():
+        rep = model.eval()(batch)["representation"]
+        longest = int(batch["seq_len"].max())
+        w = tower.recency.weights(batch["seq_time_bucket"][:, :longest],
+                                  torch.arange(longest).unsqueeze(0) < batch["seq_len"].unsqueeze(1))
+        match = tower.match(rep, batch["seq_category"][:, :1])[:, 0]
+    return batch, w, match
+
+
 def test_category_profile_gives_heads_the_exact_decayed_count_in_the_targets_category() -> None:
     """With C buckets >= the category vocabulary, the representation grows by P·C columns (a block of its
     own in the published layout) and each item's match features end with every pool's log decayed count
@@ -462,14 +477,8 @@ def test_category_profile_gives_heads_the_exact_decayed_count_in_the_targets_cat
     from training.layout import published_layout
     blocks = {b.key: b.columns for b in published_layout(profiled)}
     assert list(blocks["profile"]) == list(range(profiled.embedding_dim - pools * buckets, profiled.embedding_dim))
-    batch = random_batch(n=6, seed=5)
-    with torch.no_grad():
-        rep = profiled.eval()(batch)["representation"]
-        n = int(batch["seq_len"].max())
-        w = tower.recency.weights(batch["seq_time_bucket"][:, :n],  # type: ignore[union-attr]
-                                  torch.arange(n).unsqueeze(0) < batch["seq_len"].unsqueeze(1))
-        target = batch["seq_category"][:, :1]  # (B, 1): the category of the row's first behaviour (if any)
-        match = tower.match(rep, target)[:, 0]  # (B, category_match_dim)
+    batch, w, match = _first_category_match(profiled, 6, 5)
+    n, target = w.shape[2], batch["seq_category"][:, :1]
     in_target = (w * (batch["seq_category"][:, :n] == target).unsqueeze(1)).sum(dim=2)  # (B, P)
     count, share = match[:, -2 * pools:-pools], match[:, -pools:]
     torch.testing.assert_close(count, torch.log1p(in_target))
@@ -695,14 +704,8 @@ def test_profile_top_share_adds_the_count_over_the_users_top_category_count() ->
     assert isinstance(tower, UserTower)
     assert tower.match_dim - profiled.tower.match_dim == pools  # type: ignore[union-attr]
     assert topped.embedding_dim == profiled.embedding_dim
-    batch = random_batch(n=6, seed=5)
-    with torch.no_grad():
-        rep = topped.eval()(batch)["representation"]
-        n = int(batch["seq_len"].max())
-        w = tower.recency.weights(batch["seq_time_bucket"][:, :n],  # type: ignore[union-attr]
-                                  torch.arange(n).unsqueeze(0) < batch["seq_len"].unsqueeze(1))
-        target = batch["seq_category"][:, :1]
-        match = tower.match(rep, target)[:, 0]
+    batch, w, match = _first_category_match(topped, 6, 5)
+    n, target = w.shape[2], batch["seq_category"][:, :1]
     cats = batch["seq_category"][:, :n]
     per_cat = torch.stack([(w * (cats == c).unsqueeze(1)).sum(dim=2) for c in range(buckets)], dim=2)  # (B, P, C)
     in_target = (w * (cats == target).unsqueeze(1)).sum(dim=2)
