@@ -89,7 +89,7 @@ class Row:
     label: str
     group: str
     overrides: tuple[str, ...] = ()
-    kind: str = "neural"  # neural | gbdt | feature_mlp | stl | heuristic
+    kind: str = "neural"  # neural | hybrid | gbdt | feature_mlp | stl | heuristic
     note: str = ""
     feature: str = ""  # heuristic rows: the features/gbdt_examples column that scores
     exclude: tuple[str, ...] = ()  # GBDT and feature-MLP rows: features left out (an ablation of the hand-crafted set)
@@ -124,6 +124,8 @@ HISTORY_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("item_imps_prev", "item_ctr_prev", "item_cvr_prev", "cat_imps_prev", "cat_ctr_prev", "item_events_prev")),
 )
 LADDER_TASKS = ("ctr", "follow")
+# what the hybrid row's heads read beside DUPN-all's inputs: every summary the ladder adds back
+HYBRID_COLUMNS = tuple(f for _, _, group in HISTORY_GROUPS for f in group)
 
 
 def ladder_rows() -> tuple[Row, ...]:
@@ -219,6 +221,9 @@ ROWS: tuple[Row, ...] = (
         "user's mean price of each behaviour type; tried before on the model without the weights' average, the "
         "target priors and the weight decay)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.price_match=true")),
+    Row("dupn_hybrid", "DUPN-all whose item and follow heads also read the GBDT's summaries of the user's history "
+        "(every column the feature ladder adds back, as piecewise-linear pieces; model.side_inputs)",
+        "DUPN ablations", ("training.model.property_in=all",), kind="hybrid"),
     Row("dupn_top_share", "DUPN-all whose heads also read each pool's count in the target's category over its count "
         "in the user's top category (model.profile_top_share)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.profile_top_share=true")),
@@ -446,21 +451,50 @@ class Runner:
         key = _cache_key(row, resolved, self.data.version, seed)
         return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))
 
+    def _gbdt_files(self) -> dict[str, list[str]]:
+        """The files of ``features/gbdt_examples``' training, validation and test days (its latest version)."""
+        from features.gbdt import gbdt_spec
+
+        spec = gbdt_spec(self.cfg.inputs.rank_features_dim)
+        version = self.tables.version(spec)
+        return {s: self.tables.files(spec, list(days), version)
+                for s, days in (("train", self.data.train_days), ("valid", self.data.valid_days),
+                                ("test", self.data.test_days))}
+
     def _gbdt_splits(self, cols: Sequence[str]) -> tuple[Any, Any, Any]:
         """The GBDT examples' training, validation and test splits (columns ``cols`` and the keys), read once."""
-        from features.gbdt import gbdt_spec
         from training.gbdt import load_split
 
         if self._gbdt_data is None:
-            spec = gbdt_spec(self.cfg.inputs.rank_features_dim)
-            version = self.tables.version(spec)
-            files = {s: self.tables.files(spec, list(days), version)
-                     for s, days in (("train", self.data.train_days), ("valid", self.data.valid_days),
-                                     ("test", self.data.test_days))}
+            files = self._gbdt_files()
             self._gbdt_data = (load_split(files["train"], cols), load_split(files["valid"], cols),
                                load_split(files["test"], cols), cols)
         train, valid, test, _ = self._gbdt_data
         return train, valid, test
+
+    def hybrid(self, row: Row, seed: int) -> RunOutcome:
+        """DUPN (the row's configuration) whose heads also read :data:`HYBRID_COLUMNS` of
+        ``features/gbdt_examples`` (:mod:`training.side_inputs`)."""
+        from features.gbdt import gbdt_spec
+        from training.gbdt import load_split
+        from training.side_inputs import SideTable, SideWorkload
+
+        cfg = self.row_config(row, [f"training.model.side_inputs={len(HYBRID_COLUMNS)}"])
+        spec = ModelSpec.from_config(cfg, tasks=[x for x in cfg.training.tasks if x in self.data.tasks],
+                                     logit_offsets=self.data.logit_offsets,
+                                     **self.stats.model_inputs(cfg.training.model.price_reference))
+        resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json"),
+                    "side": {"columns": list(HYBRID_COLUMNS),
+                             "gbdt_version": self.tables.version(gbdt_spec(self.cfg.inputs.rank_features_dim))}}
+        key = _cache_key(row, resolved, self.data.version, seed)
+
+        def make() -> RunOutcome:
+            files = self._gbdt_files()
+            splits = {s: load_split(f, ["example_id", *HYBRID_COLUMNS]) for s, f in files.items()}
+            table = SideTable.build(list(splits.values()), splits["train"], HYBRID_COLUMNS,
+                                    cfg.training.model.side_bins)
+            return train_and_test(row.key, spec, cfg.training, self.data, seed, work=SideWorkload(spec, table))
+        return self.cache.get(key, make)
 
     def _gbdt_columns(self) -> list[str]:
         from features.gbdt import feature_columns
@@ -551,6 +585,8 @@ class Runner:
             return self.feature_mlp(row, seed)
         if row.kind == "stl":
             return self.stl(row, seed)
+        if row.kind == "hybrid":
+            return self.hybrid(row, seed)
         if row.kind == "heuristic":
             return self.heuristic(row, seed)
         return self.neural(row, seed)
@@ -641,7 +677,7 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
         if missing:
             label += (" — **not run**" if not r.outcomes else
                       f" — **{len(r.outcomes)} of {len(context['seeds'])} seeds**")
-        cap = f"{r.at_cap()}/{len(r.outcomes)}" if r.outcomes and r.row.kind == "neural" else "–"
+        cap = f"{r.at_cap()}/{len(r.outcomes)}" if r.outcomes and r.row.kind in ("neural", "hybrid") else "–"
         lines.append(f"| {r.row.group} | {label} | " + " | ".join(cells) +
                      f" | {_fmt(r.seconds(), 0)} | {_fmt(r.rate(), 0)} | {_fmt(r.epochs(), 2)} | {cap} |")
     if oracle:

@@ -248,6 +248,11 @@ class ModelConfig(_Strict):
         "snapshot (catalogue) or over the serving users' behaviours (behaviours; features/stats.py)")
     price_match: bool = Field(False, description="item heads also read the target's relative price against the "
                               "user's mean relative price of each behaviour type (the gap and its absolute value)")
+    side_inputs: int = Field(0, ge=0, description="hand-crafted per-example columns the item and follow heads also "
+                             "read, as quantile ranks in the batch keys slot_side (B, G x this) and row_side (B, "
+                             "this), attached by training/side_inputs.py (the comparison's hybrid row); 0 = none")
+    side_bins: int = Field(16, ge=2, description="with side_inputs: piecewise-linear pieces per column (knots at "
+                           "equally spaced quantile ranks)")
     ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "
                                                   "(0 = the paper's linear softmax only)")
     l2r_item_score: bool = Field(True, description="the L2R score adds an MLP score of the user-item match to "

@@ -16,7 +16,7 @@ from training import evaluation as ev
 from training.datasets import TrainingData
 from training.model import GateStats, attach_gate_stats
 from training.spec import ModelSpec
-from training.trainer import TrainPlan, TrainResult, eval_source, train_process
+from training.trainer import TrainPlan, TrainResult, Workload, eval_source, train_process
 
 logger = logging.getLogger(__name__)
 
@@ -56,39 +56,45 @@ class RunOutcome:
         return RunOutcome(**data)
 
 
-def train_selected(spec: ModelSpec, training: TrainingConfig, data: TrainingData, progress: bool = True) -> TrainResult:
+def train_selected(spec: ModelSpec, training: TrainingConfig, data: TrainingData, progress: bool = True,
+                   work: Workload | None = None) -> TrainResult:
     """Train ``spec`` with ``training`` on ``data``'s training split in this process, selecting its weights on
-    the validation split (the test split is not read)."""
+    the validation split (the test split is not read); ``work``: another workload than ``spec``'s own (e.g.
+    :class:`training.side_inputs.SideWorkload`)."""
     plan = TrainPlan(spec=spec.to_dict(), training=training, train_files=data.train_files,
                      valid_files=data.valid_files, epochs=training.epochs, select=True,
                      max_steps_per_epoch=training.max_steps_per_epoch, progress=progress)
-    result = train_process(plan)
+    result = train_process(plan, work=work)
     if result is None:
         raise RuntimeError("training returned no result")
     return result
 
 
 def train_and_test(name: str, spec: ModelSpec, training: TrainingConfig, data: TrainingData, seed: int,
-                   progress: bool = True) -> RunOutcome:
+                   progress: bool = True, work: Workload | None = None) -> RunOutcome:
     """Train ``spec`` with ``training`` (its seed replaced by ``seed``) on ``data``'s training split,
     selecting on its validation split, and score its test split once with the selected weights.
 
     For mixture-of-experts designs the gate utilisation (mean weight per expert) is measured on
-    the validation split.
+    the validation split. ``work``: the workload whose readers feed the model, when it is not ``spec``'s own
+    (its batches carry inputs the plain readers do not).
     """
     cfg = training.model_copy(update={"seed": seed})
     started = time.perf_counter()
-    result = train_selected(spec, cfg, data, progress)
+    result = train_selected(spec, cfg, data, progress, work)
     model = result.model()
+
+    def source(files: tuple[str, ...]) -> Any:
+        return work.eval_source(cfg, files) if work is not None else eval_source(cfg, files, spec.tasks)
     gates: dict[str, list[float]] = {}
     collapsed: list[str] = []
     if spec.model.architecture in ("mmoe", "cgc", "ple"):
         stats = GateStats()
         attach_gate_stats(model, stats)
-        ev.predict(model, eval_source(cfg, data.valid_files, spec.tasks).batches())
+        ev.predict(model, source(data.valid_files).batches())
         attach_gate_stats(model, None)
         gates, collapsed = stats.result(), stats.collapsed()
-    test = ev.metrics(ev.predict(model, eval_source(cfg, data.test_files, spec.tasks).batches()))
+    test = ev.metrics(ev.predict(model, source(data.test_files).batches()))
     logger.info("%s seed %d: test %s (%.0fs)", name, seed,
                 {k: round(v, 4) for k, v in test.items() if k in ev.REPORTED_METRICS}, time.perf_counter() - started)
     return RunOutcome(

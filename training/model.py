@@ -22,9 +22,9 @@ from torch import Tensor, nn
 from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
-    AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, RecencyPooling, UserProfile,
-    bag_mean, category_profile, embedding, embedding_bag, interest_match, match_scores, mlp, required_match,
-    valid_mask)
+    AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, QuantilePieces,
+    RecencyPooling, UserProfile, bag_mean, category_profile, embedding, embedding_bag, interest_match, match_scores,
+    mlp, required_match, valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
 
 if TYPE_CHECKING:
@@ -725,6 +725,10 @@ class DUPNModel(TaskModel):
         self.priors = m.target_priors
         k2 += ITEM_PRIOR_DIM if self.priors else 0
         k1 += FOLLOW_PRIOR_DIM if self.priors else 0
+        # and so do hand-crafted side inputs (model.side_inputs; training/side_inputs.py attaches them)
+        self.side = QuantilePieces(m.side_inputs, m.side_bins) if m.side_inputs else None
+        k2 += self.side.out_dim if self.side is not None else 0
+        k1 += self.side.out_dim if self.side is not None else 0
         for name in spec.head_names:
             if name in ("ctr", "cvr"):
                 heads[name] = ItemHead(d, item_dim, m.head_hidden, m.dropout,
@@ -770,6 +774,9 @@ class DUPNModel(TaskModel):
                                     slot_view(batch, "item_tags", rows, self.spec.max_tags),
                                     slot_view(batch, "item_log_price", rows))
             match = with_priors(match, item_priors(batch, rows) if self.priors else None)
+            if self.side is not None:
+                side = slot_view(batch, "slot_side", rows, self.side.columns)
+                match = with_priors(match, self.side(side.float()))
             l2r_items = "l2r" in self.heads and getattr(self.heads["l2r"], "item_score", None) is not None
             items = self.target_items(batch, rows) if "ctr" in self.heads or l2r_items else None
             if "ctr" in self.heads:
@@ -790,6 +797,9 @@ class DUPNModel(TaskModel):
                 tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
                 match = tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0]
             match = with_priors(match, follow_priors(batch, rows) if self.priors else None)
+            if self.side is not None:
+                side = need(batch, "row_side", "the follow head's side inputs").index_select(0, rows)
+                match = with_priors(match, self.side(side.float()))
             logit = self.heads["follow"](task_in["follow"].index_select(0, rows),
                                          need(batch, "talent", "the follow head").index_select(0, rows), category,
                                          match)
@@ -876,6 +886,9 @@ class ItemScorer(nn.Module):
         super().__init__()
         if "ctr" not in model.heads:
             raise ValueError(f"scoring items needs the ctr task; this model has heads {list(model.heads)}")
+        if model.side is not None:
+            raise ValueError(f"scoring items alone cannot give the CTR head its {model.side.columns} side inputs "
+                             f"(model.side_inputs); score example groups through the model instead")
         self.tower = model.tower
         self.items = model.tower.items
         self.mixer, self.mixer_in = model.mixer, model.mixer_in

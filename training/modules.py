@@ -559,3 +559,31 @@ def required_match(match: Tensor | None, shape: str) -> Tensor:
     if match is None:
         raise ValueError(f"this head reads the user-target match features; pass match {shape}")
     return match
+
+
+class QuantilePieces(nn.Module):
+    """Hand-crafted columns given as quantile ranks q in [0, 1] (NaN when missing) -> piecewise-linear pieces
+    ‖ missing indicators: (..., C) -> (..., C · (bins + 1)).
+
+    Piece k of a column is ``clamp(q · bins − k, 0, 1)``. Knots at equally spaced quantile ranks are knots at
+    the training quantiles, so this is the piecewise-linear encoding of :mod:`training.feature_mlp` applied
+    after :func:`training.side_inputs.quantile_ranks`. A missing value gives its pieces 0 and its indicator 1.
+    No parameters: the head reading it learns what each piece means.
+    """
+
+    steps: Tensor
+
+    def __init__(self, columns: int, bins: int) -> None:
+        super().__init__()
+        self.columns, self.bins = columns, bins
+        self.out_dim = columns * (bins + 1)
+        self.register_buffer("steps", torch.arange(bins, dtype=torch.float32), persistent=False)
+
+    def forward(self, ranks: Tensor) -> Tensor:
+        if ranks.shape[-1] != self.columns:
+            raise ValueError(f"side inputs: expected {self.columns} columns (model.side_inputs), got "
+                             f"{ranks.shape[-1]}; attach them with training/side_inputs.py")
+        missing = torch.isnan(ranks)
+        q = torch.where(missing, torch.zeros_like(ranks), ranks)
+        pieces = (q.unsqueeze(-1) * self.bins - self.steps).clamp(0.0, 1.0) * (~missing).unsqueeze(-1)
+        return torch.cat([pieces.flatten(-2), missing.to(ranks.dtype)], dim=-1)
