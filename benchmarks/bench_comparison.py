@@ -92,7 +92,7 @@ class Row:
     kind: str = "neural"  # neural | hybrid | gbdt | feature_mlp | stl | heuristic
     note: str = ""
     feature: str = ""  # heuristic rows: the features/gbdt_examples column that scores
-    exclude: tuple[str, ...] = ()  # GBDT and feature-MLP rows: features left out (an ablation of the hand-crafted set)
+    exclude: tuple[str, ...] = ()  # GBDT, feature-MLP and hybrid rows: hand-crafted features left out
     cache_as: str = ""  # the row name in the run cache's keys, for a row whose runs were made under another name
     tasks: tuple[str, ...] = ()  # feature-MLP rows: only these tasks (ctr brings cvr along); all when empty
 
@@ -224,6 +224,9 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_hybrid", "DUPN-all whose item and follow heads also read the GBDT's summaries of the user's history "
         "(every column the feature ladder adds back, as piecewise-linear pieces; model.side_inputs)",
         "DUPN ablations", ("training.model.property_in=all",), kind="hybrid"),
+    Row("dupn_hybrid_price", "DUPN-all whose item and follow heads also read the GBDT's summaries of the user's "
+        "prices alone (the ladder's price group)", "DUPN ablations", ("training.model.property_in=all",),
+        kind="hybrid", exclude=tuple(f for name, _, group in HISTORY_GROUPS if name != "price" for f in group)),
     Row("dupn_top_share", "DUPN-all whose heads also read each pool's count in the target's category over its count "
         "in the user's top category (model.profile_top_share)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.profile_top_share=true")),
@@ -474,24 +477,25 @@ class Runner:
 
     def hybrid(self, row: Row, seed: int) -> RunOutcome:
         """DUPN (the row's configuration) whose heads also read :data:`HYBRID_COLUMNS` of
-        ``features/gbdt_examples`` (:mod:`training.side_inputs`)."""
+        ``features/gbdt_examples`` but the row's exclusions (:mod:`training.side_inputs`)."""
         from features.gbdt import gbdt_spec
         from training.gbdt import load_split
         from training.side_inputs import SideTable, SideWorkload
 
-        cfg = self.row_config(row, [f"training.model.side_inputs={len(HYBRID_COLUMNS)}"])
+        columns = [f for f in HYBRID_COLUMNS if f not in row.exclude]
+        cfg = self.row_config(row, [f"training.model.side_inputs={len(columns)}"])
         spec = ModelSpec.from_config(cfg, tasks=[x for x in cfg.training.tasks if x in self.data.tasks],
                                      logit_offsets=self.data.logit_offsets,
                                      **self.stats.model_inputs(cfg.training.model.price_reference))
         resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json"),
-                    "side": {"columns": list(HYBRID_COLUMNS),
+                    "side": {"columns": columns,
                              "gbdt_version": self.tables.version(gbdt_spec(self.cfg.inputs.rank_features_dim))}}
         key = _cache_key(row, resolved, self.data.version, seed)
 
         def make() -> RunOutcome:
             files = self._gbdt_files()
-            splits = {s: load_split(f, ["example_id", *HYBRID_COLUMNS]) for s, f in files.items()}
-            table = SideTable.build(list(splits.values()), splits["train"], HYBRID_COLUMNS,
+            splits = {s: load_split(f, ["example_id", *columns]) for s, f in files.items()}
+            table = SideTable.build(list(splits.values()), splits["train"], columns,
                                     cfg.training.model.side_bins)
             return train_and_test(row.key, spec, cfg.training, self.data, seed, work=SideWorkload(spec, table))
         return self.cache.get(key, make)

@@ -84,6 +84,13 @@ SECTIONS: tuple[Section, ...] = (
                     "feature_mlp_base_activity_recency_kinds_price_user feature_mlp_ladder_end "
                     "--name comparison_features "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
+    Section("The hybrid: DUPN's heads reading the GBDT's history summaries beside the representation",
+            "comparison_hybrid.md",
+            "DUPN-all whose item and follow heads also read every history summary of the feature ladder, against "
+            "DUPN-all, the MLP on the GBDT's columns and the GBDT on the same lake.",
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_hybrid gbdt gbdt_noitem feature_mlp "
+                    "--name comparison_hybrid "
+                    "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
     Section("Do the published vectors tell users apart", "neighbours.md",

@@ -280,3 +280,16 @@ def test_the_feature_ladder_adds_the_history_groups_back_one_at_a_time() -> None
                     "user_gender", "user_city_level", *[f"rank_{i}" for i in range(8)]}
     groups = [f for _, _, g in HISTORY_GROUPS for f in g]
     assert len(groups) == len(set(groups)) and set(groups) <= set(feature_columns(8))
+
+
+def test_the_hybrid_rows_heads_read_the_ladders_history_summaries() -> None:
+    """dupn_hybrid is DUPN-all plus every column the ladder adds back; dupn_hybrid_price the price group alone."""
+    from benchmarks.bench_comparison import HISTORY_GROUPS, HYBRID_COLUMNS, REFERENCE, ROWS
+
+    rows = {r.key: r for r in ROWS}
+    price = next(g for name, _, g in HISTORY_GROUPS if name == "price")
+    assert set(HYBRID_COLUMNS) == {f for _, _, g in HISTORY_GROUPS for f in g}
+    for key, wanted in (("dupn_hybrid", set(HYBRID_COLUMNS)), ("dupn_hybrid_price", set(price))):
+        row = rows[key]
+        assert row.kind == "hybrid" and row.overrides == rows[REFERENCE].overrides
+        assert {f for f in HYBRID_COLUMNS if f not in row.exclude} == wanted
