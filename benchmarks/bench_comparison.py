@@ -354,7 +354,10 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "price_match": (False, frozenset({"dupn"})),
     "profile_top_share": (False, frozenset({"dupn"})),
     "target_priors": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
+    "side_inputs": (0, frozenset({"dupn"})),
 }
+# Later model settings that only act with another one set (the run keys of the hybrid rows hold them)
+LATER_MODEL_SUBFIELDS: dict[str, str] = {"side_bins": "side_inputs"}
 # Rows that vary the platform's model as it is (made after the target priors, which they keep on).
 PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool", "dupn_wd1e5",
           "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps")
@@ -370,8 +373,12 @@ def _without_later_fields(part: Any) -> Any:
     out = {k: v for k, v in part.items() if k not in LATER_TRAINING_FIELDS or v != LATER_TRAINING_FIELDS[k]}
     model = part.get("model")
     if isinstance(model, dict):
-        out["model"] = {k: v for k, v in model.items() if k not in LATER_MODEL_FIELDS or (
-            v != LATER_MODEL_FIELDS[k][0] and model.get("family") in LATER_MODEL_FIELDS[k][1])}
+        def acts(k: str, v: Any) -> bool:
+            if k in LATER_MODEL_SUBFIELDS:
+                return acts(LATER_MODEL_SUBFIELDS[k], model.get(LATER_MODEL_SUBFIELDS[k]))
+            return k not in LATER_MODEL_FIELDS or (v != LATER_MODEL_FIELDS[k][0]
+                                                   and model.get("family") in LATER_MODEL_FIELDS[k][1])
+        out["model"] = {k: v for k, v in model.items() if acts(k, v)}
     stopping = part.get("early_stopping")
     if isinstance(stopping, dict):
         out["early_stopping"] = {k: v for k, v in stopping.items()

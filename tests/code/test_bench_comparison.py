@@ -107,6 +107,10 @@ def test_a_setting_added_later_keeps_earlier_runs_keys_where_it_cannot_change_th
     assert key("dupn", recency_interests=0) == key("dupn")           # at its default: the earlier key
     assert key("dssm", recency_interests=3) == key("dssm")           # a family that does not read it
     assert key("dupn", recency_interests=3) != key("dupn")           # it changes the model: a new key
+    # a setting that acts only with another one: dropped while that one is off, kept (and keyed) when on
+    assert key("dupn", side_inputs=0, side_bins=16) == key("dupn") == key("dupn", side_inputs=0, side_bins=8)
+    assert key("dupn", side_inputs=4, side_bins=16) != key("dupn", side_inputs=4, side_bins=8)
+    assert key("dupn", side_inputs=4, side_bins=16) != key("dupn")
 
 
 def test_last_bit_differences_give_one_key() -> None:
@@ -169,7 +173,7 @@ def test_gbdt_ablation_rows_leave_out_features_the_gbdt_has() -> None:
     from features.gbdt import feature_columns
 
     ablations = [r for r in ROWS if r.exclude]
-    assert ablations and all(r.kind in ("gbdt", "feature_mlp") for r in ablations)
+    assert ablations and all(r.kind in ("gbdt", "feature_mlp", "hybrid") for r in ablations)
     read = set(feature_columns(8))
     assert "talent_follow_rate_prev" in read and "misspelt_feature" not in read
     for r in ablations:
