@@ -227,6 +227,9 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_hybrid_price", "DUPN-all whose item and follow heads also read the GBDT's summaries of the user's "
         "prices alone (the ladder's price group)", "DUPN ablations", ("training.model.property_in=all",),
         kind="hybrid", exclude=tuple(f for name, _, group in HISTORY_GROUPS if name != "price" for f in group)),
+    Row("dupn_hybrid_notalent", "dupn_hybrid whose follow head reads the talent's category but not its id (no "
+        "talent-id embedding: model.talent_dim 0)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.talent_dim=0"), kind="hybrid"),
     Row("dupn_top_share", "DUPN-all whose heads also read each pool's count in the target's category over its count "
         "in the user's top category (model.profile_top_share)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.profile_top_share=true")),

@@ -210,7 +210,8 @@ class ModelConfig(_Strict):
     time_dim: int = 16
     query_dim: int = 32
     profile_dim: int = 8
-    talent_dim: int = 32
+    talent_dim: int = Field(32, ge=0, description="width of the follow head's talent-id embedding (0: the head "
+                            "reads the talent's category, not its id)")
     lstm_hidden: int = 128
     attention_hidden: int = 64
     pooled_dim: int = 128

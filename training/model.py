@@ -573,12 +573,12 @@ class FollowHead(nn.Module):
     """Talent follow: MLP(task input ‖ t ‖ (P·task input) ⊙ t) -> logit, with t = talent embedding ‖
     talent-category embedding. The category table is the item categories' own (a talent's category
     and an item's share one index space, ``features/encoding.py``), so the user's history in the
-    talent's category is a direct match."""
+    talent's category is a direct match. ``talent_dim`` 0: t is the category embedding alone (no talent id)."""
 
     def __init__(self, in_dim: int, n_talent: int, talent_dim: int, category: nn.Embedding, hidden: int,
                  dropout: float, match_dim: int = 0) -> None:
         super().__init__()
-        self.talent = embedding(n_talent, talent_dim)
+        self.talent = embedding(n_talent, talent_dim) if talent_dim else None
         self.category = category
         width = talent_dim + category.embedding_dim
         self.interact = nn.Linear(in_dim, width)
@@ -588,7 +588,9 @@ class FollowHead(nn.Module):
     def forward(self, task_in: Tensor, talent: Tensor, talent_category: Tensor, match: Tensor | None = None) \
             -> Tensor:
         """task_in (N, D), talent (N,), talent_category (N,), match (N, M) -> logit (N,)."""
-        t = torch.cat([self.talent(talent), self.category(talent_category)], dim=-1)
+        t = self.category(talent_category)
+        if self.talent is not None:
+            t = torch.cat([self.talent(talent), t], dim=-1)
         parts = [task_in, t, self.interact(task_in) * t]
         if self.match_dim:
             parts.append(required_match(match, "(N, M)"))

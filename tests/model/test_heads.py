@@ -198,3 +198,18 @@ def test_shop_head_refuses_a_partial_read_of_vectors_without_a_known_layout() ->
     for head_input in ("dense", "match"):
         with pytest.raises(PlatformError, match=f"transfer.head_input={head_input} .*set transfer.head_input=full"):
             RepresentationTransfer(opaque, spec, head_input=head_input)
+
+
+def test_a_follow_head_without_talent_ids_reads_the_talents_category_alone() -> None:
+    from tests.model.conftest import random_batch
+    from training.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(tiny_spec(talent_dim=0)).eval()
+    assert model.heads["follow"].talent is None
+    batch = random_batch(12, seed=5)
+    other = {**batch, "talent": torch.where(batch["kind_id"] == 1, 3 + batch["talent"] % 7, batch["talent"])}
+    torch.testing.assert_close(model(other)["follow_logit"], model(batch)["follow_logit"])
+    with_ids = build_model(tiny_spec(talent_dim=6)).eval()
+    moved = (with_ids(other)["follow_logit"] - with_ids(batch)["follow_logit"]).abs() > 1e-6
+    assert bool(moved[batch["kind_id"] == 1].any())
