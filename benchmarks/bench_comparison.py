@@ -230,6 +230,10 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_hybrid_notalent", "dupn_hybrid whose follow head reads the talent's category but not its id (no "
         "talent-id embedding: model.talent_dim 0)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.talent_dim=0"), kind="hybrid"),
+    Row("dupn_hybrid_nofollowin", "dupn_hybrid whose follow head does not read the shared representation (its "
+        "task input): only the talent's embeddings, the match features, the priors and the summaries "
+        "(model.follow_task_input false)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.follow_task_input=false"), kind="hybrid"),
     Row("dupn_top_share", "DUPN-all whose heads also read each pool's count in the target's category over its count "
         "in the user's top category (model.profile_top_share)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.profile_top_share=true")),
@@ -358,6 +362,7 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "profile_top_share": (False, frozenset({"dupn"})),
     "target_priors": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
     "side_inputs": (0, frozenset({"dupn"})),
+    "follow_task_input": (True, frozenset({"dupn"})),
 }
 # Later model settings that only act with another one set (the run keys of the hybrid rows hold them)
 LATER_MODEL_SUBFIELDS: dict[str, str] = {"side_bins": "side_inputs"}

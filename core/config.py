@@ -252,6 +252,9 @@ class ModelConfig(_Strict):
     side_inputs: int = Field(0, ge=0, description="hand-crafted per-example columns the item and follow heads also "
                              "read, as quantile ranks in the batch keys slot_side (B, G x this) and row_side (B, "
                              "this), attached by training/side_inputs.py (the comparison's hybrid row); 0 = none")
+    follow_task_input: bool = Field(True, description="the follow head reads its task input (the shared "
+                                    "representation through the multi-task design); false: only the talent's "
+                                    "embeddings, the match features and its priors (a diagnostic)")
     side_bins: int = Field(16, ge=2, description="with side_inputs: piecewise-linear pieces per column (knots at "
                            "equally spaced quantile ranks)")
     ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "

@@ -576,14 +576,15 @@ class FollowHead(nn.Module):
     talent's category is a direct match. ``talent_dim`` 0: t is the category embedding alone (no talent id)."""
 
     def __init__(self, in_dim: int, n_talent: int, talent_dim: int, category: nn.Embedding, hidden: int,
-                 dropout: float, match_dim: int = 0) -> None:
+                 dropout: float, match_dim: int = 0, task_input: bool = True) -> None:
         super().__init__()
         self.talent = embedding(n_talent, talent_dim) if talent_dim else None
         self.category = category
         width = talent_dim + category.embedding_dim
-        self.interact = nn.Linear(in_dim, width)
+        # without the task input (model.follow_task_input false) the head reads t and the match features only
+        self.interact = nn.Linear(in_dim, width) if task_input else None
         self.match_dim = match_dim
-        self.mlp = mlp(in_dim + 2 * width + match_dim, [hidden], 1, dropout)
+        self.mlp = mlp((in_dim + 2 * width if task_input else width) + match_dim, [hidden], 1, dropout)
 
     def forward(self, task_in: Tensor, talent: Tensor, talent_category: Tensor, match: Tensor | None = None) \
             -> Tensor:
@@ -591,7 +592,7 @@ class FollowHead(nn.Module):
         t = self.category(talent_category)
         if self.talent is not None:
             t = torch.cat([self.talent(talent), t], dim=-1)
-        parts = [task_in, t, self.interact(task_in) * t]
+        parts = [task_in, t, self.interact(task_in) * t] if self.interact is not None else [t]
         if self.match_dim:
             parts.append(required_match(match, "(N, M)"))
         return self.mlp(torch.cat(parts, dim=-1)).squeeze(-1)
@@ -740,7 +741,7 @@ class DUPNModel(TaskModel):
                                       qd, k2, item_dim if m.l2r_item_score else 0)
             elif name == "follow":
                 heads[name] = FollowHead(d, spec.vocab["talent"], m.talent_dim, self.tower.items.category,
-                                         m.head_hidden, m.dropout, k1)
+                                         m.head_hidden, m.dropout, k1, m.follow_task_input)
             elif name == "ppp":
                 price_dim = getattr(self.tower, "price_dim", 0)
                 heads[name] = PPPHead(d, m.dropout, m.ppp_hidden, price_dim)

@@ -213,3 +213,18 @@ def test_a_follow_head_without_talent_ids_reads_the_talents_category_alone() -> 
     with_ids = build_model(tiny_spec(talent_dim=6)).eval()
     moved = (with_ids(other)["follow_logit"] - with_ids(batch)["follow_logit"]).abs() > 1e-6
     assert bool(moved[batch["kind_id"] == 1].any())
+
+
+def test_a_follow_head_without_its_task_input_reads_the_talent_and_the_match_features_alone() -> None:
+    torch.manual_seed(0)
+    category = embedding(12, 4)
+    head = FollowHead(in_dim=6, n_talent=20, talent_dim=5, category=category, hidden=8, dropout=0.0, match_dim=3,
+                      task_input=False)
+    talent, cat, match = torch.tensor([3, 4, 5]), torch.tensor([2, 2, 7]), torch.rand(3, 3)
+    out = head(torch.randn(3, 6), talent, cat, match)
+    torch.testing.assert_close(head(torch.randn(3, 6), talent, cat, match), out)
+    assert not torch.allclose(head(torch.randn(3, 6), talent, cat, match + 1.0), out)
+    with_input = FollowHead(in_dim=6, n_talent=20, talent_dim=5, category=category, hidden=8, dropout=0.0,
+                            match_dim=3)
+    assert not torch.allclose(with_input(torch.randn(3, 6), talent, cat, match),
+                              with_input(torch.randn(3, 6), talent, cat, match))
