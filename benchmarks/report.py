@@ -88,8 +88,8 @@ SECTIONS: tuple[Section, ...] = (
             "comparison_hybrid.md",
             "DUPN-all whose item and follow heads also read every history summary of the feature ladder, against "
             "DUPN-all, the MLP on the GBDT's columns and the GBDT on the same lake.",
-            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_hybrid gbdt gbdt_noitem feature_mlp "
-                    "--name comparison_hybrid "
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_hybrid dupn_hybrid_price "
+                    "dupn_hybrid_notalent dupn_hybrid_nofollowin gbdt gbdt_noitem feature_mlp --name comparison_hybrid "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
