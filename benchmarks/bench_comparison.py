@@ -455,17 +455,23 @@ class Runner:
         self.cache = RunCache(cache or WORK / "comparison", data_fingerprint(data), fresh, cached_only)
         self.overrides = list(overrides)
         self._gbdt_data: tuple[Any, Any, Any, Any] | None = None
+        self._side_tables: dict[tuple[tuple[str, ...], int], Any] = {}
 
     def row_config(self, row: Row, extra: Sequence[str] = ()) -> Config:
         return load_config(self.config, [*self.overrides, *row.overrides, *extra])
 
-    def neural(self, row: Row, seed: int, tasks: Sequence[str] | None = None, name: str | None = None) -> RunOutcome:
-        extra = [f"training.tasks=[{','.join(tasks)}]"] if tasks else []
+    def _neural_spec(self, row: Row, extra: Sequence[str]) -> tuple[Config, ModelSpec, dict[str, Any]]:
+        """A neural row's configuration (with ``extra`` overrides), its model spec, and what its cache key
+        resolves."""
         cfg = self.row_config(row, extra)
         spec = ModelSpec.from_config(cfg, tasks=[x for x in cfg.training.tasks if x in self.data.tasks],
                                      logit_offsets=self.data.logit_offsets,
                                      **self.stats.model_inputs(cfg.training.model.price_reference))
-        resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json")}
+        return cfg, spec, {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json")}
+
+    def neural(self, row: Row, seed: int, tasks: Sequence[str] | None = None, name: str | None = None) -> RunOutcome:
+        extra = [f"training.tasks=[{','.join(tasks)}]"] if tasks else []
+        cfg, spec, resolved = self._neural_spec(row, extra)
         key = _cache_key(row, resolved, self.data.version, seed)
         return self.cache.get(key, lambda: train_and_test(name or row.key, spec, cfg.training, self.data, seed))
 
@@ -498,20 +504,19 @@ class Runner:
         from training.side_inputs import SideTable, SideWorkload
 
         columns = [f for f in HYBRID_COLUMNS if f not in row.exclude]
-        cfg = self.row_config(row, [f"training.model.side_inputs={len(columns)}"])
-        spec = ModelSpec.from_config(cfg, tasks=[x for x in cfg.training.tasks if x in self.data.tasks],
-                                     logit_offsets=self.data.logit_offsets,
-                                     **self.stats.model_inputs(cfg.training.model.price_reference))
-        resolved = {"spec": spec.to_dict(), "training": cfg.training.model_dump(mode="json"),
-                    "side": {"columns": columns,
-                             "gbdt_version": self.tables.version(gbdt_spec(self.cfg.inputs.rank_features_dim))}}
+        cfg, spec, resolved = self._neural_spec(row, [f"training.model.side_inputs={len(columns)}"])
+        resolved["side"] = {"columns": columns,
+                            "gbdt_version": self.tables.version(gbdt_spec(self.cfg.inputs.rank_features_dim))}
         key = _cache_key(row, resolved, self.data.version, seed)
 
         def make() -> RunOutcome:
-            files = self._gbdt_files()
-            splits = {s: load_split(f, ["example_id", *columns]) for s, f in files.items()}
-            table = SideTable.build(list(splits.values()), splits["train"], columns,
-                                    cfg.training.model.side_bins)
+            bins = cfg.training.model.side_bins
+            if (tuple(columns), bins) not in self._side_tables:  # read once for every seed of the row
+                files = self._gbdt_files()
+                splits = {s: load_split(f, ["example_id", *columns]) for s, f in files.items()}
+                self._side_tables[(tuple(columns), bins)] = SideTable.build(list(splits.values()), splits["train"],
+                                                                            columns, bins)
+            table = self._side_tables[(tuple(columns), bins)]
             return train_and_test(row.key, spec, cfg.training, self.data, seed, work=SideWorkload(spec, table))
         return self.cache.get(key, make)
 

@@ -86,6 +86,7 @@ def train_and_test(name: str, spec: ModelSpec, training: TrainingConfig, data: T
 
     def source(files: tuple[str, ...]) -> Any:
         return work.eval_source(cfg, files) if work is not None else eval_source(cfg, files, spec.tasks)
+
     gates: dict[str, list[float]] = {}
     collapsed: list[str] = []
     if spec.model.architecture in ("mmoe", "cgc", "ple"):

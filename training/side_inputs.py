@@ -29,6 +29,7 @@ import torch
 
 from core.config import TrainingConfig
 from training.data import Batch, PetastormSource
+from training.gbdt import feature_matrix
 from training.spec import ModelSpec
 from training.trainer import DUPNWorkload
 
@@ -87,16 +88,13 @@ class SideTable:
             ValueError: an id occurs twice within a kind (the tables would not say which row an id means).
         """
         cols = list(columns)
-
-        def matrix(data: Mapping[str, np.ndarray], rows: np.ndarray) -> np.ndarray:
-            return np.stack([np.asarray(data[c], dtype=np.float32)[rows] for c in cols], axis=1)
-
         fit = np.isin(np.asarray(train["task"]), KINDS)
-        knots = quantile_knots(matrix(train, fit), bins, seed=seed)
+        knots = quantile_knots(feature_matrix(train, fit, cols), bins, seed=seed)
         ids: dict[str, np.ndarray] = {}
         ranks: dict[str, np.ndarray] = {}
         for kind in KINDS:
-            parts = [(np.asarray(d["example_id"], dtype=np.int64)[rows], quantile_ranks(matrix(d, rows), knots))
+            parts = [(np.asarray(d["example_id"], dtype=np.int64)[rows],
+                      quantile_ranks(feature_matrix(d, rows, cols), knots))
                      for d in splits for rows in [np.asarray(d["task"]) == kind]]
             kid = np.concatenate([p[0] for p in parts])
             order = np.argsort(kid, kind="stable")
