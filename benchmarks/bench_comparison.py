@@ -234,6 +234,14 @@ ROWS: tuple[Row, ...] = (
         "task input): only the talent's embeddings, the match features, the priors and the summaries "
         "(model.follow_task_input false)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.follow_task_input=false"), kind="hybrid"),
+    Row("dupn_hybrid_wide", "dupn_hybrid with heads as wide as the feature MLP's first layer (model.head_hidden "
+        "256; 64 in the platform's model)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.head_hidden=256"), kind="hybrid"),
+    Row("dupn_hybrid_wd1e5", "dupn_hybrid with the feature MLP's L2 penalty (training.weight_decay 1e-5; 3e-4 in the "
+        "platform's model)", "DUPN ablations",
+        ("training.model.property_in=all", "training.weight_decay=1e-5"), kind="hybrid"),
+    Row("dupn_hybrid_follow", "dupn_hybrid trained on the follow task alone (the feature MLP trains one network per "
+        "task)", "DUPN ablations", ("training.model.property_in=all", "training.tasks=[follow]"), kind="hybrid"),
     Row("dupn_top_share", "DUPN-all whose heads also read each pool's count in the target's category over its count "
         "in the user's top category (model.profile_top_share)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.profile_top_share=true")),
