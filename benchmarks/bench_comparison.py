@@ -234,14 +234,14 @@ ROWS: tuple[Row, ...] = (
         "task input): only the talent's embeddings, the match features, the priors and the summaries "
         "(model.follow_task_input false)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.follow_task_input=false"), kind="hybrid"),
-    Row("dupn_hybrid_wide", "dupn_hybrid with heads as wide as the feature MLP's first layer (model.head_hidden "
-        "256; 64 in the platform's model)", "DUPN ablations",
-        ("training.model.property_in=all", "training.model.head_hidden=256"), kind="hybrid"),
-    Row("dupn_hybrid_wd1e5", "dupn_hybrid with the feature MLP's L2 penalty (training.weight_decay 1e-5; 3e-4 in the "
-        "platform's model)", "DUPN ablations",
-        ("training.model.property_in=all", "training.weight_decay=1e-5"), kind="hybrid"),
     Row("dupn_hybrid_follow", "dupn_hybrid trained on the follow task alone (the feature MLP trains one network per "
         "task)", "DUPN ablations", ("training.model.property_in=all", "training.tasks=[follow]"), kind="hybrid"),
+    Row("dupn_hybrid_pieces", "dupn_hybrid whose heads read the target priors as piecewise-linear pieces "
+        "(model.prior_pieces)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.prior_pieces=true"), kind="hybrid"),
+    Row("dupn_prior_pieces", "DUPN-all whose heads read the target priors as piecewise-linear pieces at fixed "
+        "knots instead of logs (model.prior_pieces)", "DUPN ablations",
+        ("training.model.property_in=all", "training.model.prior_pieces=true")),
     Row("dupn_top_share", "DUPN-all whose heads also read each pool's count in the target's category over its count "
         "in the user's top category (model.profile_top_share)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.profile_top_share=true")),
@@ -371,12 +371,13 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "target_priors": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
     "side_inputs": (0, frozenset({"dupn"})),
     "follow_task_input": (True, frozenset({"dupn"})),
+    "prior_pieces": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
 }
 # Later model settings that only act with another one set (the run keys of the hybrid rows hold them)
 LATER_MODEL_SUBFIELDS: dict[str, str] = {"side_bins": "side_inputs"}
 # Rows that vary the platform's model as it is (made after the target priors, which they keep on).
 PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool", "dupn_wd1e5",
-          "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps")
+          "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps", "dupn_prior_pieces")
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
 LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "lr_schedule": LRScheduleConfig().model_dump()}

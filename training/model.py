@@ -14,7 +14,7 @@ the designs (:class:`TaskMixer` subclasses) only change what each head reads.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Mapping, cast
+from typing import TYPE_CHECKING, Mapping, Sequence, cast
 
 import torch
 from torch import Tensor, nn
@@ -629,23 +629,54 @@ class PPPHead(nn.Module):
 # ====================================================================== target priors
 ITEM_PRIOR_DIM = 3     # has a query, the share of its earlier searches in the item's category, its log
 FOLLOW_PRIOR_DIM = 4   # log counts and log rates of the talent's and the user's earlier follow impressions
+# model.prior_pieces: the priors as piecewise-linear pieces at fixed knots instead of logs. A head's MLP did
+# not learn the follow rate's effect from one scalar per prior; with pieces, one linear layer is any
+# piecewise-linear function of it (docs/learning.md, "The priors as pieces"). Counts get knots on a log-like
+# scale up to a million, rates and shares (smoothed, in (0, 1]) knots denser below 0.3.
+PRIOR_COUNT_KNOTS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 1e4, 1e5, 1e6)
+PRIOR_RATE_KNOTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
 
 
-def item_priors(batch: Batch, rows: Tensor) -> Tensor:
-    """(N, G, 3) earlier-days statistics of the impression slots of ``rows`` (``model.target_priors``):
+def item_prior_dim(pieces: bool) -> int:
+    """Width of :func:`item_priors` (``model.prior_pieces``)."""
+    return 1 + len(PRIOR_RATE_KNOTS) - 1 if pieces else ITEM_PRIOR_DIM
+
+
+def follow_prior_dim(pieces: bool) -> int:
+    """Width of :func:`follow_priors` (``model.prior_pieces``)."""
+    return 2 * (len(PRIOR_COUNT_KNOTS) - 1 + len(PRIOR_RATE_KNOTS) - 1) if pieces else FOLLOW_PRIOR_DIM
+
+
+def fixed_pieces(x: Tensor, knots: Sequence[float]) -> Tensor:
+    """x (...) -> (..., len(knots) - 1): piece i is clamp((x - k_i) / (k_(i+1) - k_i), 0, 1), so a linear
+    layer on the pieces is any piecewise-linear function of x with these knots (constant beyond them)."""
+    k = torch.as_tensor(knots, dtype=x.dtype, device=x.device)
+    return ((x.unsqueeze(-1) - k[:-1]) / (k[1:] - k[:-1])).clamp(0.0, 1.0)
+
+
+def item_priors(batch: Batch, rows: Tensor, pieces: bool = False) -> Tensor:
+    """(N, G, P) earlier-days statistics of the impression slots of ``rows`` (``model.target_priors``):
     whether the list has a query, and the smoothed share of that query's earlier searches in the slot
-    item's category (``item_query_share``, :mod:`features.priors`) and its log, both 0 without a query."""
+    item's category (``item_query_share``, :mod:`features.priors`): the share and its log, or with ``pieces``
+    the share's pieces at :data:`PRIOR_RATE_KNOTS`; all 0 without a query."""
     share = slot_view(batch, "item_query_share", rows).float()
     has_query = (need(batch, "query_tokens", "the item heads' priors").index_select(0, rows)[:, :1] != 0) \
         .to(share.dtype).expand_as(share)
+    if pieces:
+        return torch.cat([has_query.unsqueeze(-1), fixed_pieces(share, PRIOR_RATE_KNOTS) * has_query.unsqueeze(-1)],
+                         dim=-1)
     log_share = torch.log(share.clamp_min(1e-4)) / 5.0
     return torch.stack([has_query, share * has_query, log_share * has_query], dim=-1)
 
 
-def follow_priors(batch: Batch, rows: Tensor) -> Tensor:
-    """(N, 4) earlier-days statistics of follow rows ``rows`` (``talent_prior``, :data:`features.priors.TALENT_PRIOR`:
-    the talent's follow impressions and rate, the user's): log1p of the counts / 4 and log of the rates / 3."""
+def follow_priors(batch: Batch, rows: Tensor, pieces: bool = False) -> Tensor:
+    """(N, P) earlier-days statistics of follow rows ``rows`` (``talent_prior``, :data:`features.priors.TALENT_PRIOR`:
+    the talent's follow impressions and rate, the user's): log1p of the counts / 4 and log of the rates / 3,
+    or with ``pieces`` each column's pieces at :data:`PRIOR_COUNT_KNOTS` or :data:`PRIOR_RATE_KNOTS`."""
     prior = need(batch, "talent_prior", "the follow head's priors").index_select(0, rows).float()
+    if pieces:
+        return torch.cat([fixed_pieces(prior[:, j], PRIOR_RATE_KNOTS if j % 2 else PRIOR_COUNT_KNOTS)
+                          for j in range(prior.shape[1])], dim=-1)
     counts, rates = torch.log1p(prior[:, 0::2]) / 4.0, torch.log(prior[:, 1::2].clamp_min(1e-4)) / 3.0
     return torch.stack([counts, rates], dim=-1).flatten(1)  # back to the columns' order
 
@@ -725,9 +756,9 @@ class DUPNModel(TaskModel):
         k2 = cast(UserTower, self.tower).match_dim if self.matches else 0
         k1 = cast(UserTower, self.tower).category_match_dim if self.matches else 0
         # the target priors enter each head beside the match features
-        self.priors = m.target_priors
-        k2 += ITEM_PRIOR_DIM if self.priors else 0
-        k1 += FOLLOW_PRIOR_DIM if self.priors else 0
+        self.priors, self.prior_pieces = m.target_priors, m.prior_pieces
+        k2 += item_prior_dim(m.prior_pieces) if self.priors else 0
+        k1 += follow_prior_dim(m.prior_pieces) if self.priors else 0
         # and so do hand-crafted side inputs (model.side_inputs; training/side_inputs.py attaches them)
         self.side = QuantilePieces(m.side_inputs, m.side_bins) if m.side_inputs else None
         k2 += self.side.out_dim if self.side is not None else 0
@@ -776,7 +807,7 @@ class DUPNModel(TaskModel):
                 match = tower.match(representation.index_select(0, rows), slot_view(batch, "item_category", rows),
                                     slot_view(batch, "item_tags", rows, self.spec.max_tags),
                                     slot_view(batch, "item_log_price", rows))
-            match = with_priors(match, item_priors(batch, rows) if self.priors else None)
+            match = with_priors(match, item_priors(batch, rows, self.prior_pieces) if self.priors else None)
             if self.side is not None:
                 side = slot_view(batch, "slot_side", rows, self.side.columns)
                 match = with_priors(match, self.side(side.float()))
@@ -799,7 +830,7 @@ class DUPNModel(TaskModel):
                 assert representation is not None
                 tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
                 match = tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0]
-            match = with_priors(match, follow_priors(batch, rows) if self.priors else None)
+            match = with_priors(match, follow_priors(batch, rows, self.prior_pieces) if self.priors else None)
             if self.side is not None:
                 side = need(batch, "row_side", "the follow head's side inputs").index_select(0, rows)
                 match = with_priors(match, self.side(side.float()))
@@ -898,6 +929,7 @@ class ItemScorer(nn.Module):
         self.ctr = model.heads["ctr"]
         self.matches = model.matches
         self.priors = model.priors
+        self.prior_dim = item_prior_dim(model.prior_pieces)
         self.max_tags = model.spec.max_tags
         self.offset = model.spec.offset("ctr")
 
@@ -917,7 +949,7 @@ class ItemScorer(nn.Module):
             match = tower.match(representation, batch["item_category"].unsqueeze(1),
                                 tags.reshape(tags.shape[0], 1, -1), batch["item_log_price"].unsqueeze(1))
         if self.priors:  # no query when scoring candidates: the query statistics are absent (zeros)
-            match = with_priors(match, items.new_zeros(items.shape[0], 1, ITEM_PRIOR_DIM))
+            match = with_priors(match, items.new_zeros(items.shape[0], 1, self.prior_dim))
         logit = self.ctr(self.mixer(representation[:, :self.mixer_in])["ctr"], items.unsqueeze(1),
                          None if rank is None else rank.unsqueeze(1), None, match).squeeze(1)
         return torch.sigmoid(logit + self.offset)

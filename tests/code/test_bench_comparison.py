@@ -251,7 +251,8 @@ def test_dupn_all_finds_the_runs_made_as_dupn_wd3e4_and_every_row_measured_befor
     assert training(NOWD_REFERENCE) == {**training(REFERENCE), "weight_decay": 0.0}
     before = {"spec": {"model": {"family": "dupn"}}, "training": training(NOWD_REFERENCE)}
     assert _cache_key(rows[NOWD_REFERENCE], before, 3, 0) == _cache_key(Row("dupn_priors", "", ""), before, 3, 0)
-    decayed = (REFERENCE, "dupn_wd1e4", "dupn_wd1e5", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps")
+    decayed = (REFERENCE, "dupn_wd1e4", "dupn_wd1e5", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps",
+               "dupn_prior_pieces")
     for r in ROWS:
         if r.kind in ("neural", "stl") and r.key not in decayed:
             assert NOWD in r.overrides and training(r.key)["weight_decay"] == 0.0, r.key
