@@ -45,6 +45,7 @@ from benchmarks.common import ROOT, WORK, commit, machine, run_job
 from core import tables as t
 from core.config import Config, LRScheduleConfig, ModelFamily, load_config
 from core.delta import DeltaTables, get_tables
+from features.priors import TALENT_PRIOR
 from core.spark import get_spark
 from training import evaluation as ev
 from training.datasets import Statistics, TrainingData, serving_statistics, training_data
@@ -95,8 +96,11 @@ class Row:
     exclude: tuple[str, ...] = ()  # GBDT, feature-MLP and hybrid rows: hand-crafted features left out
     cache_as: str = ""  # the row name in the run cache's keys, for a row whose runs were made under another name
     tasks: tuple[str, ...] = ()  # feature-MLP rows: only these tasks (ctr brings cvr along); all when empty
+    priors: str = ""  # feature-MLP rows: the follow priors at DUPN's fixed knots ("fixed") or as its logs ("logs")
 
 
+# the follow head's target priors are the GBDT's columns of the same names
+FOLLOW_PRIORS = TALENT_PRIOR
 # the user's history with the target item, which DUPN's heads have no exact match of: every GBDT ablation
 # below the first leaves it out, so each is read against the GBDT without it
 NOITEM = ("item_n_30d", "item_last_age_h")
@@ -172,6 +176,15 @@ ROWS: tuple[Row, ...] = (
     Row("feature_mlp", "MLP on the GBDT's features (the same columns and rows as the GBDT without the user's history "
         "with the target item; piecewise-linear encoding; one network per task)", "baselines", kind="feature_mlp",
         exclude=NOITEM),
+    Row("feature_mlp_follow_nopriors", "MLP on the GBDT's follow columns without the talent's and the user's "
+        "earlier follow counts and rates (the four target priors)", "follow inputs", kind="feature_mlp",
+        exclude=(*NOITEM, *FOLLOW_PRIORS), tasks=("follow",)),
+    Row("feature_mlp_follow_logpriors", "MLP on the GBDT's follow columns, the four priors entering as DUPN's follow "
+        "head reads them (their logs, each one linear input) instead of piecewise-linear pieces", "follow inputs",
+        kind="feature_mlp", exclude=NOITEM, tasks=("follow",), priors="logs"),
+    Row("feature_mlp_follow_fixedpriors", "MLP on the GBDT's follow columns, the four priors as pieces at the fixed "
+        "knots of model.prior_pieces instead of the training quantiles", "follow inputs", kind="feature_mlp",
+        exclude=NOITEM, tasks=("follow",), priors="fixed"),
     *ladder_rows(),
     Row("feature_mlp_ladder_end", "... and " + HISTORY_GROUPS[-1][1] + " (every column of feature_mlp)",
         "feature ladder", kind="feature_mlp", exclude=NOITEM, tasks=LADDER_TASKS),
@@ -427,6 +440,29 @@ class NotRun(Exception):
     """A (row, seed) outcome that is not in the cache, under ``--cached-only``."""
 
 
+def follow_prior_encoding(kind: str, splits: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, list[float]]]:
+    """The splits (``features/gbdt_examples`` arrays, the training split first) and the fixed knots with which a
+    feature-MLP row reads :data:`FOLLOW_PRIORS` as DUPN's follow head does: ``fixed``, pieces at the knots of
+    ``model.prior_pieces``; ``logs``, the head's log encoding (``training.model.follow_priors``), each column one
+    piece from its least to its largest training value, i.e. one linear input."""
+    import numpy as np
+    import torch
+
+    from training.model import PRIOR_COUNT_KNOTS, PRIOR_RATE_KNOTS, follow_priors
+
+    if kind == "fixed":
+        return tuple(splits), {c: list(PRIOR_RATE_KNOTS if "rate" in c else PRIOR_COUNT_KNOTS) for c in FOLLOW_PRIORS}
+    if kind != "logs":
+        raise ValueError(f"Row.priors {kind!r}: use fixed or logs")
+    out = []
+    for d in splits:
+        raw = torch.as_tensor(np.stack([np.asarray(d[c], np.float32) for c in FOLLOW_PRIORS], axis=1))
+        logs = follow_priors({"talent_prior": raw}, torch.arange(raw.shape[0])).numpy()
+        out.append({**d, **{c: logs[:, j] for j, c in enumerate(FOLLOW_PRIORS)}})
+    knots = {c: [float(np.nanmin(out[0][c])), float(np.nanmax(out[0][c]))] for c in FOLLOW_PRIORS}
+    return tuple(out), knots
+
+
 class RunCache:
     """Finished runs, one JSON file per (row settings, data version, seed) key, each stamped with where
     it came from; a run made from other data (another fingerprint) is not used."""
@@ -574,13 +610,17 @@ class Runner:
         params = FeatureMLPParams(threads=self.cfg.training.torch_threads or 1)
         features, version = self._hand_crafted(row)
         resolved = {"params": {k: v for k, v in params.__dict__.items() if k != "threads"}, "features": features,
-                    "gbdt_version": version, **({"tasks": list(row.tasks)} if row.tasks else {})}
+                    "gbdt_version": version, **({"tasks": list(row.tasks)} if row.tasks else {}),
+                    **({"priors": row.priors} if row.priors else {})}
         key = _cache_key(row, resolved, self.data.version, seed)
 
         def make() -> RunOutcome:
             train, valid, test = self._gbdt_splits(self._gbdt_columns())
+            knots = None
+            if row.priors:
+                (train, valid, test), knots = follow_prior_encoding(row.priors, (train, valid, test))
             tasks = [x for x in self.data.tasks if not row.tasks or x in row.tasks]
-            res = run_feature_mlp(train, valid, test, features, tasks, params, seed)
+            res = run_feature_mlp(train, valid, test, features, tasks, params, seed, knots=knots)
             return self._tabular_outcome(row, seed, res, {"epochs": res.rounds})
         return self.cache.get(key, make)
 

@@ -64,8 +64,10 @@ class FeatureMLPParams:
 class FeatureEncoder(nn.Module):
     """Numeric columns -> piecewise-linear pieces ‖ missing indicators; categorical -> embeddings.
 
-    The knots are the training rows' quantiles of each column (NaN left out). A NaN value gives all
-    its column's pieces 0 and its indicator 1; a column without knots (constant in training) adds nothing.
+    The knots are the training rows' quantiles of each column (NaN left out), or those ``knots`` gives for
+    a column (a diagnostic: e.g. one piece from its least to its largest value, a scalar input). A NaN value
+    gives all its column's pieces 0 and its indicator 1; a column without knots (constant in training) adds
+    nothing.
     """
 
     piece_column: Tensor
@@ -73,12 +75,16 @@ class FeatureEncoder(nn.Module):
     piece_width: Tensor
     missing_column: Tensor
 
-    def __init__(self, x_train: np.ndarray, features: Sequence[str], bins: int, category_dim: int) -> None:
+    def __init__(self, x_train: np.ndarray, features: Sequence[str], bins: int, category_dim: int,
+                 knots: Mapping[str, Sequence[float]] | None = None) -> None:
         super().__init__()
         self.numeric = [j for j, f in enumerate(features) if f not in CATEGORICAL]
         self.categorical = [j for j, f in enumerate(features) if f in CATEGORICAL]
         edges: list[list[float]] = []
         for j in self.numeric:
+            if knots and features[j] in knots:  # fixed knots instead of the training quantiles
+                edges.append([float(e) for e in knots[features[j]]])
+                continue
             col = x_train[:, j]
             col = col[np.isfinite(col)]
             q = np.unique(np.quantile(col, np.linspace(0.0, 1.0, bins + 1))) if len(col) else np.zeros(0)
@@ -210,13 +216,15 @@ def _validation_score(task: str, d: _TaskData, data: Mapping[str, np.ndarray], s
 
 
 def fit_task(task: str, train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], features: Sequence[str],
-             params: FeatureMLPParams, seed: int) -> tuple[FeatureMLP, int, int]:
-    """Train ``task``'s network on ``train``, keeping the epoch best on ``valid``: (model, epochs chosen, rows)."""
+             params: FeatureMLPParams, seed: int, knots: Mapping[str, Sequence[float]] | None = None) \
+        -> tuple[FeatureMLP, int, int]:
+    """Train ``task``'s network on ``train``, keeping the epoch best on ``valid``: (model, epochs chosen, rows).
+    ``knots``: fixed knots of some columns (:class:`FeatureEncoder`)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     tr = _task_data(task, train, features, True)
     va = _task_data(task, valid, features, False)
-    encoder = FeatureEncoder(tr.x, features, params.bins, params.category_dim)
+    encoder = FeatureEncoder(tr.x, features, params.bins, params.category_dim, knots)
     model = FeatureMLP(encoder, 7 if task == "ppp" else 1, params)
     opt = torch.optim.Adam(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     units = len(tr.lists) if tr.lists is not None else len(tr.x)
@@ -270,13 +278,15 @@ def predictions(models: Mapping[str, FeatureMLP], data: Mapping[str, np.ndarray]
 
 def run_feature_mlp(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray],
                     features: Mapping[str, Sequence[str]], tasks: Sequence[str], params: FeatureMLPParams,
-                    seed: int, on_task: Callable[[str, int], None] | None = None) -> GBDTResult:
+                    seed: int, on_task: Callable[[str, int], None] | None = None,
+                    knots: Mapping[str, Sequence[float]] | None = None) -> GBDTResult:
     """Train one network per task on ``train`` (epochs chosen on ``valid``), then score ``valid`` and,
     once, ``test``: :class:`training.gbdt.GBDTResult` with the epochs chosen per task in ``rounds``.
 
     Args:
         features: task -> feature columns (``ctr``, ``cvr``, ``l2r``, ``follow``, ``ppp``).
         tasks: platform tasks (``ctr`` brings ``cvr`` along, for ESMM's outputs).
+        knots: fixed knots of some columns instead of their training quantiles (:class:`FeatureEncoder`).
     """
     prepare_torch(params.threads)
     models: dict[str, FeatureMLP] = {}
@@ -286,7 +296,7 @@ def run_feature_mlp(train: Mapping[str, np.ndarray], valid: Mapping[str, np.ndar
     wanted = [t for t in TASKS if t in tasks or (t == "cvr" and "ctr" in tasks)]
     for task in wanted:
         t0 = time.perf_counter()
-        models[task], epochs[task], n = fit_task(task, train, valid, features[task], params, seed)
+        models[task], epochs[task], n = fit_task(task, train, valid, features[task], params, seed, knots)
         if task != "cvr":
             examples += n
         logger.info("feature MLP %s: %d rows, epoch %d chosen on validation, %.1fs", task, n, epochs[task],

@@ -58,6 +58,34 @@ def test_the_encoding_gives_pieces_missing_indicators_and_an_unseen_category_its
     assert torch.equal(out[0, n_pieces + 1:], table.weight[2])
 
 
+def test_fixed_knots_replace_a_columns_training_quantiles() -> None:
+    """``knots`` gives a column its own knots (here one piece: a scalar input); the others keep their quantiles."""
+    x = np.array([[0.0, 1.0, 2.0], [1.0, np.nan, 0.0], [2.0, 3.0, 1.0], [3.0, 2.0, 2.0]], np.float32)
+    enc = FeatureEncoder(x, FEATURES, bins=3, category_dim=4, knots={FEATURES[0]: [0.0, 10.0]})
+    assert enc.piece_column.tolist().count(0) == 1 and enc.piece_column.tolist().count(1) == 3
+    with torch.no_grad():
+        out = enc(torch.tensor([[2.5, 1.0, 2.0]]))
+    assert float(out[0, 0]) == pytest.approx(0.25)
+
+
+def test_a_follow_prior_encoding_reads_the_priors_as_dupns_follow_head_does() -> None:
+    """bench_comparison's ``logs`` rows give the feature MLP the follow head's log priors as one linear input each;
+    ``fixed`` rows keep the values and use model.prior_pieces' knots."""
+    from benchmarks.bench_comparison import FOLLOW_PRIORS, follow_prior_encoding
+    from training.model import PRIOR_COUNT_KNOTS, PRIOR_RATE_KNOTS
+
+    train = {c: np.array([0.0, 10.0, 400.0] if "imps" in c else [0.05, 0.2, 0.5], np.float32) for c in FOLLOW_PRIORS}
+    (logs,), knots = follow_prior_encoding("logs", (train,))
+    np.testing.assert_allclose(logs["talent_imps_prev"], np.log1p([0.0, 10.0, 400.0]) / 4.0, rtol=1e-6)
+    np.testing.assert_allclose(logs["user_follow_rate_prev"], np.log([0.05, 0.2, 0.5]) / 3.0, rtol=1e-6)
+    assert knots["talent_imps_prev"] == pytest.approx([0.0, np.log1p(400.0) / 4.0])
+    (same,), fixed = follow_prior_encoding("fixed", (train,))
+    assert same is train and fixed["talent_follow_rate_prev"] == list(PRIOR_RATE_KNOTS)
+    assert fixed["user_follow_imps_prev"] == list(PRIOR_COUNT_KNOTS)
+    with pytest.raises(ValueError, match="fixed or logs"):
+        follow_prior_encoding("quantiles", (train,))
+
+
 def test_each_task_learns_a_non_linear_rule_and_keeps_its_best_epoch_on_validation() -> None:
     train, valid = _split(1500, 0, PPP_VALID_USER), _split(600, 1, PPP_VALID_USER)
     params = FeatureMLPParams(hidden=(32,), max_epochs=6, patience=2, batch_size=128)
