@@ -387,7 +387,7 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "prior_pieces": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
 }
 # Later model settings that only act with another one set (the run keys of the hybrid rows hold them)
-LATER_MODEL_SUBFIELDS: dict[str, str] = {"side_bins": "side_inputs"}
+LATER_MODEL_SUBFIELDS: dict[str, str] = {"side_bins": "side_inputs", "prior_pieces": "target_priors"}
 # Rows that vary the platform's model as it is (made after the target priors, which they keep on).
 PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool", "dupn_wd1e5",
           "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps", "dupn_prior_pieces")
@@ -404,8 +404,8 @@ def _without_later_fields(part: Any) -> Any:
     model = part.get("model")
     if isinstance(model, dict):
         def acts(k: str, v: Any) -> bool:
-            if k in LATER_MODEL_SUBFIELDS:
-                return acts(LATER_MODEL_SUBFIELDS[k], model.get(LATER_MODEL_SUBFIELDS[k]))
+            if k in LATER_MODEL_SUBFIELDS and not acts(LATER_MODEL_SUBFIELDS[k], model.get(LATER_MODEL_SUBFIELDS[k])):
+                return False
             return k not in LATER_MODEL_FIELDS or (v != LATER_MODEL_FIELDS[k][0]
                                                    and model.get("family") in LATER_MODEL_FIELDS[k][1])
         out["model"] = {k: v for k, v in model.items() if acts(k, v)}

@@ -229,7 +229,7 @@ class ModelConfig(_Strict):
                                 "features/training_examples: item heads the share of the query's earlier searches "
                                 "in the item's category, the follow head the talent's and the user's earlier "
                                 "follow impressions and rates (features/priors.py)")
-    prior_pieces: bool = Field(False, description="with target_priors: the heads read each prior as "
+    prior_pieces: bool = Field(False, description="with target_priors (no effect without): the heads read each prior as "
                                "piecewise-linear pieces at fixed knots (counts up to a million, rates and shares in "
                                "[0, 1]) instead of its log, so one layer can learn any piecewise-linear effect of it")
     recency_interests: int = Field(0, ge=0, description="time-decay pools of the behaviours' interest keys (a "
@@ -282,9 +282,6 @@ class ModelConfig(_Strict):
         if self.purchase_pool and not self.recency_interests:
             raise ValueError("purchase_pool adds a time-decay pool of the purchases beside the others; set "
                              "recency_interests > 0 or purchase_pool: false")
-        if self.prior_pieces and not self.target_priors:
-            raise ValueError("prior_pieces changes how the target priors enter the heads; set target_priors: true "
-                             "or prior_pieces: false")
         if self.profile_top_share and not self.category_profile:
             raise ValueError("profile_top_share compares counts of the category profile; set category_profile > 0 "
                              "or profile_top_share: false")

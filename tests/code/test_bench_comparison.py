@@ -111,6 +111,10 @@ def test_a_setting_added_later_keeps_earlier_runs_keys_where_it_cannot_change_th
     assert key("dupn", side_inputs=0, side_bins=16) == key("dupn") == key("dupn", side_inputs=0, side_bins=8)
     assert key("dupn", side_inputs=4, side_bins=16) != key("dupn", side_inputs=4, side_bins=8)
     assert key("dupn", side_inputs=4, side_bins=16) != key("dupn")
+    # ... and one that also keeps the earlier keys at its earlier value (prior_pieces false) when that one is on
+    assert key("dupn", target_priors=False, prior_pieces=True) == key("dupn") == key("dupn", target_priors=False)
+    assert key("dupn", target_priors=True, prior_pieces=False) == key("dupn", target_priors=True)
+    assert key("dupn", target_priors=True, prior_pieces=True) != key("dupn", target_priors=True)
 
 
 def test_last_bit_differences_give_one_key() -> None:

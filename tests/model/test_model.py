@@ -10,7 +10,7 @@ from typing import Callable
 import pytest
 import torch
 
-from core.config import Config, ModelConfig
+from core.config import Config
 from core.errors import ConfigError
 from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
@@ -715,9 +715,15 @@ def test_prior_pieces_let_the_follow_head_learn_a_band_of_the_talents_rate_that_
     assert with_logs < 0.7, with_logs  # 0.37: the loss stays at the base rate's
 
 
-def test_prior_pieces_need_the_target_priors() -> None:
-    with pytest.raises(ValueError, match="prior_pieces"):
-        ModelConfig(prior_pieces=True)
+def test_prior_pieces_act_only_with_the_target_priors() -> None:
+    """model.prior_pieces without target_priors builds the model without priors (a configuration that turns the
+    priors off need not turn their encoding off too)."""
+    torch.manual_seed(0)
+    plain = build_model(tiny_spec())
+    pieces_alone = build_model(tiny_spec(prior_pieces=True))
+    assert isinstance(plain, DUPNModel) and isinstance(pieces_alone, DUPNModel)
+    assert pieces_alone.heads["follow"].match_dim == plain.heads["follow"].match_dim  # type: ignore
+    assert pieces_alone.heads["ctr"].match_dim == plain.heads["ctr"].match_dim  # type: ignore
 
 
 def test_target_priors_let_the_item_head_learn_a_label_that_only_the_share_explains() -> None:
