@@ -97,6 +97,7 @@ class Row:
     cache_as: str = ""  # the row name in the run cache's keys, for a row whose runs were made under another name
     tasks: tuple[str, ...] = ()  # feature-MLP rows: only these tasks (ctr brings cvr along); all when empty
     priors: str = ""  # feature-MLP rows: the follow priors at DUPN's fixed knots ("fixed") or as its logs ("logs")
+    params: tuple[tuple[str, Any], ...] = ()  # feature-MLP rows: FeatureMLPParams fields set otherwise
 
 
 # the follow head's target priors are the GBDT's columns of the same names
@@ -176,6 +177,10 @@ ROWS: tuple[Row, ...] = (
     Row("feature_mlp", "MLP on the GBDT's features (the same columns and rows as the GBDT without the user's history "
         "with the target item; piecewise-linear encoding; one network per task)", "baselines", kind="feature_mlp",
         exclude=NOITEM),
+    Row("feature_mlp_follow_headrecipe", "MLP on the GBDT's follow columns trained as DUPN's follow head is (one "
+        "hidden layer of 64, an L2 penalty of 3e-4, step 0.002, batches of 256)", "follow inputs", kind="feature_mlp",
+        exclude=NOITEM, tasks=("follow",),
+        params=(("hidden", (64,)), ("weight_decay", 3e-4), ("lr", 2e-3), ("batch_size", 256))),
     Row("feature_mlp_follow_nopriors", "MLP on the GBDT's follow columns without the talent's and the user's "
         "earlier follow counts and rates (the four target priors)", "follow inputs", kind="feature_mlp",
         exclude=(*NOITEM, *FOLLOW_PRIORS), tasks=("follow",)),
@@ -607,7 +612,7 @@ class Runner:
         model class."""
         from training.feature_mlp import FeatureMLPParams, run_feature_mlp
 
-        params = FeatureMLPParams(threads=self.cfg.training.torch_threads or 1)
+        params = FeatureMLPParams(threads=self.cfg.training.torch_threads or 1, **dict(row.params))
         features, version = self._hand_crafted(row)
         resolved = {"params": {k: v for k, v in params.__dict__.items() if k != "threads"}, "features": features,
                     "gbdt_version": version, **({"tasks": list(row.tasks)} if row.tasks else {}),

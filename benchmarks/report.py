@@ -91,6 +91,14 @@ SECTIONS: tuple[Section, ...] = (
             command="python -m benchmarks.bench_comparison --rows dupn_all dupn_hybrid dupn_hybrid_price "
                     "dupn_hybrid_notalent dupn_hybrid_nofollowin gbdt gbdt_noitem feature_mlp --name comparison_hybrid "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
+    Section("The target priors as pieces: the follow gap located in an encoding", "comparison_pieces.md",
+            "The feature MLP on follow reading the four follow priors as DUPN's follow head did (logs), at fixed "
+            "knots, or not at all, beside DUPN-all and the hybrid with the priors as piecewise-linear pieces "
+            "(model.prior_pieces), on the same lake.",
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_prior_pieces dupn_hybrid "
+                    "dupn_hybrid_pieces dupn_hybrid_follow gbdt gbdt_noitem feature_mlp feature_mlp_follow_nopriors "
+                    "feature_mlp_follow_logpriors feature_mlp_follow_fixedpriors --name comparison_pieces "
+                    "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
     Section("Do the published vectors tell users apart", "neighbours.md",
