@@ -229,9 +229,10 @@ class ModelConfig(_Strict):
                                 "features/training_examples: item heads the share of the query's earlier searches "
                                 "in the item's category, the follow head the talent's and the user's earlier "
                                 "follow impressions and rates (features/priors.py)")
-    prior_pieces: bool = Field(False, description="with target_priors (no effect without): the heads read each prior as "
-                               "piecewise-linear pieces at fixed knots (counts up to a million, rates and shares in "
-                               "[0, 1]) instead of its log, so one layer can learn any piecewise-linear effect of it")
+    prior_pieces: bool = Field(False, description="with target_priors (no effect without): the heads read each "
+                               "prior as piecewise-linear pieces at fixed knots (counts up to a million, rates and "
+                               "shares in [0, 1]) instead of its log, so one layer can learn any piecewise-linear "
+                               "effect of it")
     recency_interests: int = Field(0, ge=0, description="time-decay pools of the behaviours' interest keys (a "
                                    "learned weight per age bucket, not normalised), beside the attention's: each "
                                    "adds an interest and the log of its decayed behaviour count")

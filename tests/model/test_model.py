@@ -18,8 +18,8 @@ from tests.model.conftest import G, random_batch, tiny_spec
 from training.evaluation import auc as auc_of
 from training.losses import task_losses
 from training.model import (
-    FOLLOW_PRIOR_DIM, ITEM_PRIOR_DIM, PRIOR_COUNT_KNOTS, PRIOR_RATE_KNOTS, DUPNModel, GateStats, TaskModel, UserTower, attach_gate_stats, build_model,
-    last_shared_layer, rows_of_kind, scatter_rows)
+    FOLLOW_PRIOR_DIM, ITEM_PRIOR_DIM, PRIOR_COUNT_KNOTS, PRIOR_RATE_KNOTS, DUPNModel, GateStats, TaskModel, UserTower,
+    attach_gate_stats, build_model, last_shared_layer, rows_of_kind, scatter_rows)
 from training.spec import SPEC_VERSION, ModelSpec
 
 ARCHITECTURES = ("shared_bottom", "mmoe", "cgc", "ple", "cross_stitch")
