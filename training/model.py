@@ -631,8 +631,9 @@ ITEM_PRIOR_DIM = 3     # has a query, the share of its earlier searches in the i
 FOLLOW_PRIOR_DIM = 4   # log counts and log rates of the talent's and the user's earlier follow impressions
 # model.prior_pieces: the priors as piecewise-linear pieces at fixed knots instead of logs. A head's MLP did
 # not learn the follow rate's effect from one scalar per prior; with pieces, one linear layer is any
-# piecewise-linear function of it (docs/learning.md, "The priors as pieces"). Counts get knots on a log-like
-# scale up to a million, rates and shares (smoothed, in (0, 1]) knots denser below 0.3.
+# piecewise-linear function of it (docs/learning.md, "The follow gap is the priors' encoding"). Counts
+# get knots on a log-like scale up to a million, rates and shares (smoothed, in (0, 1]) knots denser
+# below 0.3.
 PRIOR_COUNT_KNOTS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 1e4, 1e5, 1e6)
 PRIOR_RATE_KNOTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
 
