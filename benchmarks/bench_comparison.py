@@ -45,8 +45,8 @@ from benchmarks.common import ROOT, WORK, commit, machine, run_job
 from core import tables as t
 from core.config import Config, LRScheduleConfig, ModelFamily, load_config
 from core.delta import DeltaTables, get_tables
-from features.priors import TALENT_PRIOR
 from core.spark import get_spark
+from features.priors import TALENT_PRIOR
 from training import evaluation as ev
 from training.datasets import Statistics, TrainingData, serving_statistics, training_data
 from training.experiment import RunOutcome, train_and_test
@@ -453,10 +453,10 @@ def follow_prior_encoding(kind: str, splits: Sequence[Any]) -> tuple[tuple[Any, 
     import numpy as np
     import torch
 
-    from training.model import PRIOR_COUNT_KNOTS, PRIOR_RATE_KNOTS, follow_priors
+    from training.model import FOLLOW_PRIOR_KNOTS, follow_priors
 
     if kind == "fixed":
-        return tuple(splits), {c: list(PRIOR_RATE_KNOTS if "rate" in c else PRIOR_COUNT_KNOTS) for c in FOLLOW_PRIORS}
+        return tuple(splits), {c: list(k) for c, k in zip(FOLLOW_PRIORS, FOLLOW_PRIOR_KNOTS)}
     if kind != "logs":
         raise ValueError(f"Row.priors {kind!r}: use fixed or logs")
     out = []

@@ -636,6 +636,8 @@ FOLLOW_PRIOR_DIM = 4   # log counts and log rates of the talent's and the user's
 # below 0.3.
 PRIOR_COUNT_KNOTS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1e3, 1e4, 1e5, 1e6)
 PRIOR_RATE_KNOTS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0)
+# the knots of each talent_prior column, in features.priors.TALENT_PRIOR's order (a count, then its rate)
+FOLLOW_PRIOR_KNOTS = (PRIOR_COUNT_KNOTS, PRIOR_RATE_KNOTS, PRIOR_COUNT_KNOTS, PRIOR_RATE_KNOTS)
 
 
 def item_prior_dim(pieces: bool) -> int:
@@ -645,7 +647,7 @@ def item_prior_dim(pieces: bool) -> int:
 
 def follow_prior_dim(pieces: bool) -> int:
     """Width of :func:`follow_priors` (``model.prior_pieces``)."""
-    return 2 * (len(PRIOR_COUNT_KNOTS) - 1 + len(PRIOR_RATE_KNOTS) - 1) if pieces else FOLLOW_PRIOR_DIM
+    return sum(len(k) - 1 for k in FOLLOW_PRIOR_KNOTS) if pieces else FOLLOW_PRIOR_DIM
 
 
 def fixed_pieces(x: Tensor, knots: Sequence[float]) -> Tensor:
@@ -673,11 +675,10 @@ def item_priors(batch: Batch, rows: Tensor, pieces: bool = False) -> Tensor:
 def follow_priors(batch: Batch, rows: Tensor, pieces: bool = False) -> Tensor:
     """(N, P) earlier-days statistics of follow rows ``rows`` (``talent_prior``, :data:`features.priors.TALENT_PRIOR`:
     the talent's follow impressions and rate, the user's): log1p of the counts / 4 and log of the rates / 3,
-    or with ``pieces`` each column's pieces at :data:`PRIOR_COUNT_KNOTS` or :data:`PRIOR_RATE_KNOTS`."""
+    or with ``pieces`` each column's pieces at its :data:`FOLLOW_PRIOR_KNOTS`."""
     prior = need(batch, "talent_prior", "the follow head's priors").index_select(0, rows).float()
     if pieces:
-        return torch.cat([fixed_pieces(prior[:, j], PRIOR_RATE_KNOTS if j % 2 else PRIOR_COUNT_KNOTS)
-                          for j in range(prior.shape[1])], dim=-1)
+        return torch.cat([fixed_pieces(prior[:, j], knots) for j, knots in enumerate(FOLLOW_PRIOR_KNOTS)], dim=-1)
     counts, rates = torch.log1p(prior[:, 0::2]) / 4.0, torch.log(prior[:, 1::2].clamp_min(1e-4)) / 3.0
     return torch.stack([counts, rates], dim=-1).flatten(1)  # back to the columns' order
 
