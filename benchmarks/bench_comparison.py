@@ -46,6 +46,7 @@ from core import tables as t
 from core.config import Config, LRScheduleConfig, ModelFamily, load_config
 from core.delta import DeltaTables, get_tables
 from core.spark import get_spark
+from features.gbdt import HISTORY_GROUPS, SIDE_COLUMNS, WINDOWED  # noqa: F401 - re-exported for the rows
 from features.priors import TALENT_PRIOR
 from training import evaluation as ev
 from training.datasets import Statistics, TrainingData, serving_statistics, training_data
@@ -105,32 +106,9 @@ FOLLOW_PRIORS = TALENT_PRIOR
 # the user's history with the target item, which DUPN's heads have no exact match of: every GBDT ablation
 # below the first leaves it out, so each is read against the GBDT without it
 NOITEM = ("item_n_30d", "item_last_age_h")
-# The hand-crafted summaries of the user's history (features/gbdt.py), in groups. DUPN's heads read what the
-# feature-MLP ladder's first row keeps (the target's own columns, the ranking features, the query's and the
-# talent's priors, the profile) and must learn the rest from the sequence: the ladder adds the groups back one
-# at a time, so each step says what a network gains from one summary of the history.
-WINDOWED = tuple(f"cat_{k}_{w}" for k in ("n", "share") for w in ("1h", "1d", "3d", "7d", "30d")) \
-    + ("cat_decayed_share_1d", "cat_decayed_share_3d")
-HISTORY_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("activity", "the user's events in the target's category (counts and shares over 1 h to 30 d, decayed shares)",
-     WINDOWED),
-    ("recency", "how recent the latest of them is (cat_last_age_h, cat_recency_rank)",
-     ("cat_last_age_h", "cat_recency_rank")),
-    ("kinds", "the favourites, carts and purchases in the target's category (7 d, 30 d, the last purchase's age)",
-     ("cat_fav_7d", "cat_cart_7d", "cat_buy_7d", "cat_buy_30d", "cat_last_buy_age_h")),
-    ("price", "the user's prices by behaviour type and the target's gap to them",
-     ("cat_mean_rel_price", "user_rel_price_click", "user_rel_price_fav", "user_rel_price_cart", "user_rel_price_buy",
-      "user_rel_price_decayed_deep", "user_rel_price_buy_max", "user_rel_price_buy_min", "user_log_price_mean",
-      "target_price_gap_buy", "target_price_gap_deep")),
-    ("user", "the user's totals (events over 1 h to 30 d and by type, distinct categories, the last event's age)",
-     ("user_n_1h", "user_n_1d", "user_n_3d", "user_n_7d", "user_n_30d", "user_n_click", "user_n_fav", "user_n_cart",
-      "user_n_buy", "user_distinct_categories", "user_last_age_h")),
-    ("popularity", "the item's and the category's impressions and rates of the days before",
-     ("item_imps_prev", "item_ctr_prev", "item_cvr_prev", "cat_imps_prev", "cat_ctr_prev", "item_events_prev")),
-)
 LADDER_TASKS = ("ctr", "follow")
 # what the hybrid row's heads read beside DUPN-all's inputs: every summary the ladder adds back
-HYBRID_COLUMNS = tuple(f for _, _, group in HISTORY_GROUPS for f in group)
+HYBRID_COLUMNS = SIDE_COLUMNS
 
 
 def ladder_rows() -> tuple[Row, ...]:

@@ -254,8 +254,9 @@ class ModelConfig(_Strict):
     price_match: bool = Field(False, description="item heads also read the target's relative price against the "
                               "user's mean relative price of each behaviour type (the gap and its absolute value)")
     side_inputs: int = Field(0, ge=0, description="hand-crafted per-example columns the item and follow heads also "
-                             "read, as quantile ranks in the batch keys slot_side (B, G x this) and row_side (B, "
-                             "this), attached by training/side_inputs.py (the comparison's hybrid row); 0 = none")
+                             "read in the batch keys slot_side (B, G x this) and row_side (B, this): raw values of "
+                             "features/hybrid_examples ranked at the spec's knots (training.hybrid sets it), or the "
+                             "ranks training/side_inputs.py attaches (the comparison's hybrid rows); 0 = none")
     follow_task_input: bool = Field(True, description="the follow head reads its task input (the shared "
                                     "representation through the multi-task design); false: only the talent's "
                                     "embeddings, the match features and its priors (a diagnostic)")
@@ -355,6 +356,10 @@ class TrainingConfig(_Strict):
 
     tasks: list[TaskName] = Field(default_factory=lambda: list(ALL_TASKS))
     model: ModelConfig = Field(default_factory=ModelConfig)
+    hybrid: bool = Field(False, description="full training reads features/hybrid_examples (jobs/"
+                         "build_hybrid_examples) and the item and follow heads also read its hand-crafted summaries "
+                         "of the user's history (features.gbdt.SIDE_COLUMNS, ranked at the training split's "
+                         "quantiles); incremental training follows its champion")
     weighting: WeightingConfig = Field(default_factory=WeightingConfig)
     optimizer: Literal["adagrad", "adam", "sgd"] = "adagrad"
     lr: float = Field(0.001, gt=0)

@@ -10,7 +10,9 @@ Steps of day D, in this order (``daily.steps`` picks a subset, e.g. a publish-on
   training days, then ``training_set.validation_days`` validation days, then D as the test day
   (defaults: D-2 train, D-1 validation, D test). Only those partitions are replaced; earlier days keep
   the examples (and split) of their own day's build. A build that already ends after D is not
-  rebuilt backwards (the step refuses, naming it).
+  rebuilt backwards (the step refuses, naming it). With ``training.hybrid`` the step then runs
+  ``build_hybrid_examples`` over the same range (the hybrid model's examples, ``features/hybrid.py``);
+  a hybrid champion trains incrementally on them, so its daily run keeps ``training.hybrid`` on.
 * ``feature_stats``: ``feature_stats --date D`` with the drift check against the training split of
   the newest training-set build that ends on or before D (none: serving statistics only).
 * ``train``: ``train --mode incremental`` from the champion on the newest non-test day of that build
@@ -60,6 +62,9 @@ logger = logging.getLogger(__name__)
 RAN, SKIPPED, FAILED, NOT_RUN = "ran", "skipped", "failed", "not run"
 DONE = (RAN, SKIPPED)
 TRAINING_SET_JOB = "build_training_set"  # the job name build_training_set records in its commits
+# with training.hybrid, the training_set step also runs this job (its key in the jobs mapping): the examples of
+# the same build with the hybrid model's side inputs (features/hybrid_examples)
+HYBRID_JOB = "hybrid_examples"
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,8 @@ class Day:
             if step in ("training_set", "train"):
                 self._no_later_build(day, step)
             summary = self._call(step, argv)
+            if step == "training_set" and self.cfg.training.hybrid:  # the hybrid model's examples of the same build
+                summary += "\n" + self._call(HYBRID_JOB, argv)
             table, version, output, extra = self._output(step, day, summary)
         except Exception as exc:  # noqa: BLE001 - a failed step is a row of the run log and one line
             if not isinstance(exc, PlatformError):
@@ -305,7 +312,8 @@ class Day:
             return ["--start", days[0], "--end", day], {
                 "config": {"training_set": dump["training_set"], "sequences": dump["sequences"],
                            "inputs": dump["inputs"], "quality": dump["quality"], "tasks": dump["training"]["tasks"],
-                           "range": days},
+                           "range": days, **({"hybrid": {"side_bins": cfg.training.model.side_bins}}
+                                             if cfg.training.hybrid else {})},
                 "files": {**{s.name: self._files(s, days) for s in labels}, t.EVENTS.name: self._files(t.EVENTS, back)},
                 "versions": self._versions(t.ITEMS, t.USERS)}
         if step == "feature_stats":
@@ -364,6 +372,10 @@ class Day:
         spec = {"sequences": t.USER_SEQUENCES, "training_set": t.TRAINING_EXAMPLES, "feature_stats": t.FEATURE_STATS,
                 "publish": t.USER_REPRESENTATIONS}[step]
         version = self.tables.version(spec)
+        if step == "training_set" and self.cfg.training.hybrid:
+            hybrid = self.tables.version(t.HYBRID_EXAMPLES)
+            return spec.name, version, f"{spec.name} v{version}, {t.HYBRID_EXAMPLES.name} v{hybrid}", \
+                {"hybrid_examples_version": hybrid}
         return spec.name, version, f"{spec.name} v{version}", {}
 
     # ------------------------------------------------------------------ skipping
@@ -410,10 +422,9 @@ class Day:
             f"daily.steps for this day")
 
     def _covers(self, days: Sequence[str]) -> bool:
-        if not self.tables.exists(t.TRAINING_EXAMPLES):
-            return False
-        present = set(self.tables.partitions(t.TRAINING_EXAMPLES))
-        return all(d in present for d in days)
+        """The training set (and with ``training.hybrid`` the hybrid examples) holds every day of ``days``."""
+        specs = [t.TRAINING_EXAMPLES, *([t.HYBRID_EXAMPLES] if self.cfg.training.hybrid else [])]
+        return all(self.tables.exists(s) and set(days) <= set(self.tables.partitions(s)) for s in specs)
 
     def _files(self, spec: t.TableSpec, days: Sequence[str], version: int | None = None) -> str:
         """A digest of the Parquet files of partitions ``days`` ("" when none or no table)."""

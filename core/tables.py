@@ -231,6 +231,19 @@ TRAINING_EXAMPLES = TableSpec("features/training_examples", T.StructType(
     # (benchmarks/results/scale.md: 1.0 GB at 2M events, 2.7 GB at 20M, where row groups were 27 MB)
     row_group_bytes=4 << 20)
 
+# The training examples with the hand-crafted summaries of features/gbdt.py beside them (features/hybrid.py,
+# jobs/build_hybrid_examples.py): what training reads when training.hybrid is on. slot_side holds the C columns
+# of every impression slot (G * C, row-major; NaN where a value is missing and in every slot of a row that is
+# not an impression list), row_side those of a follow row (C; NaN in other rows). The commit metadata names
+# the C columns and their knots (quantiles of the training split).
+HYBRID_EXAMPLES = TableSpec(
+    "features/hybrid_examples",
+    T.StructType([*TRAINING_EXAMPLES.schema.fields[:-1], _f("slot_side", FLOATS, False), _f("row_side", FLOATS, False),
+                  TRAINING_EXAMPLES.schema.fields[-1]]), ("dt",),
+    "the training examples of one build with the hand-crafted point-in-time summaries of each impression slot "
+    "and follow row (the hybrid model's side inputs)",
+    row_group_bytes=TRAINING_EXAMPLES.row_group_bytes)
+
 FEATURE_STATS = TableSpec("features/feature_stats", T.StructType([
     _f("feature", STR, False), _f("population", STR, False), _f("count", LONG, False),
     _f("mean", DBL, False), _f("var", DBL, False), _f("dt", STR, False)]), ("dt",),

@@ -60,6 +60,33 @@ FOLLOW_FEATURES = ["target_category", "talent_imps_prev", "talent_follow_rate_pr
                    "user_follow_rate_prev"]
 
 
+# The hand-crafted summaries of the user's history, in groups. DUPN's heads read the rest of the GBDT's columns
+# (the target's own columns, the ranking features, the query's and the talent's priors, the profile) in other
+# forms and must learn these from the sequence: the comparison's feature ladder adds the groups back one at a
+# time (benchmarks/bench_comparison.py), and the hybrid model's heads read them all (features/hybrid.py).
+WINDOWED = tuple(f"cat_{k}_{w}" for k in ("n", "share") for w in ("1h", "1d", "3d", "7d", "30d")) \
+    + ("cat_decayed_share_1d", "cat_decayed_share_3d")
+HISTORY_GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("activity", "the user's events in the target's category (counts and shares over 1 h to 30 d, decayed shares)",
+     WINDOWED),
+    ("recency", "how recent the latest of them is (cat_last_age_h, cat_recency_rank)",
+     ("cat_last_age_h", "cat_recency_rank")),
+    ("kinds", "the favourites, carts and purchases in the target's category (7 d, 30 d, the last purchase's age)",
+     ("cat_fav_7d", "cat_cart_7d", "cat_buy_7d", "cat_buy_30d", "cat_last_buy_age_h")),
+    ("price", "the user's prices by behaviour type and the target's gap to them",
+     ("cat_mean_rel_price", "user_rel_price_click", "user_rel_price_fav", "user_rel_price_cart", "user_rel_price_buy",
+      "user_rel_price_decayed_deep", "user_rel_price_buy_max", "user_rel_price_buy_min", "user_log_price_mean",
+      "target_price_gap_buy", "target_price_gap_deep")),
+    ("user", "the user's totals (events over 1 h to 30 d and by type, distinct categories, the last event's age)",
+     ("user_n_1h", "user_n_1d", "user_n_3d", "user_n_7d", "user_n_30d", "user_n_click", "user_n_fav", "user_n_cart",
+      "user_n_buy", "user_distinct_categories", "user_last_age_h")),
+    ("popularity", "the item's and the category's impressions and rates of the days before",
+     ("item_imps_prev", "item_ctr_prev", "item_cvr_prev", "cat_imps_prev", "cat_ctr_prev", "item_events_prev")),
+)
+# every summary of the groups, in order: the side inputs of the hybrid model
+SIDE_COLUMNS = tuple(f for _, _, group in HISTORY_GROUPS for f in group)
+
+
 def feature_columns(rank_dim: int) -> list[str]:
     """Every feature column of ``features/gbdt_examples`` (rank features up to ``rank_dim``)."""
     items = [c for c in ITEM_FEATURES if not c.startswith("rank_")] + [f"rank_{i}" for i in range(rank_dim)]
@@ -326,4 +353,5 @@ def _rows(df: "DataFrame", task: str, cols: Sequence[str], labels: dict[str, "Co
                      *[(F.col(c) if c in df.columns else F.lit(None)).cast("float").alias(c) for c in cols], "dt")
 
 
-__all__ = ["gbdt_spec", "gbdt_examples", "encoded_events", "feature_columns", "task_features", "t"]
+__all__ = ["HISTORY_GROUPS", "SIDE_COLUMNS", "WINDOWED", "gbdt_spec", "gbdt_examples", "encoded_events",
+           "feature_columns", "task_features", "t"]

@@ -317,8 +317,10 @@ class OriginalData:
     rows: int
 
 
-def original_training_data(tables: "DeltaTables", until: str) -> OriginalData:
-    """The training-split days of ``features/training_examples`` on or before ``until``.
+def original_training_data(tables: "DeltaTables", until: str, table: TableSpec = t.TRAINING_EXAMPLES) \
+        -> OriginalData:
+    """The training-split days of ``features/training_examples`` on or before ``until`` (of ``table``: the
+    hybrid examples for a base model that reads side inputs, ``features/hybrid.py``).
 
     The splits are the ``splits`` of the table version's commit metadata (written by
     build_training_set); validation and test days are never used, whatever their date. The
@@ -331,27 +333,28 @@ def original_training_data(tables: "DeltaTables", until: str) -> OriginalData:
     """
     from pyspark.sql import functions as F
 
-    if not tables.exists(t.TRAINING_EXAMPLES):
-        raise PlatformError("features/training_examples does not exist (needed by the 'ra' method): run "
-                            "build_training_set, or leave 'ra' out of --methods")
-    version = tables.version(t.TRAINING_EXAMPLES)
-    splits = tables.metadata(t.TRAINING_EXAMPLES, version).get("splits") or {}
+    builder = "build_hybrid_examples" if table is t.HYBRID_EXAMPLES else "build_training_set"
+    if not tables.exists(table):
+        raise PlatformError(f"{table.name} does not exist (needed by the 'ra' method): run {builder}, or "
+                            f"leave 'ra' out of --methods")
+    version = tables.version(table)
+    splits = tables.metadata(table, version).get("splits") or {}
     if not isinstance(splits, dict) or pr.TRAIN not in splits:
-        raise PlatformError(f"features/training_examples version {version} records no 'splits' in its commit "
+        raise PlatformError(f"{table.name} version {version} records no 'splits' in its commit "
                             f"metadata (needed by 'ra' to tell training days from validation and test days): "
-                            f"rebuild it with build_training_set")
+                            f"rebuild it with {builder}")
     held = {d for s in (pr.VALID, pr.TEST) for d in splits.get(s) or []}
-    present = set(tables.partitions(t.TRAINING_EXAMPLES, version))
+    present = set(tables.partitions(table, version))
     days = sorted(d for d in splits[pr.TRAIN] if d <= until and d in present and d not in held)
     if not days:
-        raise PlatformError(f"features/training_examples has no training-split day on or before {until} (its "
-                            f"training days: {list(splits[pr.TRAIN])}; needed by 'ra'): run build_training_set "
-                            f"with a range that ends after {until}")
-    counts = {r["split"]: int(r["n"]) for r in tables.read(t.TRAINING_EXAMPLES, dt=days, version=version)
+        raise PlatformError(f"{table.name} has no training-split day on or before {until} (its "
+                            f"training days: {list(splits[pr.TRAIN])}; needed by 'ra'): run {builder} with a range "
+                            f"that ends after {until}")
+    counts = {r["split"]: int(r["n"]) for r in tables.read(table, dt=days, version=version)
               .groupBy("split").agg(F.count(F.lit(1)).alias("n")).collect()}  # <= 3 rows
     other = {s: n for s, n in counts.items() if s != pr.TRAIN}
     if other:
-        raise DataQualityError(f"features/training_examples days {days[0]}..{days[-1]} (training days by the "
+        raise DataQualityError(f"{table.name} days {days[0]}..{days[-1]} (training days by the "
                                f"commit metadata) hold rows of other splits {other}; rebuild the training set")
-    return OriginalData(version, tuple(days), tuple(tables.files(t.TRAINING_EXAMPLES, days, version)),
+    return OriginalData(version, tuple(days), tuple(tables.files(table, days, version)),
                         counts.get(pr.TRAIN, 0))

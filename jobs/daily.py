@@ -5,7 +5,8 @@
     python -m jobs.daily --config conf/local.yaml --start 2026-11-10 --end 2026-11-14 [--continue-on-failure]
 
 Steps of day D (``daily.steps``, in this order; ``core/daily.py`` says exactly what each runs): the
-sequences of D, the training examples of the range ending with D, the statistics of D with the
+sequences of D, the training examples of the range ending with D (with ``training.hybrid``, also the
+hybrid model's examples of the same build, ``jobs/build_hybrid_examples.py``), the statistics of D with the
 drift check, incremental training from the champion with the promotion gate (on the day before the
 test day D), publishing D with the champion after the gate. A step whose output for D exists from
 the same inputs (the run log ``ops/daily_runs``, fingerprints of config and input partitions) is
@@ -26,7 +27,8 @@ from core.cli import JobContext, base_parser, main_entry, parse_date
 from core.delta import get_tables
 from core.errors import PlatformError
 from core.spark import get_spark
-from jobs import build_sequences, build_training_set, feature_stats, publish_user_representations, train
+from jobs import (build_hybrid_examples, build_sequences, build_training_set, feature_stats,
+                  publish_user_representations, train)
 
 JOB = "daily"
 STEP_JOBS = {
@@ -57,7 +59,8 @@ def run(ctx: JobContext) -> str:
         for line in res.summary.splitlines():
             print(f"    {line}", flush=True)
 
-    jobs = {step: daily.StepJob(mod.JOB, mod.parser, mod.run) for step, mod in STEP_JOBS.items()}
+    jobs = {step: daily.StepJob(mod.JOB, mod.parser, mod.run)
+            for step, mod in {**STEP_JOBS, daily.HYBRID_JOB: build_hybrid_examples}.items()}
     runner = daily.Day(tables, cfg, jobs, base, ctx.run_id, registry, show)
     reports = daily.run_days(runner, days, args.continue_on_failure)
     lines = [line for r in reports for line in r.describe()]

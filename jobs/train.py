@@ -35,7 +35,7 @@ from registry.tracking import MlflowTracker
 from training import evaluation as ev
 from training.datasets import serving_statistics, training_data
 from training.spec import ModelSpec
-from training.trainer import TrainPlan, eval_source, run_training
+from training.trainer import DUPNWorkload, TrainPlan, run_training
 
 JOB = "train"
 SHOWN = ("ctr_auc", "cvr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10", "follow_auc", "ppp_accuracy",
@@ -59,11 +59,18 @@ def run(ctx: JobContext) -> str:
         days, last = [args.date.isoformat()], args.date
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
-    data = training_data(tables, days, tc.tasks, valid_days=args.valid_days, test_days=args.test_days,
-                         allow_valid_overlap=args.mode == "incremental")
     registry = ModelRegistry(cfg.mlflow)
     champion_version = registry.champion_version()
     champion = registry.load(champion_version) if champion_version else None
+    # the hybrid model reads its side inputs from features/hybrid_examples; incremental training follows the champion
+    hybrid = champion.spec.reads_side if args.mode == "incremental" and champion is not None else tc.hybrid
+    if champion is not None and champion.spec.reads_side and not hybrid:
+        raise PlatformError(f"the champion, version {champion.version} of '{registry.name}', reads side inputs (a "
+                            f"hybrid model) and the gate scores it on the candidate's test examples: train with "
+                            f"training.hybrid=true, or move the alias '{registry.alias}' to a version without them")
+    data = training_data(tables, days, tc.tasks, valid_days=args.valid_days, test_days=args.test_days,
+                         allow_valid_overlap=args.mode == "incremental",
+                         table=t.HYBRID_EXAMPLES if hybrid else t.TRAINING_EXAMPLES)
     if args.mode == "incremental":
         if champion is None:
             raise PlatformError(f"incremental training warm-starts from the '{registry.alias}' version of "
@@ -79,6 +86,12 @@ def run(ctx: JobContext) -> str:
         stats = serving_statistics(tables, _dt.date.fromisoformat(until), cfg.inputs.rank_features_dim)
         spec = ModelSpec.from_config(cfg, tasks=data.tasks, logit_offsets=data.logit_offsets,
                                      **stats.model_inputs(cfg.training.model.price_reference))
+        if hybrid:
+            spec = spec.with_side(data.side_columns, data.side_knots)
+        elif spec.model.side_inputs:
+            raise PlatformError("training.model.side_inputs is set, but the platform's examples carry side inputs "
+                                "only with training.hybrid=true (which sets it from features/hybrid_examples): set "
+                                "training.hybrid=true, or training.model.side_inputs=0")
         init_state, epochs, select = None, tc.epochs, True
         stats_note = {"feature_stats_day": stats.day, "feature_stats_version": stats.version}
         valid_files = data.valid_files
@@ -98,12 +111,14 @@ def run(ctx: JobContext) -> str:
                   "weight_decay": tc.weight_decay, "dropout": spec.model.dropout, "batch_size": tc.batch_size,
                   "epochs_cap": epochs, "select_on_validation": select, "num_processes": result.world_size,
                   "representation_dim": spec.model.representation_dim, "max_len": spec.max_len,
-                  "training_examples_version": data.version, "train_days": f"{days[0]}..{days[-1]}",
+                  "training_examples_version": data.version, "examples_table": data.table,
+                  "side_inputs": len(spec.side_columns), "train_days": f"{days[0]}..{days[-1]}",
                   "valid_days": ",".join(data.valid_days), "test_days": ",".join(data.test_days),
                   "logit_offsets": spec.logit_offsets, **stats_note}
-        lineage = {"training_examples": {"version": data.version, "train_days": list(days),
+        table = t.HYBRID_EXAMPLES if hybrid else t.TRAINING_EXAMPLES
+        lineage = {"training_examples": {"table": data.table, "version": data.version, "train_days": list(days),
                                          "valid_days": list(data.valid_days), "test_days": list(data.test_days),
-                                         "build": tables.metadata(t.TRAINING_EXAMPLES, data.version)},
+                                         "build": tables.metadata(table, data.version)},
                    "normalisation": spec.norm, "vocab_sizes": spec.vocab,
                    "encoding": {"hash_buckets": cfg.sequences.hash_buckets.model_dump(),
                                 "time_bucket_edges_s": cfg.sequences.time_bucket_edges_s,
@@ -111,13 +126,13 @@ def run(ctx: JobContext) -> str:
                    **stats_note}
         log_training(tracker, result, params, cfg.to_dict(), lineage, cfg.sequences.time_bucket_edges_s)
         # the test split, scored once: the candidate, then the champion on the same examples for the gate
-        candidate_pred = ev.predict(result.model(), eval_source(tc, data.test_files).batches())
+        candidate_pred = ev.predict(result.model(), DUPNWorkload(spec).eval_source(tc, data.test_files).batches())
         test = ev.metrics(candidate_pred)
         log_test(tracker, test)
         version = registry.register(log_model(result.state), tags={"mode": args.mode, "run_id": tracker.run_id})
         faults.point("train.registered")  # registered, not yet gated: the champion alias has not moved
-        champion_pred = ev.predict(champion.model, eval_source(tc, data.test_files).batches()) \
-            if champion is not None else None
+        champion_pred = ev.predict(champion.model, DUPNWorkload(champion.spec).eval_source(tc, data.test_files)
+                                   .batches()) if champion is not None else None
         decision = decide_promotion(candidate_pred, champion_pred, tc.promotion)
         promote(tracker, registry, version, decision, champion_version, tc.promotion.auto_promote)
     rate = result.train_samples / max(result.train_seconds, 1e-9)

@@ -83,7 +83,9 @@ def run(ctx: JobContext) -> str:
         stats = td.describe_examples(tables.read(td.TRANSFER_EXAMPLES, dt=ds, version=res.version))
         dropped = labels.total - labels.quarantined - sum(stats.rows.values())
         files = td.transfer_files(tables, ds, res.version)
-        original = td.original_training_data(tables, snap) if "ra" in methods else None
+        # RA retrains the base model's own tasks: a hybrid base reads its side inputs from the hybrid examples
+        own = t.HYBRID_EXAMPLES if base.model.spec.reads_side else t.TRAINING_EXAMPLES
+        original = td.original_training_data(tables, snap, own) if "ra" in methods else None
         results = tr.run_methods(methods, files, base.model, stats.rep_dim, original, settings, stats.fingerprints)
         params = {"date": ds, "days": days, "snapshot_dt": snap, "example_days": ",".join(window.example_days),
                   "methods": ",".join(methods), "validation_share": tc.validation_share, "test_share": tc.test_share,

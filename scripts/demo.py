@@ -22,15 +22,17 @@ DAILY_DEMO_STEPS = ("train", "publish")
 REPORTED = ("ctr_auc", "cvr_auc", "ctcvr_auc", "l2r_auc", "l2r_ndcg10", "follow_auc", "ppp_accuracy")
 
 
-def daily_steps(c: list[str], days: list[str], user: int) -> list[list[str]]:
+def daily_steps(c: list[str], days: list[str], user: int, hybrid: bool = False) -> list[list[str]]:
     """The pipeline's jobs from the sequences to the queries (the day after the full training through
     ``jobs.daily``, the command a scheduler runs). ``c``: the config options of every job;
     ``days``: the training set's days in order (the last is the test day, the one before the validation
-    day); ``user``: the user the queries look up."""
+    day); ``user``: the user the queries look up; ``hybrid``: ``training.hybrid`` (the hybrid model's
+    examples are built beside the training set)."""
     start, d2, d0 = days[0], days[-3], days[-1]  # d1 = days[-2], the validation day, trains in the daily run
     return [
         ["jobs.build_sequences", *c, "--date", d0],
         ["jobs.build_training_set", *c, "--start", start, "--end", d0],
+        *([["jobs.build_hybrid_examples", *c, "--start", start, "--end", d0]] if hybrid else []),
         ["jobs.feature_stats", *c, "--date", d0, "--training-start", start, "--training-end", d0],
         ["jobs.train", *c, "--mode", "full", "--start", start, "--end", d2],
         ["jobs.publish_user_representations", *c, "--date", d2],
@@ -56,7 +58,7 @@ def steps(config: str, first: dt.date, last: dt.date) -> list[list[str]]:
     days = [(start + dt.timedelta(days=i)).isoformat() for i in range((last - start).days + 1)]
     return [
         ["jobs.generate_demo_world", *c, "--oracle"],
-        *daily_steps(c, days, FIRST_USER),
+        *daily_steps(c, days, FIRST_USER, load_config(config).training.hybrid),
         ["jobs.transfer", *c, "--date", last.isoformat()],
         ["scripts.demo", *c, "--report"],
     ]

@@ -40,7 +40,8 @@ def steps(config: str, source: str, days: list[dt.date], overrides: Sequence[str
     c = ["--config", config, *[x for o in overrides for x in ("--set", o)]]
     return [
         ["jobs.import_taobao_userbehavior", *c, "--source", source],
-        *daily_steps(c, [d.isoformat() for d in days[HISTORY_DAYS:]], FIRST_USER),
+        *daily_steps(c, [d.isoformat() for d in days[HISTORY_DAYS:]], FIRST_USER,
+                     load_config(config, list(overrides)).training.hybrid),
         ["scripts.taobao", *c, "--report"],
     ]
 

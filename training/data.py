@@ -44,6 +44,8 @@ EXAMPLE_FIELDS = ("kind_id", "n_items", "query_tokens", *SLOT_FIELDS, "l2r", "ta
 EVAL_KEYS = ("user_id", "list_id")
 TRAIN_FIELDS = USER_FIELDS + EXAMPLE_FIELDS
 EVAL_FIELDS = TRAIN_FIELDS + EVAL_KEYS
+# the hybrid model's raw side inputs (features/hybrid_examples; read when its spec has side columns)
+SIDE_FIELDS = ("slot_side", "row_side")
 
 
 def quiet_petastorm() -> None:

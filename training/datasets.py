@@ -16,10 +16,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+# the job that builds each examples table
+BUILDERS = {t.TRAINING_EXAMPLES.name: "build_training_set", t.HYBRID_EXAMPLES.name: "build_hybrid_examples"}
+
+
 @dataclass(frozen=True)
 class TrainingData:
-    """One snapshot of ``features/training_examples``: the files of the training days and of the
-    validation and test splits (the evaluation protocol, :mod:`core.protocol`)."""
+    """One snapshot of ``features/training_examples`` (or of ``features/hybrid_examples``, ``table``): the
+    files of the training days and of the validation and test splits (the evaluation protocol,
+    :mod:`core.protocol`), and for the hybrid table its side columns and their knots."""
 
     version: int
     train_days: tuple[str, ...]
@@ -30,42 +35,47 @@ class TrainingData:
     test_files: tuple[str, ...]
     tasks: tuple[str, ...]
     logit_offsets: dict[str, float]
+    table: str = t.TRAINING_EXAMPLES.name
+    side_columns: tuple[str, ...] = ()
+    side_knots: tuple[tuple[float, ...], ...] = ()
 
     def describe(self) -> str:
         def span(days: tuple[str, ...]) -> str:
             return "-" if not days else days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
-        return (f"features/training_examples v{self.version}: train {span(self.train_days)} "
+        return (f"{self.table} v{self.version}: train {span(self.train_days)} "
                 f"({len(self.train_files)} files), validation {span(self.valid_days)}, test {span(self.test_days)}")
 
 
 def training_data(tables: "DeltaTables", train_days: Sequence[str], wanted_tasks: Sequence[str],
                   valid_days: Sequence[str] | None = None, test_days: Sequence[str] | None = None,
-                  allow_valid_overlap: bool = False) -> TrainingData:
+                  allow_valid_overlap: bool = False, table: t.TableSpec = t.TRAINING_EXAMPLES) -> TrainingData:
     """Resolve the files of ``train_days`` and of the validation and test days (default: the splits
     recorded by the latest ``build_training_set`` run), all from one table version.
 
     Args:
         allow_valid_overlap: training days may be validation days (incremental training, which
             selects nothing); training on a test day is never allowed.
+        table: the examples' table: ``features/training_examples``, or ``features/hybrid_examples`` (the
+            same rows with the hybrid model's side inputs; its ``side`` is then the columns and knots).
 
     Raises:
         PlatformError: a day is missing, or a training day is a test (or validation) day.
     """
-    if not tables.exists(t.TRAINING_EXAMPLES):
-        raise PlatformError("features/training_examples does not exist; run jobs/build_training_set.py first")
-    version = tables.version(t.TRAINING_EXAMPLES)
-    meta = tables.metadata(t.TRAINING_EXAMPLES, version)
+    builder = BUILDERS[table.name]
+    if not tables.exists(table):
+        raise PlatformError(f"{table.name} does not exist; run jobs/{builder}.py first")
+    version = tables.version(table)
+    meta = tables.metadata(table, version)
     splits = meta.get("splits") or {}
     valid = list(valid_days) if valid_days is not None else list(splits.get("valid") or [])
     test = list(test_days) if test_days is not None else list(splits.get("test") or [])
     if not test:
-        raise PlatformError("features/training_examples records no test days: rebuild it with build_training_set "
-                            "(this code version), or pass the test days")
-    present = set(tables.partitions(t.TRAINING_EXAMPLES, version))
+        raise PlatformError(f"{table.name} records no test days: rebuild it with {builder} (this code version), or "
+                            f"pass the test days")
+    present = set(tables.partitions(table, version))
     missing = [d for d in [*train_days, *valid, *test] if d not in present]
     if missing:
-        raise PlatformError(f"features/training_examples has no partition {', '.join(missing)}; "
-                            f"run build_training_set for those days")
+        raise PlatformError(f"{table.name} has no partition {', '.join(missing)}; run {builder} for those days")
     on_test = sorted(set(train_days) & set(test))
     if on_test:
         raise PlatformError(f"training days {', '.join(on_test)} are test days; train on earlier days or rebuild "
@@ -78,10 +88,15 @@ def training_data(tables: "DeltaTables", train_days: Sequence[str], wanted_tasks
     if not tasks:
         raise PlatformError(f"none of the tasks {list(wanted_tasks)} is in the training set ({meta.get('tasks')})")
     offsets = {str(k): float(v) for k, v in (meta.get("logit_offsets") or {}).items()}
+    side = meta.get("side") or {}
+    if table is t.HYBRID_EXAMPLES and not side.get("columns"):
+        raise PlatformError(f"{table.name} version {version} records no side columns in its commit metadata: "
+                            f"rebuild it with {builder}")
     return TrainingData(version, tuple(train_days), tuple(valid), tuple(test),
-                        tuple(tables.files(t.TRAINING_EXAMPLES, list(train_days), version)),
-                        tuple(tables.files(t.TRAINING_EXAMPLES, valid, version)) if valid else (),
-                        tuple(tables.files(t.TRAINING_EXAMPLES, test, version)), tuple(tasks), offsets)
+                        tuple(tables.files(table, list(train_days), version)),
+                        tuple(tables.files(table, valid, version)) if valid else (),
+                        tuple(tables.files(table, test, version)), tuple(tasks), offsets, table.name,
+                        tuple(side.get("columns") or ()), tuple(tuple(k) for k in side.get("knots") or ()))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
-    AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, QuantilePieces,
+    AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, QuantilePieces, QuantileRanks,
     RecencyPooling, UserProfile, bag_mean, category_profile, embedding, embedding_bag, interest_match, match_scores,
     mlp, required_match, valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
@@ -761,8 +761,10 @@ class DUPNModel(TaskModel):
         self.priors, self.prior_pieces = m.target_priors, m.prior_pieces
         k2 += item_prior_dim(m.prior_pieces) if self.priors else 0
         k1 += follow_prior_dim(m.prior_pieces) if self.priors else 0
-        # and so do hand-crafted side inputs (model.side_inputs; training/side_inputs.py attaches them)
+        # and so do hand-crafted side inputs (model.side_inputs): raw values of features/hybrid_examples ranked
+        # at the spec's knots (the hybrid model), or ranks training/side_inputs.py attaches (the comparison's)
         self.side = QuantilePieces(m.side_inputs, m.side_bins) if m.side_inputs else None
+        self.side_ranks = QuantileRanks(spec.side_knots) if spec.reads_side else None
         k2 += self.side.out_dim if self.side is not None else 0
         k1 += self.side.out_dim if self.side is not None else 0
         for name in spec.head_names:
@@ -812,7 +814,7 @@ class DUPNModel(TaskModel):
             match = with_priors(match, item_priors(batch, rows, self.prior_pieces) if self.priors else None)
             if self.side is not None:
                 side = slot_view(batch, "slot_side", rows, self.side.columns)
-                match = with_priors(match, self.side(side.float()))
+                match = with_priors(match, self.side(self.side_rank(side)))
             l2r_items = "l2r" in self.heads and getattr(self.heads["l2r"], "item_score", None) is not None
             items = self.target_items(batch, rows) if "ctr" in self.heads or l2r_items else None
             if "ctr" in self.heads:
@@ -835,7 +837,7 @@ class DUPNModel(TaskModel):
             match = with_priors(match, follow_priors(batch, rows, self.prior_pieces) if self.priors else None)
             if self.side is not None:
                 side = need(batch, "row_side", "the follow head's side inputs").index_select(0, rows)
-                match = with_priors(match, self.side(side.float()))
+                match = with_priors(match, self.side(self.side_rank(side)))
             logit = self.heads["follow"](task_in["follow"].index_select(0, rows),
                                          need(batch, "talent", "the follow head").index_select(0, rows), category,
                                          match)
@@ -859,6 +861,10 @@ class DUPNModel(TaskModel):
     @property
     def embedding_dim(self) -> int:
         return int(self.tower.out_dim)
+
+    def side_rank(self, side: Tensor) -> Tensor:
+        """Side inputs of a batch as quantile ranks: ranked here when the spec holds the knots, else as given."""
+        return self.side_ranks(side) if self.side_ranks is not None else side.float()
 
     def user_part(self) -> "UserPart":
         """The serving half that needs only user-side keys (shares this model's parameters)."""

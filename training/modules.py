@@ -561,6 +561,51 @@ def required_match(match: Tensor | None, shape: str) -> Tensor:
     return match
 
 
+class QuantileRanks(nn.Module):
+    """Raw values (..., C) -> their quantile ranks in [0, 1] at each column's knots (the training split's
+    quantiles, kept in the model's spec): linear between consecutive distinct knots (the k-th of m + 1
+    knots is rank k / m), 0 below the first and 1 above the last, 0 in a column with one knot and NaN
+    (missing) in a column with none; NaN stays NaN. The torch twin of
+    :func:`training.side_inputs.quantile_ranks`.
+    """
+
+    lower: Tensor
+    width: Tensor
+    weight: Tensor
+    unknown: Tensor
+
+    def __init__(self, knots: Sequence[Sequence[float]]) -> None:
+        super().__init__()
+        self.columns = len(knots)
+        segments = max([len(k) - 1 for k in knots] + [1])
+        lower = torch.zeros(self.columns, segments)
+        width = torch.ones(self.columns, segments)
+        weight = torch.zeros(self.columns, segments)
+        for j, k in enumerate(knots):
+            m = len(k) - 1
+            if m >= 1:
+                pts = torch.tensor([float(x) for x in k], dtype=torch.float64)
+                if bool((pts[1:] <= pts[:-1]).any()):
+                    raise ValueError(f"side input column {j}: knots must increase strictly, got {list(k)[:8]}")
+                lower[j, :m] = pts[:-1].float()
+                width[j, :m] = (pts[1:] - pts[:-1]).float()
+                weight[j, :m] = 1.0 / m
+        # part of the spec, not of the weights: rebuilt from it
+        self.register_buffer("lower", lower, persistent=False)
+        self.register_buffer("width", width, persistent=False)
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("unknown", torch.tensor([len(k) == 0 for k in knots], dtype=torch.bool),
+                             persistent=False)
+
+    def forward(self, values: Tensor) -> Tensor:
+        if values.shape[-1] != self.columns:
+            raise ValueError(f"side inputs: expected {self.columns} raw columns (the spec's side_columns), got "
+                             f"{values.shape[-1]}; read them from features/hybrid_examples")
+        x = values.float().unsqueeze(-1)
+        ranks = (((x - self.lower) / self.width).clamp(0.0, 1.0) * self.weight).sum(-1)
+        return ranks.masked_fill(self.unknown, float("nan"))
+
+
 class QuantilePieces(nn.Module):
     """Hand-crafted columns given as quantile ranks q in [0, 1] (NaN when missing) -> piecewise-linear pieces
     ‖ missing indicators: (..., C) -> (..., C · (bins + 1)).

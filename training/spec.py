@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from core.config import Config, ModelConfig, SequencesConfig
@@ -53,6 +53,9 @@ class ModelSpec:
         category_log_price: hashed category index -> the mean log price of its items (frozen
             statistics of ``features/feature_stats``): every item's price is also given relative to
             its category (``rel_log_price``), since a price reveals purchasing power only that way.
+        side_columns: the hand-crafted columns the item and follow heads read beside the representation
+            (the hybrid model, ``features/hybrid.py``; empty: none), raw from ``features/hybrid_examples``.
+        side_knots: per side column, the training split's quantiles the model ranks its raw values at.
     """
 
     vocab: dict[str, int]
@@ -66,6 +69,8 @@ class ModelSpec:
     norm: Norm = field(default_factory=dict)
     logit_offsets: dict[str, float] = field(default_factory=dict)
     category_log_price: dict[int, float] = field(default_factory=dict)
+    side_columns: tuple[str, ...] = ()
+    side_knots: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         missing = [k for k in REQUIRED_VOCAB if k not in self.vocab]
@@ -90,6 +95,28 @@ class ModelSpec:
             raise ConfigError(f"ModelSpec.category_log_price needs finite prices of category indices below "
                               f"{self.vocab['category']}, got {dict(list(bad_prices.items())[:5])}")
         object.__setattr__(self, "category_log_price", prices)
+        columns = tuple(str(c) for c in self.side_columns)
+        knots = tuple(tuple(float(x) for x in k) for k in self.side_knots)
+        if len(knots) != len(columns) or (columns and self.model.side_inputs != len(columns)):
+            raise ConfigError(f"ModelSpec: {len(columns)} side columns, {len(knots)} lists of knots and "
+                              f"model.side_inputs={self.model.side_inputs}; they must agree (ModelSpec.with_side)")
+        bad_knots = [c for c, k in zip(columns, knots)
+                     if not all(math.isfinite(x) for x in k) or any(b <= a for a, b in zip(k, k[1:]))]
+        if bad_knots:
+            raise ConfigError(f"ModelSpec.side_knots of {bad_knots[:3]} must be finite and strictly increasing; "
+                              f"rebuild features/hybrid_examples")
+        object.__setattr__(self, "side_columns", columns)
+        object.__setattr__(self, "side_knots", knots)
+
+    def with_side(self, columns: Sequence[str], knots: Sequence[Sequence[float]]) -> "ModelSpec":
+        """This spec whose heads also read the raw side ``columns``, ranked at ``knots`` (the hybrid model)."""
+        model = self.model.model_copy(update={"side_inputs": len(columns)})
+        return replace(self, model=model, side_columns=tuple(columns), side_knots=tuple(map(tuple, knots)))
+
+    @property
+    def reads_side(self) -> bool:
+        """True when the model reads raw side inputs from its batches (``slot_side`` and ``row_side``)."""
+        return bool(self.side_columns)
 
     def offset(self, task: str) -> float:
         """The prediction-time logit offset of ``task`` (0 when its training data was not sampled)."""
@@ -159,6 +186,8 @@ class ModelSpec:
             "norm": {k: [list(m), list(v)] for k, (m, v) in self.norm.items()},
             "logit_offsets": dict(self.logit_offsets),
             "category_log_price": {str(k): v for k, v in sorted(self.category_log_price.items())},
+            "side_columns": list(self.side_columns),
+            "side_knots": [list(k) for k in self.side_knots],
         }
 
     @classmethod
@@ -174,7 +203,8 @@ class ModelSpec:
                               "rebuild the spec with this code version")
         expected = {"version", "vocab", "max_len", "max_tags", "max_query_tokens", "rank_dim",
                     "user_dense_dim", "model", "tasks", "norm", "logit_offsets", "category_log_price"}
-        unknown, absent = set(data) - expected, expected - set(data)
+        optional = {"side_columns", "side_knots"}  # absent from the specs of models that read no side inputs
+        unknown, absent = set(data) - expected - optional, expected - set(data)
         if unknown or absent:
             raise ConfigError(f"model spec: unknown keys {sorted(unknown)}, missing keys {sorted(absent)}")
         return cls(
@@ -187,7 +217,9 @@ class ModelSpec:
             norm={str(k): ([float(x) for x in mv[0]], [float(x) for x in mv[1]])
                   for k, mv in data["norm"].items()},
             logit_offsets={str(k): float(v) for k, v in data["logit_offsets"].items()},
-            category_log_price={int(k): float(v) for k, v in data["category_log_price"].items()})
+            category_log_price={int(k): float(v) for k, v in data["category_log_price"].items()},
+            side_columns=tuple(str(c) for c in data.get("side_columns") or ()),
+            side_knots=tuple(tuple(float(x) for x in k) for k in data.get("side_knots") or ()))
 
     def _complete_norm(self, norm: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Norm:
         unknown = sorted(set(norm) - set(DENSE_INPUTS))

@@ -31,7 +31,7 @@ from core.config import TrainingConfig
 from core.errors import PlatformError
 from core.tables import KIND_IDS, KIND_OF_TASK
 from training import evaluation as ev
-from training.data import EVAL_FIELDS, TRAIN_FIELDS, Batch, PetastormSource, TensorBatches, rows_of
+from training.data import EVAL_FIELDS, SIDE_FIELDS, TRAIN_FIELDS, Batch, PetastormSource, TensorBatches, rows_of
 from training.losses import LOSS_NAMES, row_counts, task_losses
 from training.model import TaskModel, build_model, last_shared_layer, unwrap
 from training.progress import Progress, ensure_output
@@ -235,10 +235,14 @@ class DUPNWorkload:
         return build_model(self.spec)
 
     def train_source(self, cfg: TrainingConfig, files: Sequence[str], rank: int = 0, world: int = 1) -> PetastormSource:
-        return train_source(cfg, files, rank, world, self.spec.tasks)
+        return train_source(cfg, files, rank, world, self.spec.tasks, fields=self.fields(TRAIN_FIELDS))
 
     def eval_source(self, cfg: TrainingConfig, files: Sequence[str]) -> PetastormSource:
-        return eval_source(cfg, files, self.spec.tasks)
+        return eval_source(cfg, files, self.spec.tasks, fields=self.fields(EVAL_FIELDS))
+
+    def fields(self, base: Sequence[str]) -> tuple[str, ...]:
+        """``base`` and, for a model that reads raw side inputs (the hybrid), :data:`SIDE_FIELDS`."""
+        return (*base, *SIDE_FIELDS) if self.spec.reads_side else tuple(base)
 
     def losses(self, outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor], names: Iterable[str]) \
             -> dict[str, Tensor]:

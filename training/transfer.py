@@ -52,7 +52,7 @@ from core.config import HeadInput, TrainingConfig, WeightingConfig
 from core.errors import DataQualityError, PlatformError
 from features.transfer import FINGERPRINT_MOD, SHOP_DENSE, SHOP_FIELDS, SPLITS, OriginalData, TransferFiles
 from training import evaluation
-from training.data import TRAIN_FIELDS, USER_FIELDS, Batch, PetastormSource
+from training.data import SIDE_FIELDS, TRAIN_FIELDS, USER_FIELDS, Batch, PetastormSource
 from training.model import (
     DUPNModel, TaskModel, UserTower, build_model, interest_layout, last_shared_layer, price_gaps)
 from training.modules import RelativePrice, embedding, interest_match, match_scores, mlp, required_match
@@ -804,7 +804,8 @@ def run_ra(files: TransferFiles, original: OriginalData, spec: ModelSpec, s: Tra
     model = JointShopDUPN(dupn, spec.model.head_hidden, spec.model.dropout, s.price_match, s.head_input)
     weighting = build_weighting(s.weighting, spec.loss_names, last_shared_layer(model.dupn))
     train = MixedBatches(_source(files.train, NET_FIELDS, s, True),
-                         _source(original.files, TRAIN_FIELDS, s, True, s.batch_size * s.ra_mix), s.ra_mix)
+                         _source(original.files, (*TRAIN_FIELDS, *(SIDE_FIELDS if spec.reads_side else ())), s, True,
+                                 s.batch_size * s.ra_mix), s.ra_mix)
     result = _fit_shop(JointShopTask(model, weighting, s.lr), files, NET_FIELDS, s, started, train=train)
     result.notes = (f"budget: {s.ra_mix} original rows per shop row, {result.original_rows:,} of the "
                     f"{original.rows:,} original training rows ({original.days[0]}..{original.days[-1]}) per epoch")

@@ -380,3 +380,61 @@ def test_the_train_step_trains_on_the_day_before_the_test_day_of_the_newest_buil
     assert day._plan("2026-11-14", "train")[0][3] == "2026-11-13"
     assert day._plan("2026-11-15", "train")[0][3:6] == ["2026-11-14", "--test-days", "2026-11-15"]
     assert core_daily.training_range("2026-11-15", cfg) == ["2026-11-13", "2026-11-14", "2026-11-15"]
+
+
+class _Lake:
+    """A stand-in lake (no Spark) without earlier builds: training examples v3, hybrid examples v5."""
+
+    def exists(self, spec: Any) -> bool:
+        return spec.name in (t.TRAINING_EXAMPLES.name, t.HYBRID_EXAMPLES.name)
+
+    def history(self, spec: Any, limit: int | None = None) -> list[Any]:
+        return []
+
+    def files(self, spec: Any, days: list[str], version: int | None = None) -> list[str]:
+        return []
+
+    def version(self, spec: Any) -> int:
+        return {t.TRAINING_EXAMPLES.name: 3, t.HYBRID_EXAMPLES.name: 5}[spec.name]
+
+
+def test_with_training_hybrid_the_training_set_step_also_builds_the_hybrid_examples() -> None:
+    """The step runs build_training_set, then build_hybrid_examples over the same range; its fingerprint
+    covers the switch, so turning it on builds again; without it the hybrid job is not called."""
+    import argparse
+
+    from core import daily as core_daily
+    from core.cli import JobContext
+
+    calls: list[tuple[str, list[str]]] = []
+
+    def job(name: str) -> core_daily.StepJob:
+        def parser() -> argparse.ArgumentParser:
+            p = argparse.ArgumentParser()
+            p.add_argument("--start")
+            p.add_argument("--end")
+            return p
+
+        def run(ctx: JobContext) -> str:
+            calls.append((name, ["--start", ctx.args.start, "--end", ctx.args.end]))
+            return f"{name} done"
+        return core_daily.StepJob(name, parser, run)
+
+    jobs = {"training_set": job("build_training_set"), core_daily.HYBRID_JOB: job("build_hybrid_examples")}
+    plans = {}
+    for hybrid in (False, True):
+        cfg = load_config(LOCAL_CONF, [f"training.hybrid={str(hybrid).lower()}"])
+        day = core_daily.Day(_Lake(), cfg, jobs, [], "r", lambda: None)  # type: ignore[arg-type]
+        calls.clear()
+        res = day._step("2026-11-14", "training_set", [])
+        assert res.status == core_daily.RAN, res.message
+        plans[hybrid] = res.fingerprint
+        argv = ["--start", "2026-11-12", "--end", "2026-11-14"]
+        if hybrid:
+            assert calls == [("build_training_set", argv), ("build_hybrid_examples", argv)]
+            assert res.output == f"{t.TRAINING_EXAMPLES.name} v3, {t.HYBRID_EXAMPLES.name} v5"
+            assert res.details["hybrid_examples_version"] == 5
+            assert "build_hybrid_examples done" in res.summary
+        else:
+            assert calls == [("build_training_set", argv)] and res.output == f"{t.TRAINING_EXAMPLES.name} v3"
+    assert plans[False] != plans[True]

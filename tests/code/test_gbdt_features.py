@@ -13,7 +13,8 @@ from core import tables as t
 from core.delta import get_tables
 from features import gbdt
 from features.training_set import impression_slots
-from jobs import build_gbdt_features, build_training_set
+from features.gbdt import SIDE_COLUMNS
+from jobs import build_gbdt_features, build_hybrid_examples, build_training_set
 from tests.conftest import make_config
 from tests.helpers import event, put, run, ts
 
@@ -76,6 +77,7 @@ def built(spark, tmp_path_factory):  # noqa: ANN001, ANN201
                                       {"user_id": 1, "tier": 5, "dt": "2026-11-04"}])
     assert run(build_training_set, tmp, *RANGE, overrides=OV) == 0
     assert run(build_gbdt_features, tmp, *RANGE, overrides=OV) == 0
+    assert run(build_hybrid_examples, tmp, *RANGE, overrides=OV) == 0
     cfg = make_config(tmp)
     return tables, gbdt.gbdt_spec(cfg.inputs.rank_features_dim), cfg
 
@@ -165,3 +167,51 @@ def test_follow_and_ppp_features_are_point_in_time(built) -> None:
         (3 * math.log1p(10) + math.log1p(100) + 2 * math.log1p(20) + math.log1p(40)) / 7, abs=1e-5)
     later = ppp["2026-11-04"]
     assert later.split == pr.TEST and (later.user_n_1d, later.user_n_3d) == (0.0, 7.0)
+
+
+def _same(a: float, b: float | None) -> bool:
+    return (b is None and math.isnan(a)) or (b is not None and (math.isnan(a) and math.isnan(b) or a == b))
+
+
+def test_hybrid_examples_carry_each_slot_and_follow_row_its_summaries(built) -> None:
+    """features/hybrid_examples: every training-examples row, with the GBDT columns of SIDE_COLUMNS of each
+    impression slot in slot order (NaN in padding slots and missing values) and of each follow row; the
+    metadata names the columns and their training-split knots."""
+    tables, spec, cfg = built
+    c, g = len(SIDE_COLUMNS), cfg.training_set.group_size
+    hybrid = tables.read(t.HYBRID_EXAMPLES)
+    t.HYBRID_EXAMPLES.validate(hybrid.schema)
+    ex = {r.group_id: r for r in tables.read(t.TRAINING_EXAMPLES).collect()}
+    rows = {r.group_id: r for r in hybrid.collect()}
+    assert set(rows) == set(ex)
+    side = {(r.task, r.example_id): r for r in tables.read(spec).collect()}
+    checked = {"impressions": 0, "follow": 0}
+    for gid, r in rows.items():
+        assert r.seq_item == ex[gid].seq_item and r.split == ex[gid].split  # the examples themselves, unchanged
+        assert len(r.slot_side) == g * c and len(r.row_side) == c
+        for slot, eid in enumerate(r.example_id):
+            got = r.slot_side[slot * c:(slot + 1) * c]
+            if r.kind != "impressions" or eid == 0:
+                assert all(math.isnan(v) for v in got)
+                continue
+            want = side[("impressions", eid)]
+            assert all(_same(v, want[col]) for v, col in zip(got, SIDE_COLUMNS)), (gid, slot)
+            checked["impressions"] += 1
+        if r.kind == "follow":
+            want = side[("follow", gid)]
+            assert all(_same(v, want[col]) for v, col in zip(r.row_side, SIDE_COLUMNS))
+            checked["follow"] += 1
+        else:
+            assert all(math.isnan(v) for v in r.row_side)
+    assert checked["impressions"] >= 4 and checked["follow"] == 1
+    meta = tables.metadata(t.HYBRID_EXAMPLES, tables.version(t.HYBRID_EXAMPLES))
+    assert meta["splits"] == tables.metadata(t.TRAINING_EXAMPLES, tables.version(t.TRAINING_EXAMPLES))["splits"]
+    assert meta["side"]["columns"] == list(SIDE_COLUMNS) and len(meta["side"]["knots"]) == c
+    train = [r for (task, _), r in side.items() if r.split == pr.TRAIN and task in ("impressions", "follow")]
+    for col, knots in zip(SIDE_COLUMNS, meta["side"]["knots"]):
+        values = sorted({r[col] for r in train if r[col] is not None and not math.isnan(r[col])})
+        assert knots == sorted(knots) and len(set(knots)) == len(knots)
+        # a handful of training values: the approximate quantiles are among them, the extremes included
+        assert all(any(abs(k - v) < 1e-6 for v in values) for k in knots), col
+        if values:
+            assert knots[0] == pytest.approx(values[0]) and knots[-1] == pytest.approx(values[-1])

@@ -9,7 +9,7 @@ import torch
 from training.data import PetastormSource
 from training.evaluation import auc
 from training.model import build_model
-from training.modules import QuantilePieces
+from training.modules import QuantilePieces, QuantileRanks
 from training.side_inputs import SideSource, SideTable, SideWorkload, quantile_knots, quantile_ranks
 
 from .conftest import G, random_batch, tiny_spec
@@ -28,6 +28,50 @@ def test_ranks_are_linear_between_distinct_quantiles_and_keep_missing_values_mis
     assert ranks[[0, 1, 2, 4, 5], 1].tolist() == [0.0] * 5  # a constant column carries nothing
     all_missing = quantile_knots(np.full((3, 1), NAN, dtype=np.float32), bins=4)
     assert np.isnan(quantile_ranks(np.array([[1.0]], dtype=np.float32), all_missing)).all()
+
+
+def test_the_models_ranks_are_those_of_quantile_ranks() -> None:
+    rng = np.random.default_rng(0)
+    train = np.stack([rng.exponential(3.0, 500), rng.integers(0, 4, 500), np.full(500, 2.0),
+                      np.full(500, NAN)], axis=1).astype(np.float32)
+    train[rng.random(500) < 0.1, 0] = NAN
+    knots = quantile_knots(train, bins=8)
+    assert [len(k) for k in knots[2:]] == [1, 0]  # a constant and an all-missing column
+    values = np.concatenate([train[:50], [[-1.0, 9.0, 3.0, 1.0], [NAN, 0.5, NAN, NAN]]]).astype(np.float32)
+    got = QuantileRanks([k.tolist() for k in knots])(torch.from_numpy(values).reshape(2, 26, 4)).reshape(52, 4)
+    np.testing.assert_allclose(got.numpy(), quantile_ranks(values, knots), atol=1e-6)  # NaN where it is NaN
+    with pytest.raises(ValueError, match="increase"):
+        QuantileRanks([[1.0, 1.0, 2.0]])
+
+
+def test_a_spec_with_side_columns_ranks_raw_values_as_the_table_ranks_them() -> None:
+    """The hybrid model's spec keeps its side columns and knots (to_dict round trip); given raw values it
+    scores as the model without knots scores their quantile ranks."""
+    from training.spec import ModelSpec
+
+    plain = tiny_spec(side_inputs=3)
+    rng = np.random.default_rng(1)
+    knots = [np.unique(np.quantile(rng.normal(size=200), np.linspace(0, 1, 9))) for _ in range(3)]
+    spec = plain.with_side(["a", "b", "c"], [k.tolist() for k in knots])
+    assert spec.reads_side and not plain.reads_side
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    assert ModelSpec.from_dict({k: v for k, v in plain.to_dict().items() if not k.startswith("side_")}) == plain
+    with pytest.raises(Exception, match="side"):
+        ModelSpec.from_dict({**spec.to_dict(), "side_knots": [[0.0, 1.0]]})
+    torch.manual_seed(0)
+    raw_model = build_model(spec).eval()
+    rank_model = build_model(plain).eval()
+    rank_model.load_state_dict(raw_model.state_dict())
+    batch = random_batch(12, seed=1)
+    slot_raw = rng.normal(size=(12, G * 3)).astype(np.float32)
+    row_raw = rng.normal(size=(12, 3)).astype(np.float32)
+    slot_raw[0, 1] = NAN
+    raw = {**batch, "slot_side": torch.from_numpy(slot_raw), "row_side": torch.from_numpy(row_raw)}
+    ranked = {**batch, "slot_side": torch.from_numpy(quantile_ranks(slot_raw.reshape(-1, 3), knots).reshape(12, -1)),
+              "row_side": torch.from_numpy(quantile_ranks(row_raw, knots))}
+    a, b = raw_model(raw), rank_model(ranked)
+    for key in ("ctr_logit", "l2r_score", "follow_logit"):
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
 
 
 def test_pieces_are_the_piecewise_linear_encoding_with_a_missing_indicator() -> None:
