@@ -81,6 +81,10 @@ NOEMA = "training.ema_decay=0"
 NOPRIORS = "training.model.target_priors=false"
 # And the weight decay (training.weight_decay, 1e-4 then 3e-4): every neural row measured before it trains without.
 NOWD = "training.weight_decay=0"
+# The platform's model became the hybrid with the priors as pieces (conf/local.yaml, 2026-12-07) after every row
+# was measured: each row is its own configuration over DUPN-all's (dupn_hybrid* attach their side inputs, and the
+# rows with the pieces set them), so the comparison's base turns both off.
+BASE = ("training.hybrid=false", "training.model.prior_pieces=false")
 
 
 @dataclass(frozen=True)
@@ -376,14 +380,18 @@ PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "du
           "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps", "dupn_prior_pieces")
 # Training settings added later, with the value that reproduces the runs made before them.
 LATER_EARLY_STOPPING_FIELDS: dict[str, Any] = {"min_rows": 0}
-LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "lr_schedule": LRScheduleConfig().model_dump()}
+LATER_TRAINING_FIELDS: dict[str, Any] = {"ema_decay": 0.0, "lr_schedule": LRScheduleConfig().model_dump(),
+                                         "hybrid": False}
+# and of the spec: the hybrid model's side columns and knots (jobs/train; the comparison's hybrid rows attach ranks)
+LATER_SPEC_FIELDS: dict[str, Any] = {"side_columns": [], "side_knots": []}
 
 
 def _without_later_fields(part: Any) -> Any:
     """A resolved spec or training config without the settings added later that cannot change its run."""
     if not isinstance(part, dict):
         return part
-    out = {k: v for k, v in part.items() if k not in LATER_TRAINING_FIELDS or v != LATER_TRAINING_FIELDS[k]}
+    later = {**LATER_TRAINING_FIELDS, **LATER_SPEC_FIELDS}
+    out = {k: v for k, v in part.items() if k not in later or v != later[k]}
     model = part.get("model")
     if isinstance(model, dict):
         def acts(k: str, v: Any) -> bool:
@@ -486,7 +494,7 @@ class Runner:
         self._side_tables: dict[tuple[tuple[str, ...], int], Any] = {}
 
     def row_config(self, row: Row, extra: Sequence[str] = ()) -> Config:
-        return load_config(self.config, [*self.overrides, *row.overrides, *extra])
+        return load_config(self.config, [*BASE, *self.overrides, *row.overrides, *extra])
 
     def _neural_spec(self, row: Row, extra: Sequence[str]) -> tuple[Config, ModelSpec, dict[str, Any]]:
         """A neural row's configuration (with ``extra`` overrides), its model spec, and what its cache key
