@@ -81,9 +81,9 @@ NOEMA = "training.ema_decay=0"
 NOPRIORS = "training.model.target_priors=false"
 # And the weight decay (training.weight_decay, 1e-4 then 3e-4): every neural row measured before it trains without.
 NOWD = "training.weight_decay=0"
-# The platform's model became the hybrid with the priors as pieces (conf/local.yaml, 2026-12-07) after every row
-# was measured: each row is its own configuration over DUPN-all's (dupn_hybrid* attach their side inputs, and the
-# rows with the pieces set them), so the comparison's base turns both off.
+# The hybrid model (training.hybrid) and the priors as pieces came after every row was measured: each row is its
+# own configuration over DUPN-all's (dupn_hybrid* attach their side inputs, the rows with the pieces set them), so
+# the comparison's base turns both off whatever conf/local.yaml says.
 BASE = ("training.hybrid=false", "training.model.prior_pieces=false")
 
 

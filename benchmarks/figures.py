@@ -152,6 +152,7 @@ FIGURES: dict[str, tuple[str, Drawer]] = {
     "comparison_pieces.json": ("comparison_pieces_curves.png", comparison_curves),
     "taobao.json": ("taobao_curves.png", comparison_curves),
     "transfer.json": ("transfer_curves.png", transfer_curves),
+    "transfer_hybrid.json": ("transfer_hybrid_curves.png", transfer_curves),
     "taobao_attention.json": ("taobao_attention.png", attention_figure),
 }
 

@@ -101,8 +101,13 @@ SECTIONS: tuple[Section, ...] = (
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
+    Section("Transfer from the hybrid model's representation", "transfer_hybrid.md",
+            "The same four methods on the vectors of the hybrid model (training.hybrid with model.prior_pieces), "
+            "from a make demo run with it."),
     Section("Do the published vectors tell users apart", "neighbours.md",
             "The 10 nearest neighbours of sampled users against the demo world's truth (top interest, tier)."),
+    Section("Do the hybrid model's vectors tell users apart", "neighbours_hybrid.md",
+            "The same neighbour rates on the vectors of the hybrid model, from a make demo run with it."),
     Section("Purchasing power: what behaviour can reveal", "ppp_ceiling.md",
             "The Bayes ceiling of the tier task beside the models' accuracies on the same users."),
     Section("The item tasks by slice: where the GBDT's lead is", "slices.md",

@@ -25,9 +25,6 @@ TEST_SPARK = [
     "spark.master=local[2]", "spark.conf.spark.sql.shuffle.partitions=2", "spark.conf.spark.driver.host=127.0.0.1",
     "spark.conf.spark.ui.enabled=false", "spark.conf.spark.driver.memory=4g",
     "spark.conf.spark.sql.adaptive.enabled=false",
-    # the tiny pipelines build features/training_examples only: jobs train the plain model unless a test turns
-    # the hybrid on (conf/local.yaml's default; tests/code/test_hybrid_job.py builds its examples)
-    "training.hybrid=false",
 ]
 
 
