@@ -9,6 +9,9 @@ of the latest training set during training: the weights of the best validation s
 and training stops when it stops improving (``training.epochs`` is the cap). ``incremental``
 warm-starts from the ``champion`` version and trains ``training.incremental_epochs`` on day
 ``--date`` only (the paper's daily increments; new ids need nothing: the encoding is hashed).
+With ``training.hybrid`` full training reads ``features/hybrid_examples`` (jobs/build_hybrid_examples)
+and the heads also read its hand-crafted summaries; incremental training reads the table the
+champion was trained on.
 
 Then the test split is scored once, the run is logged to MLflow and registered as a new version,
 the champion is scored on the same test examples, and the champion alias moves only if no metric
@@ -68,9 +71,9 @@ def run(ctx: JobContext) -> str:
         raise PlatformError(f"the champion, version {champion.version} of '{registry.name}', reads side inputs (a "
                             f"hybrid model) and the gate scores it on the candidate's test examples: train with "
                             f"training.hybrid=true, or move the alias '{registry.alias}' to a version without them")
+    examples = t.HYBRID_EXAMPLES if hybrid else t.TRAINING_EXAMPLES
     data = training_data(tables, days, tc.tasks, valid_days=args.valid_days, test_days=args.test_days,
-                         allow_valid_overlap=args.mode == "incremental",
-                         table=t.HYBRID_EXAMPLES if hybrid else t.TRAINING_EXAMPLES)
+                         allow_valid_overlap=args.mode == "incremental", table=examples)
     if args.mode == "incremental":
         if champion is None:
             raise PlatformError(f"incremental training warm-starts from the '{registry.alias}' version of "
@@ -115,10 +118,9 @@ def run(ctx: JobContext) -> str:
                   "side_inputs": len(spec.side_columns), "train_days": f"{days[0]}..{days[-1]}",
                   "valid_days": ",".join(data.valid_days), "test_days": ",".join(data.test_days),
                   "logit_offsets": spec.logit_offsets, **stats_note}
-        table = t.HYBRID_EXAMPLES if hybrid else t.TRAINING_EXAMPLES
         lineage = {"training_examples": {"table": data.table, "version": data.version, "train_days": list(days),
                                          "valid_days": list(data.valid_days), "test_days": list(data.test_days),
-                                         "build": tables.metadata(table, data.version)},
+                                         "build": tables.metadata(examples, data.version)},
                    "normalisation": spec.norm, "vocab_sizes": spec.vocab,
                    "encoding": {"hash_buckets": cfg.sequences.hash_buckets.model_dump(),
                                 "time_bucket_edges_s": cfg.sequences.time_bucket_edges_s,

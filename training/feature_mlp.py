@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from training.evaluation import NDCG_K, Predictions, auc, ndcg_per_list
 from training.gbdt import GBDTResult, GRADE, feature_matrix, task_predictions, task_rows
+from training.modules import ramps
 from training.progress import Progress
 from training.step import prepare_torch
 from training.tabular import pieces
@@ -109,7 +110,7 @@ class FeatureEncoder(nn.Module):
         num = x[:, self.numeric]
         missing = torch.isnan(num)
         filled = torch.where(missing, torch.full_like(num, -math.inf), num)
-        parts = [((filled[:, self.piece_column] - self.piece_low) / self.piece_width).clamp(0.0, 1.0),
+        parts = [ramps(filled[:, self.piece_column], self.piece_low, self.piece_width),
                  missing[:, self.missing_column].float()]
         for table, j, unseen in zip(self.tables, self.categorical, self.unseen):
             raw = x[:, j]

@@ -24,7 +24,7 @@ from features.encoding import BEHAVIOR_INDEX
 from training.modules import (
     AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, QuantilePieces, QuantileRanks,
     RecencyPooling, UserProfile, bag_mean, category_profile, embedding, embedding_bag, interest_match, match_scores,
-    mlp, required_match, valid_mask)
+    mlp, ramps, required_match, valid_mask)
 from training.spec import PPP_CLASSES, ModelSpec
 
 if TYPE_CHECKING:
@@ -654,7 +654,7 @@ def fixed_pieces(x: Tensor, knots: Sequence[float]) -> Tensor:
     """x (...) -> (..., len(knots) - 1): piece i is clamp((x - k_i) / (k_(i+1) - k_i), 0, 1), so a linear
     layer on the pieces is any piecewise-linear function of x with these knots (constant beyond them)."""
     k = torch.as_tensor(knots, dtype=x.dtype, device=x.device)
-    return ((x.unsqueeze(-1) - k[:-1]) / (k[1:] - k[:-1])).clamp(0.0, 1.0)
+    return ramps(x.unsqueeze(-1), k[:-1], k[1:] - k[:-1])
 
 
 def item_priors(batch: Batch, rows: Tensor, pieces: bool = False) -> Tensor:

@@ -561,6 +561,13 @@ def required_match(match: Tensor | None, shape: str) -> Tensor:
     return match
 
 
+def ramps(x: Tensor, low: Tensor, width: Tensor) -> Tensor:
+    """``clamp((x - low) / width, 0, 1)``: each ramp rises from 0 at ``low`` to 1 at ``low + width``. Ramps
+    between consecutive knots are the piecewise-linear pieces every encoder of the platform uses (a linear
+    layer on them is any piecewise-linear function of ``x`` with those knots)."""
+    return ((x - low) / width).clamp(0.0, 1.0)
+
+
 class QuantileRanks(nn.Module):
     """Raw values (..., C) -> their quantile ranks in [0, 1] at each column's knots (the training split's
     quantiles, kept in the model's spec): linear between consecutive distinct knots (the k-th of m + 1
@@ -602,7 +609,7 @@ class QuantileRanks(nn.Module):
             raise ValueError(f"side inputs: expected {self.columns} raw columns (the spec's side_columns), got "
                              f"{values.shape[-1]}; read them from features/hybrid_examples")
         x = values.float().unsqueeze(-1)
-        ranks = (((x - self.lower) / self.width).clamp(0.0, 1.0) * self.weight).sum(-1)
+        ranks = (ramps(x, self.lower, self.width) * self.weight).sum(-1)
         return ranks.masked_fill(self.unknown, float("nan"))
 
 

@@ -25,7 +25,7 @@ from core.errors import ConfigError, PlatformError
 from training import evaluation as ev
 from training.data import Batch, PetastormSource
 from training.model import PLE, CrossStitch, ExtractionLayer, MMoE, SharedBottom, TaskMixer, TaskModel
-from training.modules import mlp
+from training.modules import mlp, ramps
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -202,7 +202,7 @@ class TabularModel(TaskModel):
             parts.append(dense)
         if len(self.piece_column):
             x = dense.index_select(1, self.piece_column)
-            parts.append(((x - self.piece_low) / self.piece_width).clamp(0.0, 1.0))
+            parts.append(ramps(x, self.piece_low, self.piece_width))
         return torch.cat(parts, dim=1)
 
     def forward(self, batch: Batch) -> dict[str, Tensor]:
