@@ -244,6 +244,9 @@ HYBRID_EXAMPLES = TableSpec(
     "and follow row (the hybrid model's side inputs)",
     row_group_bytes=TRAINING_EXAMPLES.row_group_bytes)
 
+# the job that builds each examples table (named in the errors of whatever reads them)
+BUILT_BY = {TRAINING_EXAMPLES.name: "build_training_set", HYBRID_EXAMPLES.name: "build_hybrid_examples"}
+
 FEATURE_STATS = TableSpec("features/feature_stats", T.StructType([
     _f("feature", STR, False), _f("population", STR, False), _f("count", LONG, False),
     _f("mean", DBL, False), _f("var", DBL, False), _f("dt", STR, False)]), ("dt",),

@@ -333,7 +333,7 @@ def original_training_data(tables: "DeltaTables", until: str, table: TableSpec =
     """
     from pyspark.sql import functions as F
 
-    builder = "build_hybrid_examples" if table is t.HYBRID_EXAMPLES else "build_training_set"
+    builder = t.BUILT_BY[table.name]
     if not tables.exists(table):
         raise PlatformError(f"{table.name} does not exist (needed by the 'ra' method): run {builder}, or "
                             f"leave 'ra' out of --methods")

@@ -59,7 +59,8 @@ def run(ctx: JobContext) -> str:
         finally:
             side.unpersist()
     empty = [c for c, k in zip(columns, knots) if len(k) < 2]
-    note = [f"columns with fewer than two distinct training values (ranked 0): {', '.join(empty)}"] if empty else []
+    note = [f"columns with fewer than two distinct training values (one value: ranked 0; none: read as missing): "
+            f"{', '.join(empty)}"] if empty else []
     return "\n".join([*lines, *note, f"side inputs: {len(columns)} columns per impression slot and follow row",
                       f"{JOB}: wrote {res.describe()} dt={start}..{end} (training_examples v{version})"])
 

@@ -16,10 +16,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-# the job that builds each examples table
-BUILDERS = {t.TRAINING_EXAMPLES.name: "build_training_set", t.HYBRID_EXAMPLES.name: "build_hybrid_examples"}
-
-
 @dataclass(frozen=True)
 class TrainingData:
     """One snapshot of ``features/training_examples`` (or of ``features/hybrid_examples``, ``table``): the
@@ -61,7 +57,7 @@ def training_data(tables: "DeltaTables", train_days: Sequence[str], wanted_tasks
     Raises:
         PlatformError: a day is missing, or a training day is a test (or validation) day.
     """
-    builder = BUILDERS[table.name]
+    builder = t.BUILT_BY[table.name]
     if not tables.exists(table):
         raise PlatformError(f"{table.name} does not exist; run jobs/{builder}.py first")
     version = tables.version(table)
