@@ -239,6 +239,10 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_hybrid_pieces", "dupn_hybrid whose heads read the target priors as piecewise-linear pieces "
         "(model.prior_pieces)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.prior_pieces=true"), kind="hybrid"),
+    Row("dupn_hybrid_detached", "dupn_hybrid_pieces whose side heads read the tower's outputs with their gradient "
+        "stopped, while heads without side inputs train the tower as DUPN-all's do (model.side_detached)",
+        "DUPN ablations", ("training.model.property_in=all", "training.model.prior_pieces=true",
+                           "training.model.side_detached=true"), kind="hybrid"),
     Row("dupn_prior_pieces", "DUPN-all whose heads read the target priors as piecewise-linear pieces at fixed "
         "knots instead of logs (model.prior_pieces)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.prior_pieces=true")),
@@ -372,9 +376,11 @@ LATER_MODEL_FIELDS: dict[str, tuple[Any, frozenset[str]]] = {
     "side_inputs": (0, frozenset({"dupn"})),
     "follow_task_input": (True, frozenset({"dupn"})),
     "prior_pieces": (False, frozenset({"dupn", "cnn_max", "wide_deep"})),
+    "side_detached": (False, frozenset({"dupn"})),
 }
 # Later model settings that only act with another one set (the run keys of the hybrid rows hold them)
-LATER_MODEL_SUBFIELDS: dict[str, str] = {"side_bins": "side_inputs", "prior_pieces": "target_priors"}
+LATER_MODEL_SUBFIELDS: dict[str, str] = {"side_bins": "side_inputs", "prior_pieces": "target_priors",
+                                         "side_detached": "side_inputs"}
 # Rows that vary the platform's model as it is (made after the target priors, which they keep on).
 PROBES = ("dupn_cosine", "dupn_linear3", "dupn_head128", "dupn_by_behavior", "dupn_purchase_pool", "dupn_wd1e5",
           "dupn_wd1e4", "dupn_wd3e4", "dupn_wd1e3", "dupn_top_share", "dupn_price_gaps", "dupn_prior_pieces")

@@ -262,6 +262,10 @@ class ModelConfig(_Strict):
                                     "embeddings, the match features and its priors (a diagnostic)")
     side_bins: int = Field(16, ge=2, description="with side_inputs: piecewise-linear pieces per column (knots at "
                            "equally spaced quantile ranks)")
+    side_detached: bool = Field(False, description="with side_inputs (no effect without): the heads that read the "
+                                "side inputs read the tower's outputs with their gradient stopped, and a second set "
+                                "of heads without side inputs trains the tower, so the published vectors learn as "
+                                "without side inputs while the side heads score the tasks (docs/learning.md)")
     ppp_hidden: int = Field(32, ge=0, description="hidden width of the tier head's MLP over the price features "
                                                   "(0 = the paper's linear softmax only)")
     l2r_item_score: bool = Field(True, description="the L2R score adds an MLP score of the user-item match to "

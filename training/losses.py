@@ -13,6 +13,12 @@ computed on its own examples only:
 * ``ppp`` — cross-entropy on the tier labels of **training users** (``ppp_user = 0``): labels of
   the held-out users never train a model, whatever split their rows are in.
 
+A model whose scoring heads read the tower's outputs with their gradient stopped
+(``model.side_detached``) also gives the outputs of the heads that train the tower, prefixed with
+:data:`TOWER_OUTPUTS`. A task's loss then has the value of those heads' loss (what the task weighting
+sees and the logs report) and the gradient of both: each set of heads learns from its own loss, and
+the tower learns exactly what it would learn without the scoring heads.
+
 Each loss is a weighted mean over its examples in the batch; it is exactly 0 (still attached to
 the graph, so distributed training sees every parameter used) when the batch has none.
 """
@@ -34,6 +40,8 @@ LOSS_NAMES = ("ctr", "ctcvr", "l2r", "follow", "ppp")
 # Loss name -> the task whose examples it is computed on.
 LOSS_TASK = {"ctr": "ctr", "ctcvr": "ctr", "l2r": "l2r", "follow": "follow", "ppp": "ppp"}
 _EPS = 1e-12
+# prefix of the outputs of the heads that train the tower when the scoring heads' gradient is stopped
+TOWER_OUTPUTS = "tower_"
 
 
 def slot_mask(batch: Mapping[str, Tensor]) -> Tensor:
@@ -97,6 +105,21 @@ def task_losses(outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor],
     Returns:
         loss name -> scalar tensor (0 with a graph when the batch has no example of it).
     """
+    tasks = list(tasks)
+    out = output_losses(outputs, batch, tasks)
+    trained = {k[len(TOWER_OUTPUTS):]: v for k, v in outputs.items() if k.startswith(TOWER_OUTPUTS)}
+    if trained:
+        tower = output_losses(trained, batch, [t for t in tasks if t != "ppp"])
+        for name, value in tower.items():
+            # the tower heads' value, and the gradient of both losses (each reaches its own heads only)
+            out[name] = value + (out[name] - out[name].detach())
+    return out
+
+
+def output_losses(outputs: Mapping[str, Tensor], batch: Mapping[str, Tensor],
+                  tasks: Iterable[str]) -> dict[str, Tensor]:
+    """Scalar loss per loss name of one set of outputs (``ctr_logit``, ``cvr_logit``, ``l2r_score``,
+    ``follow_logit``, ``ppp_logits``)."""
     out: dict[str, Tensor] = {}
     for name in tasks:
         w = example_weights(batch, name)

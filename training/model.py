@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from core.tables import KIND_IDS
 from features.encoding import BEHAVIOR_INDEX
+from training.losses import TOWER_OUTPUTS
 from training.modules import (
     AttentionPooling, FrozenNorm, ItemEmbedding, PropertyEmbedding, PropertyGatedLSTM, QuantilePieces, QuantileRanks,
     RecencyPooling, UserProfile, bag_mean, category_profile, embedding, embedding_bag, interest_match, match_scores,
@@ -576,10 +577,12 @@ class FollowHead(nn.Module):
     talent's category is a direct match. ``talent_dim`` 0: t is the category embedding alone (no talent id)."""
 
     def __init__(self, in_dim: int, n_talent: int, talent_dim: int, category: nn.Embedding, hidden: int,
-                 dropout: float, match_dim: int = 0, task_input: bool = True) -> None:
+                 dropout: float, match_dim: int = 0, task_input: bool = True, stopped: bool = False) -> None:
         super().__init__()
         self.talent = embedding(n_talent, talent_dim) if talent_dim else None
         self.category = category
+        # stopped: the category table (the tower's) gets no gradient from this head (model.side_detached)
+        self.stopped = stopped
         width = talent_dim + category.embedding_dim
         # without the task input (model.follow_task_input false) the head reads t and the match features only
         self.interact = nn.Linear(in_dim, width) if task_input else None
@@ -590,6 +593,7 @@ class FollowHead(nn.Module):
             -> Tensor:
         """task_in (N, D), talent (N,), talent_category (N,), match (N, M) -> logit (N,)."""
         t = self.category(talent_category)
+        t = t.detach() if self.stopped else t
         if self.talent is not None:
             t = torch.cat([self.talent(talent), t], dim=-1)
         parts = [task_in, t, self.interact(task_in) * t] if self.interact is not None else [t]
@@ -691,6 +695,11 @@ def with_priors(match: Tensor | None, priors: Tensor | None) -> Tensor | None:
 
 
 # ====================================================================== the model
+def _cut(x: Tensor | None, stop: bool) -> Tensor | None:
+    """``x`` without its gradient when ``stop`` (a side head's input from the tower, model.side_detached)."""
+    return x.detach() if stop and x is not None else x
+
+
 def rows_of_kind(batch: Batch, kind: str) -> Tensor:
     """(N,) int64 indices of the batch rows of one kind (``impressions`` rows: those with items)."""
     if kind == "impressions":
@@ -751,7 +760,6 @@ class DUPNModel(TaskModel):
         self.mixer_in = int(getattr(self.tower, "mixer_dim", self.tower.out_dim))
         self.mixer = build_mixer(spec, self.mixer_in)
         d, item_dim = self.mixer.out_dim, self.tower.items.out_dim
-        heads: dict[str, nn.Module] = {}
         qd = m.query_dim if m.query_in_heads else 0
         # the user-target match features need a tower with interests (DUPN's)
         self.matches = m.match_features and hasattr(self.tower, "match")
@@ -765,9 +773,32 @@ class DUPNModel(TaskModel):
         # at the spec's knots (the hybrid model), or ranks training/side_inputs.py attaches (the comparison's)
         self.side = QuantilePieces(m.side_inputs, m.side_bins) if m.side_inputs else None
         self.side_ranks = QuantileRanks(spec.side_knots) if spec.reads_side else None
-        k2 += self.side.out_dim if self.side is not None else 0
-        k1 += self.side.out_dim if self.side is not None else 0
-        for name in spec.head_names:
+        side = self.side.out_dim if self.side is not None else 0
+        # model.side_detached: the side heads read the tower's outputs with their gradient stopped, and heads
+        # without side inputs (built first, as a model without side inputs builds its heads) train the tower
+        self.tower_heads: nn.ModuleDict | None = None
+        if side and m.side_detached:
+            if m.family != "dupn":
+                raise ValueError(f"training.model.side_detached needs model.family dupn, not {m.family}")
+            plain = self._build_heads(spec.head_names, d, item_dim, qd, k2, k1)
+            self.tower_heads = nn.ModuleDict({n: h for n, h in plain.items() if n != "ppp"})
+            heads = self._build_heads([n for n in spec.head_names if n != "ppp"], d, item_dim, qd, k2 + side, k1 + side,
+                                      stopped=True)
+            heads.update({n: h for n, h in plain.items() if n == "ppp"})
+        else:
+            heads = self._build_heads(spec.head_names, d, item_dim, qd, k2 + side, k1 + side)
+        self.heads = nn.ModuleDict(heads)
+        logger.debug("built %s model (%s, property_in=%s, heads %s): %d parameters", m.family, m.architecture,
+                     m.property_in, list(heads), sum(p.numel() for p in self.parameters()))
+
+    def _build_heads(self, names: Sequence[str], d: int, item_dim: int, qd: int, k2: int, k1: int,
+                     stopped: bool = False) -> dict[str, nn.Module]:
+        """One head per task of ``names``: task input width ``d``, item vector ``item_dim``, query ``qd``,
+        extra inputs (match features, priors, side inputs) ``k2`` per impression slot and ``k1`` per follow row;
+        ``stopped``: heads whose inputs from the tower carry no gradient (the follow head's category table too)."""
+        spec, m = self.spec, self.spec.model
+        heads: dict[str, nn.Module] = {}
+        for name in names:
             if name in ("ctr", "cvr"):
                 heads[name] = ItemHead(d, item_dim, m.head_hidden, m.dropout,
                                        frozen_norm(spec, "rank_features") if m.rank_features_in_ctr else None, qd, k2)
@@ -776,13 +807,11 @@ class DUPNModel(TaskModel):
                                       qd, k2, item_dim if m.l2r_item_score else 0)
             elif name == "follow":
                 heads[name] = FollowHead(d, spec.vocab["talent"], m.talent_dim, self.tower.items.category,
-                                         m.head_hidden, m.dropout, k1, m.follow_task_input)
+                                         m.head_hidden, m.dropout, k1, m.follow_task_input, stopped)
             elif name == "ppp":
                 price_dim = getattr(self.tower, "price_dim", 0)
                 heads[name] = PPPHead(d, m.dropout, m.ppp_hidden, price_dim)
-        self.heads = nn.ModuleDict(heads)
-        logger.debug("built %s model (%s, property_in=%s, heads %s): %d parameters", m.family, m.architecture,
-                     m.property_in, list(heads), sum(p.numel() for p in self.parameters()))
+        return heads
 
     def target_items(self, batch: Batch, rows: Tensor) -> Tensor:
         """Target item vectors (N, G, Di) of impression rows ``rows`` (the shared ItemEmbedding)."""
@@ -792,6 +821,16 @@ class DUPNModel(TaskModel):
                                 slot_view(batch, "item_tags", rows, k), slot_view(batch, "item_log_price", rows),
                                 "item_log_price")
 
+    def head_sets(self) -> list[tuple[nn.ModuleDict, str, bool, bool]]:
+        """(heads, output key prefix, whether they read the side inputs, whether their inputs from the tower
+        are cut from its gradient) of every set of item and follow heads. One set, unless
+        ``model.side_detached``: then the heads without side inputs, whose outputs are prefixed with
+        :data:`TOWER_OUTPUTS` and whose losses train the tower (:func:`training.losses.task_losses`), and the
+        side heads on the tower's outputs with their gradient stopped, which give the outputs."""
+        if self.tower_heads is not None:
+            return [(self.tower_heads, TOWER_OUTPUTS, False, False), (self.heads, "", True, True)]
+        return [(self.heads, "", self.side is not None, False)]
+
     def heads_forward(self, task_in: Mapping[str, Tensor], batch: Batch, query: Tensor | None = None,
                       representation: Tensor | None = None) -> dict[str, Tensor]:
         """Outputs of every head from the per-head inputs (B, D), the query vector (B, Dq), the
@@ -800,6 +839,7 @@ class DUPNModel(TaskModel):
         n = next(iter(task_in.values())).shape[0]
         if self.matches and representation is None:
             raise ValueError("this model's heads read match features: pass the representation")
+        sets = self.head_sets()
         if "ctr" in self.heads or "l2r" in self.heads:
             rows = rows_of_kind(batch, "impressions")
             rank = slot_view(batch, "rank_features", rows, self.spec.rank_dim)
@@ -812,20 +852,23 @@ class DUPNModel(TaskModel):
                                     slot_view(batch, "item_tags", rows, self.spec.max_tags),
                                     slot_view(batch, "item_log_price", rows))
             match = with_priors(match, item_priors(batch, rows, self.prior_pieces) if self.priors else None)
-            if self.side is not None:
-                side = slot_view(batch, "slot_side", rows, self.side.columns)
-                match = with_priors(match, self.side(self.side_rank(side)))
+            side = self.side(self.side_rank(slot_view(batch, "slot_side", rows, self.side.columns))) \
+                if self.side is not None else None
             l2r_items = "l2r" in self.heads and getattr(self.heads["l2r"], "item_score", None) is not None
             items = self.target_items(batch, rows) if "ctr" in self.heads or l2r_items else None
-            if "ctr" in self.heads:
-                for head, key in (("ctr", "ctr_logit"), ("cvr", "cvr_logit")):
-                    if head in self.heads:
-                        logits = self.heads[head](task_in[head].index_select(0, rows), items, rank, q, match)
-                        out[key] = scatter_rows(logits, rows, n)
-            if "l2r" in self.heads:
-                scores = self.heads["l2r"](task_in["l2r"].index_select(0, rows), rank, q, match,
-                                           items if l2r_items else None)
-                out["l2r_score"] = scatter_rows(scores, rows, n)
+            for heads, prefix, reads_side, stop in sets:
+                extra = with_priors(_cut(match, stop), side if reads_side else None)
+                head_items, head_q = _cut(items, stop), _cut(q, stop)
+                if "ctr" in heads:
+                    for head, key in (("ctr", "ctr_logit"), ("cvr", "cvr_logit")):
+                        if head in heads:
+                            logits = heads[head](_cut(task_in[head], stop).index_select(0, rows), head_items, rank,
+                                                 head_q, extra)
+                            out[prefix + key] = scatter_rows(logits, rows, n)
+                if "l2r" in heads:
+                    scores = heads["l2r"](_cut(task_in["l2r"], stop).index_select(0, rows), rank, head_q, extra,
+                                          head_items if l2r_items else None)
+                    out[prefix + "l2r_score"] = scatter_rows(scores, rows, n)
         if "follow" in self.heads:
             rows = rows_of_kind(batch, "follow")
             category = need(batch, "talent_category", "the follow head").index_select(0, rows)
@@ -835,13 +878,13 @@ class DUPNModel(TaskModel):
                 tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
                 match = tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0]
             match = with_priors(match, follow_priors(batch, rows, self.prior_pieces) if self.priors else None)
-            if self.side is not None:
-                side = need(batch, "row_side", "the follow head's side inputs").index_select(0, rows)
-                match = with_priors(match, self.side(self.side_rank(side)))
-            logit = self.heads["follow"](task_in["follow"].index_select(0, rows),
-                                         need(batch, "talent", "the follow head").index_select(0, rows), category,
-                                         match)
-            out["follow_logit"] = scatter_rows(logit, rows, n)
+            side = self.side(self.side_rank(need(batch, "row_side", "the follow head's side inputs")
+                                            .index_select(0, rows))) if self.side is not None else None
+            talent = need(batch, "talent", "the follow head").index_select(0, rows)
+            for heads, prefix, reads_side, stop in sets:
+                logit = heads["follow"](_cut(task_in["follow"], stop).index_select(0, rows), talent, category,
+                                        with_priors(_cut(match, stop), side if reads_side else None))
+                out[prefix + "follow_logit"] = scatter_rows(logit, rows, n)
         if "ppp" in self.heads:
             prices = None
             if getattr(self.heads["ppp"], "prices", None) is not None:

@@ -181,3 +181,51 @@ def test_the_ctr_head_learns_a_rule_only_its_side_inputs_hold() -> None:
     with torch.no_grad():
         score = model.eval()(batch)["ctr_logit"][slots].numpy()
     assert auc(label[slots].numpy(), score) > 0.95
+
+
+def test_detached_side_heads_leave_the_towers_training_as_without_side_inputs() -> None:
+    """model.side_detached: the heads without side inputs are built, and train the tower, exactly as a model
+    without side inputs builds and trains them; the side heads learn too, and give the outputs."""
+    from core.config import TrainingConfig, WeightingConfig
+    from training.model import last_shared_layer
+    from training.step import TrainTask
+    from training.weighting import build_weighting
+
+    cfg = TrainingConfig(optimizer="adam", lr=0.02, weight_decay=1e-4, weighting=WeightingConfig(kind="uncertainty"))
+    models, tasks = [], []
+    for spec in (tiny_spec(), tiny_spec(side_inputs=3, side_detached=True)):
+        torch.manual_seed(0)
+        model = build_model(spec)
+        models.append(model)
+        tasks.append(TrainTask(model, build_weighting(cfg.weighting, spec.loss_names, last_shared_layer(model)), cfg))
+    plain, detached = models
+    assert detached.tower_heads is not None and set(detached.tower_heads) == {"ctr", "cvr", "l2r", "follow"}
+    side_before = {k: v.clone() for k, v in detached.heads.state_dict().items()}
+    for step in range(6):
+        batch = random_batch(24, seed=10 + step)
+        first = tasks[0].step(batch)
+        second = tasks[1].step(_with_side(batch, 3, seed=step))
+        for t in plain.spec.loss_names:  # the weighting sees the tower heads' losses: the same values
+            assert second[f"loss_{t}"] == pytest.approx(first[f"loss_{t}"], rel=1e-5, abs=1e-6)
+    reference = plain.state_dict()
+    for name, value in detached.tower.state_dict().items():
+        torch.testing.assert_close(value, reference[f"tower.{name}"], rtol=1e-5, atol=1e-6, msg=name)
+    for name, value in detached.tower_heads.state_dict().items():
+        torch.testing.assert_close(value, reference[f"heads.{name}"], rtol=1e-5, atol=1e-6, msg=name)
+    for name, value in detached.heads["ppp"].state_dict().items():
+        torch.testing.assert_close(value, reference[f"heads.ppp.{name}"], rtol=1e-5, atol=1e-6, msg=name)
+    moved = [k for k, v in detached.heads.state_dict().items() if not k.startswith("ppp.") and
+             not k.startswith("follow.category.") and not torch.equal(v, side_before[k])]
+    assert any(k.startswith("ctr.") for k in moved) and any(k.startswith("follow.") for k in moved)
+    # the outputs are the side heads': they read the side inputs, the tower heads' outputs do not
+    detached.eval()
+    batch = _with_side(random_batch(12, seed=1), 3, seed=2)
+    base = detached(batch)
+    changed = {**batch, "slot_side": 1.0 - batch["slot_side"], "row_side": 1.0 - batch["row_side"]}
+    out = detached(changed)
+    assert not torch.allclose(out["ctr_logit"], base["ctr_logit"])
+    assert not torch.allclose(out["follow_logit"], base["follow_logit"])
+    torch.testing.assert_close(out["tower_ctr_logit"], base["tower_ctr_logit"])
+    torch.testing.assert_close(out["tower_follow_logit"], base["tower_follow_logit"])
+    with pytest.raises(ValueError, match="family dupn"):
+        build_model(tiny_spec(family="wide_deep", side_inputs=3, side_detached=True))
