@@ -81,10 +81,11 @@ NOEMA = "training.ema_decay=0"
 NOPRIORS = "training.model.target_priors=false"
 # And the weight decay (training.weight_decay, 1e-4 then 3e-4): every neural row measured before it trains without.
 NOWD = "training.weight_decay=0"
-# The hybrid model (training.hybrid) and the priors as pieces came after every row was measured: each row is its
-# own configuration over DUPN-all's (dupn_hybrid* attach their side inputs, the rows with the pieces set them), so
-# the comparison's base turns both off whatever conf/local.yaml says.
-BASE = ("training.hybrid=false", "training.model.prior_pieces=false")
+# The hybrid model (training.hybrid), the priors as pieces and the detached side heads came after every row was
+# measured: each row is its own configuration over DUPN-all's (dupn_hybrid* attach their side inputs, the rows with
+# the pieces or the detached heads set them), so the comparison's base turns all three off whatever
+# conf/local.yaml says.
+BASE = ("training.hybrid=false", "training.model.prior_pieces=false", "training.model.side_detached=false")
 
 
 @dataclass(frozen=True)

@@ -150,9 +150,11 @@ FIGURES: dict[str, tuple[str, Drawer]] = {
     "comparison_features.json": ("comparison_features_curves.png", comparison_curves),
     "comparison_hybrid.json": ("comparison_hybrid_curves.png", comparison_curves),
     "comparison_pieces.json": ("comparison_pieces_curves.png", comparison_curves),
+    "comparison_detached.json": ("comparison_detached_curves.png", comparison_curves),
     "taobao.json": ("taobao_curves.png", comparison_curves),
     "transfer.json": ("transfer_curves.png", transfer_curves),
     "transfer_hybrid.json": ("transfer_hybrid_curves.png", transfer_curves),
+    "transfer_detached.json": ("transfer_detached_curves.png", transfer_curves),
     "taobao_attention.json": ("taobao_attention.png", attention_figure),
 }
 

@@ -99,15 +99,28 @@ SECTIONS: tuple[Section, ...] = (
                     "dupn_hybrid_pieces dupn_hybrid_follow gbdt gbdt_noitem feature_mlp feature_mlp_follow_nopriors "
                     "feature_mlp_follow_logpriors feature_mlp_follow_fixedpriors --name comparison_pieces "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
+    Section("The hybrid whose side heads leave the tower alone", "comparison_detached.md",
+            "The hybrid with the priors as pieces, and the same model whose side heads read the tower's outputs "
+            "with their gradient stopped while heads without side inputs train the tower (model.side_detached), "
+            "beside DUPN-all, the MLP on the GBDT's columns and the GBDT on the same lake.",
+            command="python -m benchmarks.bench_comparison --rows dupn_all dupn_hybrid_pieces dupn_hybrid_detached "
+                    "gbdt gbdt_noitem feature_mlp --name comparison_detached "
+                    "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("Transfer to a new task: RS, RA, RT, FT", "transfer.md",
             "The shop-preference task learned on the published representations four ways, over seeds."),
     Section("Transfer from the hybrid model's representation", "transfer_hybrid.md",
             "The same four methods on the vectors of the hybrid model (training.hybrid with model.prior_pieces), "
             "from a make demo run with it."),
+    Section("Transfer from the detached hybrid's representation", "transfer_detached.md",
+            "The same four methods on the vectors of the hybrid with model.side_detached, from a make demo run "
+            "with it."),
     Section("Do the published vectors tell users apart", "neighbours.md",
             "The 10 nearest neighbours of sampled users against the demo world's truth (top interest, tier)."),
     Section("Do the hybrid model's vectors tell users apart", "neighbours_hybrid.md",
             "The same neighbour rates on the vectors of the hybrid model, from a make demo run with it."),
+    Section("Do the detached hybrid's vectors tell users apart", "neighbours_detached.md",
+            "The same neighbour rates on the vectors of the hybrid with model.side_detached, from a make demo run "
+            "with it."),
     Section("Purchasing power: what behaviour can reveal", "ppp_ceiling.md",
             "The Bayes ceiling of the tier task beside the models' accuracies on the same users."),
     Section("The item tasks by slice: where the GBDT's lead is", "slices.md",

@@ -14,7 +14,7 @@ the designs (:class:`TaskMixer` subclasses) only change what each head reads.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Mapping, Sequence, cast
+from typing import TYPE_CHECKING, Mapping, Sequence, cast, overload
 
 import torch
 from torch import Tensor, nn
@@ -695,6 +695,14 @@ def with_priors(match: Tensor | None, priors: Tensor | None) -> Tensor | None:
 
 
 # ====================================================================== the model
+@overload
+def _cut(x: Tensor, stop: bool) -> Tensor: ...
+
+
+@overload
+def _cut(x: None, stop: bool) -> None: ...
+
+
 def _cut(x: Tensor | None, stop: bool) -> Tensor | None:
     """``x`` without its gradient when ``stop`` (a side head's input from the tower, model.side_detached)."""
     return x.detach() if stop and x is not None else x

@@ -1,8 +1,8 @@
 """The hybrid model through the platform's jobs on the tiny world: build_hybrid_examples, full training with
-``training.hybrid`` (the spec keeps the side columns and their knots; the heads read the raw values of
-features/hybrid_examples), the promotion gate scoring a hybrid champion, incremental training that follows
-the champion, and the refusal to gate a plain candidate against a hybrid champion. Real MLflow, Petastorm
-and Delta."""
+``training.hybrid`` and ``model.side_detached`` (the spec keeps the side columns and their knots; the side
+heads read the raw values of features/hybrid_examples, the tower and its own heads do not), the promotion
+gate scoring a hybrid champion, incremental training that follows the champion, and the refusal to gate a
+plain candidate against a hybrid champion. Real MLflow, Petastorm and Delta."""
 from __future__ import annotations
 
 import shutil
@@ -20,7 +20,8 @@ from tests.helpers import run
 from training.data import EVAL_FIELDS, SIDE_FIELDS
 from training.trainer import DUPNWorkload, eval_source
 
-HYBRID = (*TINY_WORLD, *SMALL, "training.hybrid=true", "training.model.prior_pieces=true")
+HYBRID = (*TINY_WORLD, *SMALL, "training.hybrid=true", "training.model.prior_pieces=true",
+          "training.model.side_detached=true")
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +68,10 @@ def test_a_hybrid_champion_keeps_its_side_columns_and_knots_and_reads_them(hybri
     follow = batch["kind_id"] == 1
     if bool(follow.any()):
         assert not torch.allclose(base["follow_logit"][follow], other["follow_logit"][follow])
-    # the representation does not read them: the published vectors are the tower's alone
+    # the representation does not read them: the published vectors are the tower's alone; nor do the heads
+    # that train the tower (model.side_detached)
     np.testing.assert_allclose(base["representation"].numpy(), other["representation"].numpy())
+    np.testing.assert_allclose(base["tower_ctr_logit"].numpy(), other["tower_ctr_logit"].numpy())
     # a reader without the side fields gives the model nothing to read: a one-line error naming them
     plain = next(iter(eval_source(cfg.training, files, spec.tasks).batches()))
     with pytest.raises(KeyError, match="slot_side"):
@@ -87,6 +90,7 @@ def test_incremental_training_of_a_hybrid_champion_reads_the_hybrid_examples(hyb
     versions = sorted(int(v.version) for v in reg.client.search_model_versions(f"name='{reg.name}'"))
     new = reg.load(str(versions[-1]))
     assert new.spec.side_columns == before.spec.side_columns and new.spec.side_knots == before.spec.side_knots
+    assert new.spec.model.side_detached and new.model.tower_heads is not None
     params = mlflow.get_run(new.run_id).data.params
     assert params["examples_table"] == t.HYBRID_EXAMPLES.name and params["side_inputs"] == str(len(SIDE_COLUMNS))
 
