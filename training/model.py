@@ -789,10 +789,11 @@ class DUPNModel(TaskModel):
             if m.family != "dupn":
                 raise ValueError(f"training.model.side_detached needs model.family dupn, not {m.family}")
             plain = self._build_heads(spec.head_names, d, item_dim, qd, k2, k1)
-            self.tower_heads = nn.ModuleDict({n: h for n, h in plain.items() if n != "ppp"})
             heads = self._build_heads([n for n in spec.head_names if n != "ppp"], d, item_dim, qd, k2 + side, k1 + side,
                                       stopped=True)
-            heads.update({n: h for n, h in plain.items() if n == "ppp"})
+            if "ppp" in plain:
+                heads["ppp"] = plain.pop("ppp")
+            self.tower_heads = nn.ModuleDict(plain)
         else:
             heads = self._build_heads(spec.head_names, d, item_dim, qd, k2 + side, k1 + side)
         self.heads = nn.ModuleDict(heads)
@@ -834,9 +835,11 @@ class DUPNModel(TaskModel):
         are cut from its gradient) of every set of item and follow heads. One set, unless
         ``model.side_detached``: then the heads without side inputs, whose outputs are prefixed with
         :data:`TOWER_OUTPUTS` and whose losses train the tower (:func:`training.losses.task_losses`), and the
-        side heads on the tower's outputs with their gradient stopped, which give the outputs."""
+        side heads on the tower's outputs with their gradient stopped, which give the outputs. The heads
+        without side inputs only train: out of training mode (scoring, serving) they do not run."""
         if self.tower_heads is not None:
-            return [(self.tower_heads, TOWER_OUTPUTS, False, False), (self.heads, "", True, True)]
+            side = (self.heads, "", True, True)
+            return [(self.tower_heads, TOWER_OUTPUTS, False, False), side] if self.training else [side]
         return [(self.heads, "", self.side is not None, False)]
 
     def heads_forward(self, task_in: Mapping[str, Tensor], batch: Batch, query: Tensor | None = None,

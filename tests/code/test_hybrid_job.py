@@ -18,6 +18,7 @@ from registry.models import ModelRegistry
 from tests.conftest import SMALL, TINY_END, TINY_START, TINY_WORLD, TRAIN_DAYS, VALID_DAY, make_config
 from tests.helpers import run
 from training.data import EVAL_FIELDS, SIDE_FIELDS
+from training.losses import TOWER_OUTPUTS
 from training.trainer import DUPNWorkload, eval_source
 
 HYBRID = (*TINY_WORLD, *SMALL, "training.hybrid=true", "training.model.prior_pieces=true",
@@ -68,9 +69,17 @@ def test_a_hybrid_champion_keeps_its_side_columns_and_knots_and_reads_them(hybri
     follow = batch["kind_id"] == 1
     if bool(follow.any()):
         assert not torch.allclose(base["follow_logit"][follow], other["follow_logit"][follow])
-    # the representation does not read them: the published vectors are the tower's alone; nor do the heads
-    # that train the tower (model.side_detached)
+    # the representation does not read them: the published vectors are the tower's alone
     np.testing.assert_allclose(base["representation"].numpy(), other["representation"].numpy())
+    # nor do the heads that train the tower (model.side_detached), which run in training only (same dropout draws)
+    assert not [k for k in base if k.startswith(TOWER_OUTPUTS)]
+    model.train()
+    with torch.no_grad():
+        torch.manual_seed(0)
+        base = model(batch)
+        torch.manual_seed(0)
+        other = model(moved)
+    model.eval()
     np.testing.assert_allclose(base["tower_ctr_logit"].numpy(), other["tower_ctr_logit"].numpy())
     # a reader without the side fields gives the model nothing to read: a one-line error naming them
     plain = next(iter(eval_source(cfg.training, files, spec.tasks).batches()))

@@ -8,6 +8,7 @@ import torch
 
 from training.data import PetastormSource
 from training.evaluation import auc
+from training.losses import TOWER_OUTPUTS
 from training.model import build_model
 from training.modules import QuantilePieces, QuantileRanks
 from training.side_inputs import SideSource, SideTable, SideWorkload, quantile_knots, quantile_ranks
@@ -217,15 +218,22 @@ def test_detached_side_heads_leave_the_towers_training_as_without_side_inputs() 
     moved = [k for k, v in detached.heads.state_dict().items() if not k.startswith("ppp.") and
              not k.startswith("follow.category.") and not torch.equal(v, side_before[k])]
     assert any(k.startswith("ctr.") for k in moved) and any(k.startswith("follow.") for k in moved)
-    # the outputs are the side heads': they read the side inputs, the tower heads' outputs do not
-    detached.eval()
+    # the outputs are the side heads': they read the side inputs, the tower heads' outputs do not (those run
+    # only in training: the same dropout draws for both batches)
     batch = _with_side(random_batch(12, seed=1), 3, seed=2)
-    base = detached(batch)
     changed = {**batch, "slot_side": 1.0 - batch["slot_side"], "row_side": 1.0 - batch["row_side"]}
-    out = detached(changed)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        base = detached(batch)
+        torch.manual_seed(3)
+        out = detached(changed)
     assert not torch.allclose(out["ctr_logit"], base["ctr_logit"])
     assert not torch.allclose(out["follow_logit"], base["follow_logit"])
     torch.testing.assert_close(out["tower_ctr_logit"], base["tower_ctr_logit"])
     torch.testing.assert_close(out["tower_follow_logit"], base["tower_follow_logit"])
+    # scoring runs the side heads only
+    detached.eval()
+    scored = detached(batch)
+    assert not [k for k in scored if k.startswith(TOWER_OUTPUTS)]
     with pytest.raises(ValueError, match="family dupn"):
         build_model(tiny_spec(family="wide_deep", side_inputs=3, side_detached=True))
