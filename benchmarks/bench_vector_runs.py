@@ -126,7 +126,7 @@ def load_cached(runs_dir: Path, variant: Variant, seed: int) -> RunResult | None
     if tuple(data["overrides"]) != variant.overrides:
         raise PlatformError(f"{path} was made with overrides {data['overrides']}, not {list(variant.overrides)}: "
                             "rename the variant or remove the file")
-    data["overrides"] = tuple(data["overrides"])
+    data["overrides"], data["variant"] = tuple(data["overrides"]), variant.name  # the file name is the key
     return RunResult(**data)
 
 

@@ -775,8 +775,7 @@ class DUPNModel(TaskModel):
         k1 = cast(UserTower, self.tower).category_match_dim if self.matches else 0
         # the target priors enter each head beside the match features
         self.priors, self.prior_pieces = m.target_priors, m.prior_pieces
-        k2 += item_prior_dim(m.prior_pieces) if self.priors else 0
-        k1 += follow_prior_dim(m.prior_pieces) if self.priors else 0
+        item_p, follow_p = (item_prior_dim(m.prior_pieces), follow_prior_dim(m.prior_pieces)) if self.priors else (0, 0)
         # and so do hand-crafted side inputs (model.side_inputs): raw values of features/hybrid_examples ranked
         # at the spec's knots (the hybrid model), or ranks training/side_inputs.py attaches (the comparison's)
         self.side = QuantilePieces(m.side_inputs, m.side_bins) if m.side_inputs else None
@@ -784,18 +783,20 @@ class DUPNModel(TaskModel):
         side = self.side.out_dim if self.side is not None else 0
         # model.side_detached: the side heads read the tower's outputs with their gradient stopped, and heads
         # without side inputs (built first, as a model without side inputs builds its heads) train the tower
+        # and they read the priors as logs, whatever model.prior_pieces says: their heads are DUPN-all's, pieces or not
         self.tower_heads: nn.ModuleDict | None = None
         if side and m.side_detached:
             if m.family != "dupn":
                 raise ValueError(f"training.model.side_detached needs model.family dupn, not {m.family}")
-            plain = self._build_heads(spec.head_names, d, item_dim, qd, k2, k1)
-            heads = self._build_heads([n for n in spec.head_names if n != "ppp"], d, item_dim, qd, k2 + side, k1 + side,
-                                      stopped=True)
+            log_item, log_follow = (item_prior_dim(False), follow_prior_dim(False)) if self.priors else (0, 0)
+            plain = self._build_heads(spec.head_names, d, item_dim, qd, k2 + log_item, k1 + log_follow)
+            heads = self._build_heads([n for n in spec.head_names if n != "ppp"], d, item_dim, qd,
+                                      k2 + item_p + side, k1 + follow_p + side, stopped=True)
             if "ppp" in plain:
                 heads["ppp"] = plain.pop("ppp")
             self.tower_heads = nn.ModuleDict(plain)
         else:
-            heads = self._build_heads(spec.head_names, d, item_dim, qd, k2 + side, k1 + side)
+            heads = self._build_heads(spec.head_names, d, item_dim, qd, k2 + item_p + side, k1 + follow_p + side)
         self.heads = nn.ModuleDict(heads)
         logger.debug("built %s model (%s, property_in=%s, heads %s): %d parameters", m.family, m.architecture,
                      m.property_in, list(heads), sum(p.numel() for p in self.parameters()))
@@ -830,17 +831,19 @@ class DUPNModel(TaskModel):
                                 slot_view(batch, "item_tags", rows, k), slot_view(batch, "item_log_price", rows),
                                 "item_log_price")
 
-    def head_sets(self) -> list[tuple[nn.ModuleDict, str, bool, bool]]:
+    def head_sets(self) -> list[tuple[nn.ModuleDict, str, bool, bool, bool]]:
         """(heads, output key prefix, whether they read the side inputs, whether their inputs from the tower
-        are cut from its gradient) of every set of item and follow heads. One set, unless
-        ``model.side_detached``: then the heads without side inputs, whose outputs are prefixed with
-        :data:`TOWER_OUTPUTS` and whose losses train the tower (:func:`training.losses.task_losses`), and the
-        side heads on the tower's outputs with their gradient stopped, which give the outputs. The heads
-        without side inputs only train: out of training mode (scoring, serving) they do not run."""
+        are cut from its gradient, whether they read the priors as pieces) of every set of item and follow
+        heads. One set, unless ``model.side_detached``: then the heads without side inputs, whose outputs are
+        prefixed with :data:`TOWER_OUTPUTS` and whose losses train the tower
+        (:func:`training.losses.task_losses`), built and fed as a model without side inputs and with the
+        priors as logs builds and feeds its heads, and the side heads on the tower's outputs with their
+        gradient stopped, which give the outputs. The heads without side inputs only train: out of training
+        mode (scoring, serving) they do not run."""
         if self.tower_heads is not None:
-            side = (self.heads, "", True, True)
-            return [(self.tower_heads, TOWER_OUTPUTS, False, False), side] if self.training else [side]
-        return [(self.heads, "", self.side is not None, False)]
+            side = (self.heads, "", True, True, self.prior_pieces)
+            return [(self.tower_heads, TOWER_OUTPUTS, False, False, False), side] if self.training else [side]
+        return [(self.heads, "", self.side is not None, False, self.prior_pieces)]
 
     def heads_forward(self, task_in: Mapping[str, Tensor], batch: Batch, query: Tensor | None = None,
                       representation: Tensor | None = None) -> dict[str, Tensor]:
@@ -862,13 +865,13 @@ class DUPNModel(TaskModel):
                 match = tower.match(representation.index_select(0, rows), slot_view(batch, "item_category", rows),
                                     slot_view(batch, "item_tags", rows, self.spec.max_tags),
                                     slot_view(batch, "item_log_price", rows))
-            match = with_priors(match, item_priors(batch, rows, self.prior_pieces) if self.priors else None)
             side = self.side(self.side_rank(slot_view(batch, "slot_side", rows, self.side.columns))) \
                 if self.side is not None else None
             l2r_items = "l2r" in self.heads and getattr(self.heads["l2r"], "item_score", None) is not None
             items = self.target_items(batch, rows) if "ctr" in self.heads or l2r_items else None
-            for heads, prefix, reads_side, stop in sets:
-                extra = with_priors(_cut(match, stop), side if reads_side else None)
+            for heads, prefix, reads_side, stop, pieces in sets:
+                priors = item_priors(batch, rows, pieces) if self.priors else None
+                extra = with_priors(with_priors(_cut(match, stop), priors), side if reads_side else None)
                 head_items, head_q = _cut(items, stop), _cut(q, stop)
                 if "ctr" in heads:
                     for head, key in (("ctr", "ctr_logit"), ("cvr", "cvr_logit")):
@@ -888,13 +891,13 @@ class DUPNModel(TaskModel):
                 assert representation is not None
                 tower = cast(UserTower, self.tower)  # only a tower with interests (DUPN's) gives match features
                 match = tower.match(representation.index_select(0, rows), category.unsqueeze(1))[:, 0]
-            match = with_priors(match, follow_priors(batch, rows, self.prior_pieces) if self.priors else None)
             side = self.side(self.side_rank(need(batch, "row_side", "the follow head's side inputs")
                                             .index_select(0, rows))) if self.side is not None else None
             talent = need(batch, "talent", "the follow head").index_select(0, rows)
-            for heads, prefix, reads_side, stop in sets:
-                logit = heads["follow"](_cut(task_in["follow"], stop).index_select(0, rows), talent, category,
-                                        with_priors(_cut(match, stop), side if reads_side else None))
+            for heads, prefix, reads_side, stop, pieces in sets:
+                priors = follow_priors(batch, rows, pieces) if self.priors else None
+                extra = with_priors(with_priors(_cut(match, stop), priors), side if reads_side else None)
+                logit = heads["follow"](_cut(task_in["follow"], stop).index_select(0, rows), talent, category, extra)
                 out[prefix + "follow_logit"] = scatter_rows(logit, rows, n)
         if "ppp" in self.heads:
             prices = None

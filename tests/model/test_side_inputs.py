@@ -184,9 +184,11 @@ def test_the_ctr_head_learns_a_rule_only_its_side_inputs_hold() -> None:
     assert auc(label[slots].numpy(), score) > 0.95
 
 
-def test_detached_side_heads_leave_the_towers_training_as_without_side_inputs() -> None:
+@pytest.mark.parametrize("priors", [False, True])
+def test_detached_side_heads_leave_the_towers_training_as_without_side_inputs(priors: bool) -> None:
     """model.side_detached: the heads without side inputs are built, and train the tower, exactly as a model
-    without side inputs builds and trains them; the side heads learn too, and give the outputs."""
+    without side inputs builds and trains them (with the target priors: as logs, though the side heads read
+    them as pieces, model.prior_pieces); the side heads learn too, and give the outputs."""
     from core.config import TrainingConfig, WeightingConfig
     from training.model import last_shared_layer
     from training.step import TrainTask
@@ -194,7 +196,8 @@ def test_detached_side_heads_leave_the_towers_training_as_without_side_inputs() 
 
     cfg = TrainingConfig(optimizer="adam", lr=0.02, weight_decay=1e-4, weighting=WeightingConfig(kind="uncertainty"))
     models, tasks = [], []
-    for spec in (tiny_spec(), tiny_spec(side_inputs=3, side_detached=True)):
+    for spec in (tiny_spec(target_priors=priors),
+                 tiny_spec(target_priors=priors, prior_pieces=priors, side_inputs=3, side_detached=True)):
         torch.manual_seed(0)
         model = build_model(spec)
         models.append(model)
