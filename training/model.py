@@ -784,12 +784,15 @@ class DUPNModel(TaskModel):
         # model.side_detached: the side heads read the tower's outputs with their gradient stopped, and heads
         # without side inputs (built first, as a model without side inputs builds its heads) train the tower
         # and they read the priors as logs, whatever model.prior_pieces says: their heads are DUPN-all's, pieces or not
+        # (spec.tower_log_priors; as the side heads read them in the specs of models registered before it existed)
+        self.tower_pieces = self.prior_pieces and not spec.tower_log_priors
         self.tower_heads: nn.ModuleDict | None = None
         if side and m.side_detached:
             if m.family != "dupn":
                 raise ValueError(f"training.model.side_detached needs model.family dupn, not {m.family}")
-            log_item, log_follow = (item_prior_dim(False), follow_prior_dim(False)) if self.priors else (0, 0)
-            plain = self._build_heads(spec.head_names, d, item_dim, qd, k2 + log_item, k1 + log_follow)
+            tower_item, tower_follow = (item_prior_dim(self.tower_pieces), follow_prior_dim(self.tower_pieces)) \
+                if self.priors else (0, 0)
+            plain = self._build_heads(spec.head_names, d, item_dim, qd, k2 + tower_item, k1 + tower_follow)
             heads = self._build_heads([n for n in spec.head_names if n != "ppp"], d, item_dim, qd,
                                       k2 + item_p + side, k1 + follow_p + side, stopped=True)
             if "ppp" in plain:
@@ -842,7 +845,8 @@ class DUPNModel(TaskModel):
         mode (scoring, serving) they do not run."""
         if self.tower_heads is not None:
             side = (self.heads, "", True, True, self.prior_pieces)
-            return [(self.tower_heads, TOWER_OUTPUTS, False, False, False), side] if self.training else [side]
+            tower = (self.tower_heads, TOWER_OUTPUTS, False, False, self.tower_pieces)
+            return [tower, side] if self.training else [side]
         return [(self.heads, "", self.side is not None, False, self.prior_pieces)]
 
     def heads_forward(self, task_in: Mapping[str, Tensor], batch: Batch, query: Tensor | None = None,

@@ -56,6 +56,10 @@ class ModelSpec:
         side_columns: the hand-crafted columns the item and follow heads read beside the representation
             (the hybrid model, ``features/hybrid.py``; empty: none), raw from ``features/hybrid_examples``.
         side_knots: per side column, the training split's quantiles the model ranks its raw values at.
+        tower_log_priors: with ``model.side_detached``, the heads that train the tower read the target priors
+            as logs whatever ``model.prior_pieces`` gives the side heads (DUPN-all's heads). False only in the
+            specs of detached models registered before 2026-12-07's a20ddb6, whose tower heads read the priors
+            as the side heads do; :meth:`from_dict` gives False when the key is absent, so those still load.
     """
 
     vocab: dict[str, int]
@@ -71,6 +75,7 @@ class ModelSpec:
     category_log_price: dict[int, float] = field(default_factory=dict)
     side_columns: tuple[str, ...] = ()
     side_knots: tuple[tuple[float, ...], ...] = ()
+    tower_log_priors: bool = True
 
     def __post_init__(self) -> None:
         missing = [k for k in REQUIRED_VOCAB if k not in self.vocab]
@@ -188,6 +193,7 @@ class ModelSpec:
             "category_log_price": {str(k): v for k, v in sorted(self.category_log_price.items())},
             "side_columns": list(self.side_columns),
             "side_knots": [list(k) for k in self.side_knots],
+            "tower_log_priors": self.tower_log_priors,
         }
 
     @classmethod
@@ -203,7 +209,8 @@ class ModelSpec:
                               "rebuild the spec with this code version")
         expected = {"version", "vocab", "max_len", "max_tags", "max_query_tokens", "rank_dim",
                     "user_dense_dim", "model", "tasks", "norm", "logit_offsets", "category_log_price"}
-        optional = {"side_columns", "side_knots"}  # absent from the specs of models that read no side inputs
+        # absent from the specs of models that read no side inputs, and of models stored before the key existed
+        optional = {"side_columns", "side_knots", "tower_log_priors"}
         unknown, absent = set(data) - expected - optional, expected - set(data)
         if unknown or absent:
             raise ConfigError(f"model spec: unknown keys {sorted(unknown)}, missing keys {sorted(absent)}")
@@ -219,7 +226,8 @@ class ModelSpec:
             logit_offsets={str(k): float(v) for k, v in data["logit_offsets"].items()},
             category_log_price={int(k): float(v) for k, v in data["category_log_price"].items()},
             side_columns=tuple(str(c) for c in data.get("side_columns") or ()),
-            side_knots=tuple(tuple(float(x) for x in k) for k in data.get("side_knots") or ()))
+            side_knots=tuple(tuple(float(x) for x in k) for k in data.get("side_knots") or ()),
+            tower_log_priors=bool(data.get("tower_log_priors", False)))
 
     def _complete_norm(self, norm: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Norm:
         unknown = sorted(set(norm) - set(DENSE_INPUTS))

@@ -240,3 +240,24 @@ def test_detached_side_heads_leave_the_towers_training_as_without_side_inputs(pr
     assert not [k for k in scored if k.startswith(TOWER_OUTPUTS)]
     with pytest.raises(ValueError, match="family dupn"):
         build_model(tiny_spec(family="wide_deep", side_inputs=3, side_detached=True))
+
+
+def test_a_detached_model_stored_before_its_tower_heads_read_logs_still_loads() -> None:
+    """A detached model's spec records that its tower heads read the priors as logs; the spec of one stored
+    before (no such key) loads with tower heads that read them as pieces, as they were trained, and runs."""
+    from training.model import follow_prior_dim
+    from training.spec import ModelSpec
+
+    spec = tiny_spec(target_priors=True, prior_pieces=True, side_inputs=3, side_detached=True)
+    data = spec.to_dict()
+    assert data["tower_log_priors"] is True and ModelSpec.from_dict(data).tower_log_priors
+    del data["tower_log_priors"]
+    stored = ModelSpec.from_dict(data)
+    assert not stored.tower_log_priors
+    current, legacy = build_model(spec), build_model(stored)
+    width = {name: m.state_dict()["tower_heads.follow.mlp.0.weight"].shape[1] for name, m in
+             (("current", current), ("legacy", legacy))}
+    assert width["legacy"] - width["current"] == follow_prior_dim(True) - follow_prior_dim(False) > 0
+    legacy.load_state_dict(build_model(stored).state_dict())
+    out = legacy.train()(_with_side(random_batch(12, seed=4), 3, seed=5))
+    assert torch.isfinite(out["tower_follow_logit"]).all() and torch.isfinite(out["ctr_logit"]).all()
