@@ -41,7 +41,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.common import ROOT
+from benchmarks.common import ROOT, bench_main
 from core import tables as t
 from core.errors import PlatformError
 from training.layout import Block, column_runs, published_layout
@@ -611,15 +610,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     if args.queries < 1 or args.k < 1:
         raise SystemExit("bench_neighbours: --queries and --k must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "petastorm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    command = "python -m benchmarks.bench_neighbours " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        text = run(args, command.strip())
-    except PlatformError as exc:
-        raise SystemExit(f"bench_neighbours: {exc}") from None
-    print(text)
+    bench_main("bench_neighbours", args, run, argv)
 
 
 if __name__ == "__main__":

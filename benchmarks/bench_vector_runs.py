@@ -51,7 +51,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.common import ROOT, machine_line
+from benchmarks.common import ROOT, bench_main, machine_line
 from core.errors import PlatformError
 
 logger = logging.getLogger("bench_vector_runs")
@@ -355,16 +355,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("py4j", "petastorm"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    command = "python -m benchmarks.bench_vector_runs " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
-        text = run(args, command.strip())
-    except PlatformError as exc:
-        raise SystemExit(f"bench_vector_runs: {exc}") from None
-    print(text)
+    bench_main("bench_vector_runs", parser().parse_args(argv), run, argv)
 
 
 if __name__ == "__main__":

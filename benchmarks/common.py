@@ -2,6 +2,7 @@
 results file with the command that produced it."""
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import logging
@@ -150,3 +151,21 @@ def latest_published(cfg: Any, bench: str) -> tuple[Any, int, str, list[str]]:
     if not files:
         raise SystemExit(f"{bench}: {t.USER_REPRESENTATIONS.name} dt={day} has no local files")
     return tables, version, day, files
+
+
+def bench_main(name: str, args: argparse.Namespace, run: Callable[[argparse.Namespace, str], str],
+               argv: Sequence[str] | None) -> None:
+    """A benchmark's entry point: log lines with times (Py4J and Petastorm at WARNING), ``run(args, command)``
+    with the command line that reproduces it, its text printed; a :class:`core.errors.PlatformError`
+    ends the run with one line naming the benchmark."""
+    from core.errors import PlatformError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("py4j", "petastorm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    command = f"python -m benchmarks.{name} " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        text = run(args, command.strip())
+    except PlatformError as exc:
+        raise SystemExit(f"{name}: {exc}") from None
+    print(text)

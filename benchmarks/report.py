@@ -121,6 +121,13 @@ SECTIONS: tuple[Section, ...] = (
     Section("Do the detached hybrid's vectors tell users apart", "neighbours_detached.md",
             "The same neighbour rates on the vectors of the hybrid with model.side_detached, from a make demo run "
             "with it."),
+    Section("The published vectors over training runs: DUPN-all and the detached hybrid", "vector_runs.md",
+            "The neighbour rates (top interest, tier) of the vectors of several training runs of each model on one "
+            "demo lake, each run trained through jobs.train and published with its version, so that a difference "
+            "between models can be told from the spread between runs of one model.",
+            command="python -m benchmarks.bench_vector_runs --variant dupn_all --variant detached "
+                    "training.hybrid=true training.model.prior_pieces=true --set lake_root=<a make demo's lake> "
+                    "--set mlflow.tracking_uri=<its store> --set mlflow.artifact_location=<its artifacts>"),
     Section("Purchasing power: what behaviour can reveal", "ppp_ceiling.md",
             "The Bayes ceiling of the tier task beside the models' accuracies on the same users."),
     Section("The item tasks by slice: where the GBDT's lead is", "slices.md",
