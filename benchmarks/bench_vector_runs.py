@@ -190,7 +190,7 @@ def train_and_score(args: argparse.Namespace, variant: Variant, seed: int, days:
                    "chance": published["rates"][k]["chance"]} for k in RATES},
         train_seconds=train_seconds, commit=commit(), started=dt.datetime.now().isoformat(timespec="seconds"),
         extra={"users": scored["context"]["users"], "lake_root": scored["context"]["lake_root"],
-               "mlflow_run_id": after[version]})
+               "mlflow_run_id": after[version], "days": asdict(days)})
 
 
 @dataclass(frozen=True)
@@ -232,7 +232,8 @@ def markdown(results: Sequence[RunResult], variants: Sequence[Variant], context:
              f"{context['publish']} with `--model-version`, and scores their {context['k']} nearest neighbours "
              f"for {context['queries']} query users (seed {context['query_seed']}; bench_neighbours). "
              f"Training days {context['start']} – {context['end']}. The interval in brackets is the bootstrap "
-             "interval over the query users of that one run; the spread between runs is the std below.", "",
+             "interval over the query users of that one run; the spread between runs is the std below. A "
+             "version is the registry's of the run's lake (its MLflow store).", "",
              "## Variants", ""]
     for v in variants:
         lines.append(f"- **{v.name}**: {', '.join(f'`{o}`' for o in v.overrides) or 'the config as it is'}")
@@ -273,13 +274,14 @@ def markdown(results: Sequence[RunResult], variants: Sequence[Variant], context:
             lines.append(f"| {v.name} − {base.name} | " + " | ".join(cells) + " |")
         lines += ["", "± is the standard error of the difference of the means, sqrt(s_a²/n_a + s_b²/n_b)."]
     lines += ["", "## Runs", "",
-              "| variant | training.seed | version | epoch chosen | train s | "
+              "| variant | training.seed | lake | version | epoch chosen | train s | "
               + " | ".join(RATE_LABELS[k] for k in RATES) + " | " + " | ".join(TEST_METRICS) + " | commit |",
-              "|---|---:|---:|---:|---:|" + "---:|" * (len(RATES) + len(TEST_METRICS)) + "---|"]
+              "|---|---:|---|---:|---:|---:|" + "---:|" * (len(RATES) + len(TEST_METRICS)) + "---|"]
     for r in sorted(results, key=lambda r: ([v.name for v in variants].index(r.variant), r.seed)):
         rates = [f"{r.rate(k):.3f} [{r.rates[k]['ci95'][0]:.3f}, {r.rates[k]['ci95'][1]:.3f}]" for k in RATES]
         tests = [fmt(r.test.get(k, math.nan), 4) for k in TEST_METRICS]
-        lines.append(f"| {r.variant} | {r.seed} | {r.version} | {fmt(r.selected_epoch, 2)} | "
+        lines.append(f"| {r.variant} | {r.seed} | {r.extra.get('lake_root', '?')} | {r.version} | "
+                     f"{fmt(r.selected_epoch, 2)} | "
                      f"{r.train_seconds:.0f} | " + " | ".join(rates) + " | " + " | ".join(tests)
                      + f" | {r.commit} |")
     if context.get("note"):
@@ -315,9 +317,13 @@ def run(args: argparse.Namespace, command: str) -> str:
     if not results:
         raise PlatformError(f"no runs to report (none kept in {args.runs_dir})")
     first = results[0]
+    if days is None and args.start and args.end and args.date:
+        days = Days(args.start.isoformat(), args.end.isoformat(), args.date.isoformat())
+    if days is None and "days" in first.extra:
+        days = Days(**first.extra["days"])
     context = {"command": command, "machine": machine_line(), "k": args.k, "queries": args.queries,
                "query_seed": args.query_seed, "note": args.note,
-               "start": days.start if days else "(see the runs)", "end": days.end if days else "",
+               "start": days.start if days else "(not recorded)", "end": days.end if days else "(not recorded)",
                "publish": days.publish if days else "the test day", "users": first.extra.get("users")}
     text = markdown(results, variants, context)
     args.out_dir.mkdir(parents=True, exist_ok=True)
