@@ -14,6 +14,7 @@ from benchmarks import bench_vector_runs as bv
 from core.errors import PlatformError
 
 PLAIN = bv.Variant("dupn_all")
+DAYS = {"start": "2026-11-05", "end": "2026-11-12", "publish": "2026-11-14"}
 DETACHED = bv.Variant("detached", ("training.hybrid=true", "model.prior_pieces=true"))
 
 
@@ -23,8 +24,7 @@ def result(variant: bv.Variant, seed: int, tier: float, category: float = 0.30) 
     return bv.RunResult(variant=variant.name, overrides=variant.overrides, seed=seed, version=str(seed),
                         selected_epoch=3.05, test={"ctr_auc": 0.82, "follow_auc": 0.74}, rates=rates,
                         train_seconds=400.0, commit="abc1234",
-                        extra={"users": 20000, "lake_root": "/lake", "days": {"start": "2026-11-05", "end": "2026-11-12",
-                                                                              "publish": "2026-11-14"}})
+                        extra={"users": 20000, "lake_root": "/lake", "days": DAYS})
 
 
 def test_a_variant_is_a_name_then_overrides() -> None:
