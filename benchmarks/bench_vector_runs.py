@@ -11,7 +11,8 @@ each ``--variant`` (a name and the config overrides that make it; none for the c
 and each ``--seeds`` value (``training.seed``), it runs the platform's jobs in subprocesses, as a
 scheduler would, on a lake that already holds a training set (e.g. after ``make demo``)::
 
-    python -m jobs.train --config C --mode full --start <first training day> --end <last> --set training.seed=S ...
+    python -m jobs.train --config C --mode full --start <first training day> --end <last> --set training.seed=S \
+        --set training.promotion.auto_promote=false ...
     python -m jobs.publish_user_representations --config C --date D --model-version <the version it registered>
 
 and scores the published vectors of D with :func:`benchmarks.bench_neighbours.run` (k neighbours,
@@ -155,7 +156,8 @@ def train_and_score(args: argparse.Namespace, variant: Variant, seed: int, days:
     from benchmarks.common import commit
     from core.config import load_config
 
-    sets = [*args.overrides, *variant.overrides, f"training.seed={seed}"]
+    # the runs never move the lake's champion alias: a benchmark leaves production as it found it
+    sets = [*args.overrides, *variant.overrides, f"training.seed={seed}", "training.promotion.auto_promote=false"]
     common = ["--config", args.config, *[a for s in sets for a in ("--set", s)]]
     cfg = load_config(args.config, sets)
     _, before = registered_runs(cfg)
