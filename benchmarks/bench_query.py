@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, commit, latest_published, machine, write_result
+from benchmarks.common import ROOT, commit, latest_published, machine, set_args, write_result
 
 COMMANDS = ("user", "tiers")
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     user = args.user if args.user is not None else int(pq.read_table(files[0], columns=["user_id"])[0][0].as_py())
     users = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     base = [sys.executable, "-m", "jobs.query", "--config", args.config, "--log-level", "WARNING",
-            *[a for o in args.overrides for a in ("--set", o)]]
+            *set_args(args.overrides)]
     cmds = {"user": ["user", str(user)], "tiers": ["tiers"]}
     times: dict[str, list[float]] = {f"{c} {how}": [] for c in COMMANDS for how in ("arrow", "spark")}
     for _ in range(args.repeats):

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from benchmarks.common import WORK, commit, machine, run_sampled, write_result
+from benchmarks.common import WORK, commit, machine, run_sampled, set_args, write_result
 from core import tables as t
 from core.config import Config, load_config
 from scripts.demo import FIRST_USER, WARM_UP_DAYS
@@ -146,7 +146,7 @@ def measure(cfg: Config, days: Days) -> dict[str, int]:
 
 
 def run_stage(stage: Stage, days: Days, config: str, overrides: list[str]) -> dict[str, Any]:
-    sets = [a for o in overrides for a in ("--set", o)]
+    sets = set_args(overrides)
     cmd = [sys.executable, "-m", stage.module, "--config", config, *sets, "--log-level", "WARNING",
            *stage.args(days)]
     logger.info("%s: %s", stage.name, " ".join(cmd[1:]))

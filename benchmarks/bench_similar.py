@@ -44,7 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import ROOT, commit, latest_published, machine, run_worker, write_result
+from benchmarks.common import ROOT, commit, latest_published, machine, run_worker, set_args, write_result
 from features.vector_index import _faiss
 
 K = 10
@@ -211,7 +211,7 @@ def compare_kinds(files: Sequence[str], blocks: Any, queries: np.ndarray, query_
 
 def cli_times(config: str, overrides: Sequence[str], user: int, repeats: int) -> dict[str, list[float]]:
     base = [sys.executable, "-m", "jobs.query", "--config", config, "--log-level", "WARNING",
-            *[a for o in overrides for a in ("--set", o)], "--json", "similar", str(user), "--k", str(K)]
+            *set_args(overrides), "--json", "similar", str(user), "--k", str(K)]
     times: dict[str, list[float]] = {"index": [], "exact": []}
     for _ in range(repeats):
         for how, extra in (("index", []), ("exact", ["--exact"])):

@@ -43,7 +43,6 @@ import json
 import logging
 import math
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -52,7 +51,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.common import ROOT, bench_main, machine_line
+from benchmarks.common import ROOT, bench_main, job_command, machine_line, set_args
 from core.errors import PlatformError
 
 logger = logging.getLogger("bench_vector_runs")
@@ -132,13 +131,12 @@ def load_cached(runs_dir: Path, variant: Variant, seed: int) -> RunResult | None
 
 
 # ---------------------------------------------------------------------- one run
-def _run_job(module: str, args: Sequence[str]) -> str:
-    cmd = [sys.executable, "-m", module, "--log-level", "WARNING", *args]
+def _run_job(config: str, overrides: Sequence[str], module: str, *args: str) -> None:
+    cmd = job_command(config, overrides, module, *args)
     logger.info("$ %s", " ".join(cmd[2:]))
-    res = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    if res.returncode != 0:
-        raise PlatformError(f"{module} failed (exit {res.returncode}): {' '.join(cmd[2:])}")
-    return res.stdout
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code != 0:
+        raise PlatformError(f"{module} failed (exit {code}): {' '.join(cmd[2:])}")
 
 
 def registered_runs(cfg: Any) -> tuple[Any, dict[str, str]]:
@@ -158,22 +156,21 @@ def train_and_score(args: argparse.Namespace, variant: Variant, seed: int, days:
 
     # the runs never move the lake's champion alias: a benchmark leaves production as it found it
     sets = [*args.overrides, *variant.overrides, f"training.seed={seed}", "training.promotion.auto_promote=false"]
-    common = ["--config", args.config, *[a for s in sets for a in ("--set", s)]]
     cfg = load_config(args.config, sets)
     _, before = registered_runs(cfg)
     started = time.time()
-    _run_job("jobs.train", [*common, "--mode", "full", "--start", days.start, "--end", days.end])
+    _run_job(args.config, sets, "jobs.train", "--mode", "full", "--start", days.start, "--end", days.end)
     train_seconds = time.time() - started
     registry, after = registered_runs(cfg)
     new = sorted(set(after) - set(before), key=int)
     if len(new) != 1:
         raise PlatformError(f"jobs.train registered {len(new)} new versions of '{registry.name}' ({new}); expected 1")
     version = new[0]
-    _run_job("jobs.publish_user_representations", [*common, "--date", days.publish, "--model-version", version])
+    _run_job(args.config, sets, "jobs.publish_user_representations", "--date", days.publish, "--model-version", version)
     run = registry.client.get_run(after[version])
     with tempfile.TemporaryDirectory() as out:
         ns = bench_neighbours.parser().parse_args(
-            ["--config", args.config, *[a for s in sets for a in ("--set", s)], "--date", days.publish,
+            ["--config", args.config, *set_args(sets), "--date", days.publish,
              "--k", str(args.k), "--queries", str(args.queries), "--seed", str(args.query_seed),
              "--out-dir", out, "--name", "run"])
         bench_neighbours.run(ns, "bench_vector_runs")

@@ -104,10 +104,20 @@ def run_worker(module: str, args: list[str],
     return result
 
 
+def set_args(overrides: Sequence[str]) -> list[str]:
+    """``KEY=VALUE`` overrides as a job's command-line arguments (``--set KEY=VALUE`` each)."""
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def job_command(config: str, overrides: Sequence[str], module: str, *args: str) -> list[str]:
+    """The command that runs a platform job (``python -m module``) with a config and overrides, logging
+    warnings only."""
+    return [sys.executable, "-m", module, "--config", config, *set_args(overrides), "--log-level", "WARNING", *args]
+
+
 def run_job(bench: str, config: str, overrides: Sequence[str], module: str, *args: str) -> None:
     """Run a platform job (``python -m module``) as a benchmark's preparation step; exit when it fails."""
-    sets = [a for o in overrides for a in ("--set", o)]
-    cmd = [sys.executable, "-m", module, "--config", config, *sets, "--log-level", "WARNING", *args]
+    cmd = job_command(config, overrides, module, *args)
     logger.info("preparing: %s", " ".join(cmd[1:]))
     if subprocess.run(cmd, cwd=ROOT).returncode != 0:
         raise SystemExit(f"{bench}: preparation step {module} failed")
