@@ -407,6 +407,11 @@ def _without_later_fields(part: Any) -> Any:
             return k not in LATER_MODEL_FIELDS or (v != LATER_MODEL_FIELDS[k][0]
                                                    and model.get("family") in LATER_MODEL_FIELDS[k][1])
         out["model"] = {k: v for k, v in model.items() if acts(k, v)}
+        # the spec's tower_log_priors (35d71b4) acts only on a detached model whose side heads read the priors as
+        # pieces; runs made before it existed are its False
+        pieces = all(acts(k, model.get(k, LATER_MODEL_FIELDS[k][0])) for k in ("side_detached", "prior_pieces"))
+        if "tower_log_priors" in out and (not pieces or out["tower_log_priors"] is False):
+            del out["tower_log_priors"]
     stopping = part.get("early_stopping")
     if isinstance(stopping, dict):
         out["early_stopping"] = {k: v for k, v in stopping.items()

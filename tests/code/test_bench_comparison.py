@@ -117,6 +117,26 @@ def test_a_setting_added_later_keeps_earlier_runs_keys_where_it_cannot_change_th
     assert key("dupn", target_priors=True, prior_pieces=True) != key("dupn", target_priors=True)
 
 
+def test_the_specs_tower_log_priors_keys_only_the_detached_models_it_changes() -> None:
+    """Every spec holds tower_log_priors since 35d71b4: the runs made before it stay found, except the detached
+    models with the priors as pieces, whose tower heads it changes (those runs were made as its False)."""
+    from benchmarks.bench_comparison import _cache_key
+
+    def key(tower_log_priors: bool | None, **model_settings: object) -> str:
+        model = {"family": "dupn", "lstm_hidden": 64, "target_priors": True, **model_settings}
+        spec: dict[str, object] = {"model": model}
+        if tower_log_priors is not None:
+            spec["tower_log_priors"] = tower_log_priors
+        return _cache_key(row("dupn_all"), {"spec": spec, "training": {"lr": 0.002, "model": model}}, 3, 0)
+
+    detached = {"side_inputs": 4, "side_detached": True, "prior_pieces": True}
+    assert key(True) == key(None) == key(False)                            # DUPN-all: no effect
+    assert key(True, side_inputs=4, prior_pieces=True) == key(None, side_inputs=4, prior_pieces=True)
+    assert key(True, side_inputs=4, side_detached=True) == key(None, side_inputs=4, side_detached=True)
+    assert key(False, **detached) == key(None, **detached)                 # as the runs were made before it
+    assert key(True, **detached) != key(None, **detached)                  # the tower heads read logs: new runs
+
+
 def test_last_bit_differences_give_one_key() -> None:
     from benchmarks.bench_comparison import _cache_key
 
