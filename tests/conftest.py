@@ -98,8 +98,10 @@ def tiny_pipeline(tiny_world):  # noqa: ANN001, ANN201
     return cfg, tables, tmp
 
 
-# A small DUPN (fast on 2 cores) for job tests.
-SMALL = ("training.model.lstm_hidden=16", "training.model.attention_hidden=8", "training.model.pooled_dim=16",
+# A small DUPN-all (fast on 2 cores) for job tests: without the hybrid's side heads (conf/local.yaml's default),
+# which need features/hybrid_examples; tests/code/test_hybrid_job.py runs the hybrid through the jobs.
+SMALL = ("training.hybrid=false",
+         "training.model.lstm_hidden=16", "training.model.attention_hidden=8", "training.model.pooled_dim=16",
          "training.model.representation_dim=16", "training.model.head_hidden=16", "training.model.expert_dim=16",
          "training.model.query_dim=8", "training.model.talent_dim=8", "training.batch_size=128",
          "training.eval_batch_size=512", "training.epochs=1", "training.use_distributor=false",

@@ -16,6 +16,10 @@ def test_shipped_configs_load() -> None:
     assert local.delta.engine == "rs"
     assert local.mlflow.tracking_uri.startswith("sqlite:")
     assert local.lake_root == "./lake"
+    # the platform's model: DUPN whose side heads read the hand-crafted summaries and the priors as pieces and
+    # leave the tower (and so the published vectors) to the heads without them
+    model = local.training.model
+    assert local.training.hybrid and model.side_detached and model.prior_pieces and model.target_priors
     cluster = load_config(ROOT / "conf" / "cluster.example.yaml")
     assert cluster.delta.engine == "spark"
     assert cluster.lake_root.startswith("s3a://")
