@@ -19,15 +19,32 @@ if TYPE_CHECKING:
     from core.delta import DeltaTables
 
 
-def rank_auc(df: "DataFrame", score: str, label: str) -> float:
-    """Exact ROC AUC of ``score`` for binary ``label`` (Mann-Whitney with averaged tie ranks)."""
+def rank_auc(df: "DataFrame", score: str, label: str, buckets: int = 16) -> float:
+    """Exact ROC AUC of ``score`` for binary ``label`` (Mann-Whitney with averaged tie ranks).
+
+    The rank of each distinct score is the count of rows with a lower score, plus (ties + 1) / 2. The
+    distinct scores are cut into ``buckets`` ranges at approximate quantiles (fixed once, so every pass
+    sees the same ranges); the rows below each range come from the ranges' totals (``buckets`` numbers),
+    and a window per range adds those inside it. No window spans the whole table, so no partition holds
+    every score."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    # rank of each distinct score = (#rows with a lower score) + (ties + 1) / 2
     by_score = df.groupBy(score).agg(F.count("*").alias("n"), F.sum(label).alias("pos"))
-    w = Window.orderBy(score).rowsBetween(Window.unboundedPreceding, -1)
-    ranked = by_score.withColumn("below", F.coalesce(F.sum("n").over(w), F.lit(0)))
+    cuts = sorted(set(by_score.approxQuantile(score, [i / buckets for i in range(1, buckets)], 0.001)))
+    bucket = F.lit(0)
+    for c in cuts:
+        bucket = bucket + (F.col(score) > F.lit(c)).cast("int")
+    ranged = by_score.withColumn("_b", F.when(F.col(score).isNull(), F.lit(-1)).otherwise(bucket))  # nulls lowest
+    totals = {int(r["_b"]): int(r["n"]) for r in ranged.groupBy("_b").agg(F.sum("n").alias("n")).collect()}
+    offset, before = 0, {}
+    for b in sorted(totals):
+        before[b] = offset
+        offset += totals[b]
+    start = F.create_map(*[x for b, o in before.items() for x in (F.lit(b), F.lit(o))]) if before else None
+    w = Window.partitionBy("_b").orderBy(score).rowsBetween(Window.unboundedPreceding, -1)
+    below = F.coalesce(F.sum("n").over(w), F.lit(0)) + (start[F.col("_b")] if start is not None else F.lit(0))
+    ranked = ranged.withColumn("below", below)
     agg = ranked.agg(F.sum(F.col("pos") * (F.col("below") + (F.col("n") + 1) / 2.0)).alias("rsum"),
                      F.sum("pos").alias("npos"), F.sum("n").alias("n")).first()
     if agg is None:

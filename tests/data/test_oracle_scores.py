@@ -61,3 +61,20 @@ def test_the_oracle_scores_l2r_on_the_rows_the_models_are_scored_on(tiny_pipelin
     scored = oracle_scores(tables, [TINY_END])["l2r_auc"]
     assert scored == pytest.approx(rank_auc(oracle_rows, "score", "clicked"))
     assert scored < rank_auc(rows, "score", "clicked")
+
+
+def test_rank_auc_is_the_exact_auc_with_ties_over_several_ranges(spark) -> None:
+    """rank_auc cuts the distinct scores into ranges (no window over the whole table): its AUC is the exact
+    Mann-Whitney AUC with averaged tie ranks, whatever the number of ranges."""
+    import numpy as np
+
+    from training.evaluation import auc
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.normal(size=3000), 2)  # about 600 distinct values: many ties
+    labels = (rng.random(3000) < 1 / (1 + np.exp(-scores))).astype(int)
+    df = spark.createDataFrame([(float(s), int(y)) for s, y in zip(scores, labels)], "score double, y int")
+    want = auc(labels, scores)
+    for buckets in (1, 4, 16):
+        assert rank_auc(df, "score", "y", buckets=buckets) == pytest.approx(want, abs=1e-12)
+    assert rank_auc(df.where("y = 1"), "score", "y") != rank_auc(df.where("y = 1"), "score", "y")  # NaN: no negatives
