@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, get_args
+from typing import Any, Callable, Mapping, Sequence, get_args
 
 from benchmarks import figures
 from benchmarks.common import ROOT, WORK, commit, machine, run_job
@@ -66,6 +66,9 @@ COLUMN_TASK = {"ctr_auc": "ctr", "cvr_auc": "ctr", "ctcvr_auc": "ctr", "ctr_logl
                "l2r_auc": "l2r", "l2r_ndcg10": "l2r", "follow_auc": "follow", "ppp_accuracy": "ppp",
                "ppp_accuracy_seen": "ppp"}
 REFERENCE = "dupn_all"
+# the platform's model since 3348ece (conf/local.yaml: training.hybrid, model.prior_pieces, model.side_detached):
+# DUPN-all's tower and the heads that train it, and side heads that read the GBDT's summaries and score the tasks
+PLATFORM = "dupn_hybrid_detached"
 # The category profile (model.category_profile) came after the ablations, designs and weightings were measured:
 # those rows leave it out and compare with ``dupn_noprofile``, the platform's model without it.
 NOPROFILE = "training.model.category_profile=0"
@@ -189,7 +192,8 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_bpatt", "DUPN-bpatt (properties in the attention)", "DUPN ablations",
         ("training.model.property_in=attention", NOPROFILE, CATALOGUE, NOEMA, NOPRIORS, NOWD)),
     # its runs were made as the row that tried the weight decay of 3e-4, before it became the platform's
-    Row(REFERENCE, "DUPN-all (the platform's model)", "DUPN ablations", ("training.model.property_in=all",),
+    Row(REFERENCE, "DUPN-all (the platform's tower and the heads that train it; its model until the side heads)",
+        "DUPN ablations", ("training.model.property_in=all",),
         cache_as="dupn_wd3e4"),
     # the platform's model before the weight decay: its runs were made as the row that tried the target priors
     Row(NOWD_REFERENCE, "DUPN-all without the weight decay (the platform's model before it; the reference of the "
@@ -240,8 +244,8 @@ ROWS: tuple[Row, ...] = (
     Row("dupn_hybrid_pieces", "dupn_hybrid whose heads read the target priors as piecewise-linear pieces "
         "(model.prior_pieces)", "DUPN ablations",
         ("training.model.property_in=all", "training.model.prior_pieces=true"), kind="hybrid"),
-    Row("dupn_hybrid_detached", "dupn_hybrid_pieces whose side heads read the tower's outputs with their gradient "
-        "stopped, while heads without side inputs train the tower as DUPN-all's do (model.side_detached)",
+    Row(PLATFORM, "dupn_hybrid_pieces whose side heads read the tower's outputs with their gradient stopped, while "
+        "heads without side inputs train the tower as DUPN-all's do (model.side_detached; the platform's model)",
         "DUPN ablations", ("training.model.property_in=all", "training.model.prior_pieces=true",
                            "training.model.side_detached=true"), kind="hybrid"),
     Row("dupn_prior_pieces", "DUPN-all whose heads read the target priors as piecewise-linear pieces at fixed "
@@ -761,21 +765,18 @@ def markdown(results: list[RowResult], oracle: dict[str, float], context: dict[s
                      " | ".join(f"{oracle[c]:.4f}" if c in oracle else "–" for c in cols) + " | | | | |")
     lines += ["", "*best at cap*: runs whose best validation scoring was their last one, i.e. still improving "
               "when the epoch cap stopped them."]
-    if ref is not None and oracle:
-        lines += ["", "## DUPN-all against the targets", "",
-                  "| metric | DUPN-all | oracle | share of the oracle's lift over chance | target |",
-                  "|---|---:|---:|---:|---|"]
-        for c in ("ctr_auc", "l2r_auc", "follow_auc", "ctcvr_auc", "cvr_auc"):
-            if c in oracle and ref.summary[c].n:
-                lines.append(f"| {HEAD[c]} | {_fmt(ref.summary[c])} | {oracle[c]:.4f} | "
-                             f"{lift_share(ref.summary[c].mean, oracle[c]):.0%} | "
-                             f"{'≥ 75%' if c in ('ctr_auc', 'l2r_auc', 'follow_auc') else '–'} |")
-        if ref.summary["ppp_accuracy"].n:
-            lines.append(f"| {HEAD['ppp_accuracy']} | {_fmt(ref.summary['ppp_accuracy'])} | "
-                         f"{oracle.get('ppp_accuracy', math.nan):.4f} | | ≥ 0.85 |")
+    platform = next((r for r in results if r.row.key == PLATFORM and r.outcomes), None)
+    for row, name in ((ref, "DUPN-all"), (platform, "The platform's model")):
+        if row is not None and oracle:
+            lines += _targets(row, name, oracle)
     if ref is not None:
         lines += _against(ref, [r for r in results if r is not ref and not r.same_as], marked,
                           "## DUPN-all against every other row")
+    if platform is not None:
+        lines += _against(platform, [r for r in results if r is not platform and not r.same_as], marked,
+                          "## The platform's model against every other row",
+                          f"The platform's model is the row {PLATFORM} (conf/local.yaml: training.hybrid with "
+                          "model.prior_pieces and model.side_detached). ")
     paired = next((r for r in results if r.row.key == context.get("pair_with", REFERENCE) and r.outcomes), None)
     if paired is not None:
         lines += validation_table(paired, [r for r in results if not r.same_as])
@@ -846,6 +847,22 @@ def validation_table(ref: RowResult, rows: Sequence[RowResult]) -> list[str]:
                 text += f" (**{diff}**)" if abs(mean) > 2 * se else f" ({diff})"
             cells.append(text)
         lines.append(f"| {r.row.label} | {', '.join(str(o.seed) for o in r.outcomes)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _targets(row: RowResult, name: str, oracle: Mapping[str, float]) -> list[str]:
+    """``row``'s test scores against the issue's targets: the share of the oracle's lift over chance, PPP accuracy."""
+    lines = ["", f"## {name} against the targets", "",
+             f"| metric | {name} | oracle | share of the oracle's lift over chance | target |",
+             "|---|---:|---:|---:|---|"]
+    for c in ("ctr_auc", "l2r_auc", "follow_auc", "ctcvr_auc", "cvr_auc"):
+        if c in oracle and row.summary[c].n:
+            lines.append(f"| {HEAD[c]} | {_fmt(row.summary[c])} | {oracle[c]:.4f} | "
+                         f"{lift_share(row.summary[c].mean, oracle[c]):.0%} | "
+                         f"{'≥ 75%' if c in ('ctr_auc', 'l2r_auc', 'follow_auc') else '–'} |")
+    if row.summary["ppp_accuracy"].n:
+        lines.append(f"| {HEAD['ppp_accuracy']} | {_fmt(row.summary['ppp_accuracy'])} | "
+                     f"{oracle.get('ppp_accuracy', math.nan):.4f} | | ≥ 0.85 |")
     return lines
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_vector_runs --config conf/local.yaml --set lake_root=<demo lake> \\
         --set mlflow.tracking_uri=<store> --set mlflow.artifact_location=<artifacts> \\
-        --variant dupn_all --variant detached training.hybrid=true model.prior_pieces=true \\
+        --variant dupn_all training.hybrid=false training.model.prior_pieces=false --variant detached \\
         --seeds 11 12 13 --name vector_runs
 
 ``bench_neighbours`` scores one published partition: its bootstrap interval covers the sample of
@@ -26,8 +26,10 @@ Each run's result is kept as ``<runs-dir>/<variant>_s<seed>.json`` (the variant'
 registered version, its chosen epoch and test metrics from MLflow, both rates with their intervals)
 and reused by a later call with the same variant and overrides, so variants can run in separate
 calls on separate copies of a lake (two at a time on two cores) and be rendered together with
-``--cached-only``. Runs are made in seed order, each seed's variants in turn, so a drift of the
-machine's speed falls on every variant alike.
+``--cached-only``. A variant without overrides is the config's own model: in ``conf/local.yaml`` the
+detached hybrid since 3348ece, DUPN-all before (the kept ``dupn_all`` runs of 2026-12-07 were made so).
+Runs are made in seed order, each seed's variants in turn, so a drift of the machine's speed falls on
+every variant alike.
 
 The report gives every run, and per variant the mean ± std of each rate over its runs. For two
 variants the difference of their means is given with its standard error, sqrt(s_a²/n_a + s_b²/n_b);

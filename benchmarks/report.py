@@ -44,13 +44,13 @@ SECTIONS: tuple[Section, ...] = (
             "Every model under one protocol (train on the training days, select on the validation day, score the "
             "test day once), 3 seeds, with the world's oracle; DUPN-all against the targets and against every row."),
     Section("DUPN-all on the training set's current layout (row groups of at most 4 MB)", "comparison_layout.md",
-            "The platform's model re-run under the comparison's protocol on a lake built by the current code, whose "
+            "DUPN-all re-run under the comparison's protocol on a lake built by the current code, whose "
             "training-set files hold several row groups where the comparison's held one; 3 seeds.",
             command="python -m benchmarks.bench_comparison --rows dupn_all --name comparison_layout "
                     "--cache-dir benchmarks/results/comparison_layout_runs --set lake_root=<a make demo's lake>"),
     Section("DUPN-all (the target priors, the weight decay), beside DUPN-all without each and the GBDT on the "
             "same lake", "comparison_priors.md",
-            "The platform's model, whose heads read the query's and the talent's earlier-days statistics and which "
+            "DUPN-all, whose heads read the query's and the talent's earlier-days statistics and which "
             "trains with an L2 penalty of 3e-4, against the model before each and the GBDT, all on one training "
             "set built by the current code; 3 seeds.",
             command="python -m benchmarks.bench_comparison --rows dupn_all dupn_wd1e4 dupn_nowd dupn_nopriors gbdt "
@@ -67,7 +67,7 @@ SECTIONS: tuple[Section, ...] = (
                     "--pair-with dupn_nowd --name comparison_probes "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
     Section("The weight decay's strength: none, 1e-5, 1e-4, 3e-4 (the platform's), 1e-3", "comparison_wd.md",
-            "The platform's model against the same model with other L2 penalties on the same lake, paired on the "
+            "DUPN-all against the same model with other L2 penalties on the same lake, paired on the "
             "validation table.",
             command="python -m benchmarks.bench_comparison --rows dupn_all dupn_nowd dupn_wd1e5 dupn_wd1e4 dupn_wd1e3 "
                     "--name comparison_wd --cache-dir benchmarks/results/comparison_priors_runs "
@@ -99,10 +99,11 @@ SECTIONS: tuple[Section, ...] = (
                     "dupn_hybrid_pieces dupn_hybrid_follow gbdt gbdt_noitem feature_mlp feature_mlp_follow_nopriors "
                     "feature_mlp_follow_logpriors feature_mlp_follow_fixedpriors --name comparison_pieces "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
-    Section("The hybrid whose side heads leave the tower alone", "comparison_detached.md",
+    Section("The platform's model: the hybrid whose side heads leave the tower alone", "comparison_detached.md",
             "The hybrid with the priors as pieces, and the same model whose side heads read the tower's outputs "
-            "with their gradient stopped while heads without side inputs train the tower (model.side_detached), "
-            "beside DUPN-all, the MLP on the GBDT's columns and the GBDT on the same lake.",
+            "with their gradient stopped while heads without side inputs train the tower (model.side_detached; "
+            "the platform's model), beside DUPN-all, the MLP on the GBDT's columns and the GBDT on the same lake; "
+            "the platform's model against the targets and every row.",
             command="python -m benchmarks.bench_comparison --rows dupn_all dupn_hybrid_pieces dupn_hybrid_detached "
                     "gbdt gbdt_noitem feature_mlp --name comparison_detached "
                     "--cache-dir benchmarks/results/comparison_priors_runs --set lake_root=<a make demo's lake>"),
@@ -125,8 +126,8 @@ SECTIONS: tuple[Section, ...] = (
             "The neighbour rates (top interest, tier) of the vectors of several training runs of each model on one "
             "demo lake, each run trained through jobs.train and published with its version, so that a difference "
             "between models can be told from the spread between runs of one model.",
-            command="python -m benchmarks.bench_vector_runs --variant dupn_all --variant detached "
-                    "training.hybrid=true training.model.prior_pieces=true --set lake_root=<a make demo's lake> "
+            command="python -m benchmarks.bench_vector_runs --variant dupn_all training.hybrid=false "
+                    "training.model.prior_pieces=false --variant detached --set lake_root=<a make demo's lake> "
                     "--set mlflow.tracking_uri=<its store> --set mlflow.artifact_location=<its artifacts>"),
     Section("Purchasing power: what behaviour can reveal", "ppp_ceiling.md",
             "The Bayes ceiling of the tier task beside the models' accuracies on the same users."),

@@ -1,8 +1,8 @@
 """The comparison table is written from the runs: marks, missing seeds, convergence flags."""
 from __future__ import annotations
 
-from benchmarks.bench_comparison import (NOPRIORS, NOPROFILE, NOWD, NOWD_REFERENCE, PROBES, REFERENCE, ROWS, Row,
-                                         RowResult, _cache_key, lift_share, markdown, paired_difference)
+from benchmarks.bench_comparison import (NOPRIORS, NOPROFILE, NOWD, NOWD_REFERENCE, PLATFORM, PROBES, REFERENCE, ROWS,
+                                         Row, RowResult, _cache_key, lift_share, markdown, paired_difference)
 from training.experiment import RunOutcome
 
 CONTEXT = {"command": "python -m benchmarks.bench_comparison", "machine": "2 cores", "date": "2026-12-01",
@@ -34,6 +34,21 @@ def test_table_marks_best_noise_missing_seeds_and_runs_still_improving() -> None
     assert "≈" not in wide_line.split("|")[3]  # 0.70 vs 0.80: beyond noise
     vs = text.split("## DUPN-all against every other row")[1]
     assert any(line.startswith("| Wide") and "| > |" in line for line in vs.splitlines())
+
+
+def test_the_platform_model_row_gets_its_own_targets_and_comparison_when_it_ran() -> None:
+    ref = RowResult(row(REFERENCE), [outcome(REFERENCE, s, 0.80 + 0.001 * s) for s in (0, 1, 2)])
+    gbdt = RowResult(row("gbdt"), [outcome("gbdt", s, 0.83 + 0.001 * s) for s in (0, 1, 2)])
+    without = markdown([gbdt, ref], ORACLE, CONTEXT)
+    assert "## DUPN-all against the targets" in without and "platform's model against" not in without
+    platform = RowResult(row(PLATFORM), [outcome(PLATFORM, s, 0.84 + 0.001 * s) for s in (0, 1, 2)])
+    text = markdown([gbdt, ref, platform], ORACLE, CONTEXT)
+    targets = text.split("## The platform's model against the targets")[1].split("##")[0]
+    assert "| CTR AUC | 0.8410 ± 0.0010 | 0.8500 | 97% | ≥ 75% |" in targets  # (0.841 − 0.5) / (0.85 − 0.5)
+    assert "| CTR AUC | 0.8010 ± 0.0010 |" in text.split("## DUPN-all against the targets")[1].split("##")[0]
+    vs = text.split("## The platform's model against every other row")[1].split("##")[0]
+    assert any(line.startswith("| GBDT") and "| > |" in line for line in vs.splitlines())
+    assert any(line.startswith("| DUPN-all") and "| > |" in line for line in vs.splitlines())
 
 
 def test_the_validation_table_pairs_each_row_with_the_reference_over_the_seeds_both_ran() -> None:
