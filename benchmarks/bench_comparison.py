@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, get_args
 
 from benchmarks import figures
-from benchmarks.common import ROOT, WORK, commit, machine, run_job
+from benchmarks.common import DUPN_ALL, ROOT, WORK, commit, machine, run_job
 from core import tables as t
 from core.config import Config, LRScheduleConfig, ModelFamily, load_config
 from core.delta import DeltaTables, get_tables
@@ -88,7 +88,7 @@ NOWD = "training.weight_decay=0"
 # measured: each row is its own configuration over DUPN-all's (dupn_hybrid* attach their side inputs, the rows with
 # the pieces or the detached heads set them), so the comparison's base turns all three off whatever
 # conf/local.yaml says.
-BASE = ("training.hybrid=false", "training.model.prior_pieces=false", "training.model.side_detached=false")
+BASE = DUPN_ALL
 
 
 @dataclass(frozen=True)

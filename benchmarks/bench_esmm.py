@@ -38,7 +38,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from benchmarks.bench_comparison import data_fingerprint, lift_share
-from benchmarks.common import ROOT, commit, machine
+from benchmarks.common import DUPN_ALL, ROOT, commit, machine
 from core import tables as t
 from core.config import Config, load_config
 from core.delta import get_tables
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for noisy in ("py4j", "petastorm", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     started, cpu_started = time.time(), time.process_time()
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*DUPN_ALL, *args.overrides])  # DUPN-all's heads, as esmm.md was measured
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
     splits = tables.last_metadata(t.TRAINING_EXAMPLES).get("splits") or {}

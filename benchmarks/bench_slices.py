@@ -32,7 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.common import ROOT, machine, write_result
+from benchmarks.common import DUPN_ALL, ROOT, machine, write_result
 
 logger = logging.getLogger("bench_slices")
 
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from training.trainer import eval_source
 
     started = time.time()
-    overrides = [*BUDGET, *args.overrides]
+    overrides = [*DUPN_ALL, *BUDGET, *args.overrides]  # DUPN-all, as the slices were measured
     cfg = load_config(args.config, overrides)
     tables = get_tables(get_spark(cfg), cfg)
     prepare(args.config, overrides, cfg, tables)

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import Tensor
 
-from benchmarks.common import machine_line, write_result
+from benchmarks.common import DUPN_ALL, machine_line, write_result
 from core import tables as t
 from core.config import TrainingConfig, load_config
 from core.delta import get_tables
@@ -133,7 +133,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("py4j", "petastorm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*DUPN_ALL, *args.overrides])  # DUPN-all, as training.md was measured
     tables = get_tables(get_spark(cfg), cfg)
     meta = tables.last_metadata(t.TRAINING_EXAMPLES)
     data = training_data(tables, meta["splits"]["train"], cfg.training.tasks)

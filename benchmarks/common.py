@@ -104,6 +104,11 @@ def run_worker(module: str, args: list[str],
     return result
 
 
+# DUPN-all's heads alone, whatever conf/local.yaml trains (the detached hybrid since 3348ece): the benchmarks that
+# measure DUPN-all (the comparison's base, the slices, ESMM, the training speed) put these before their overrides
+DUPN_ALL = ("training.hybrid=false", "training.model.prior_pieces=false", "training.model.side_detached=false")
+
+
 def set_args(overrides: Sequence[str]) -> list[str]:
     """``KEY=VALUE`` overrides as a job's command-line arguments (``--set KEY=VALUE`` each)."""
     return [a for o in overrides for a in ("--set", o)]

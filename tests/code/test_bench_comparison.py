@@ -337,3 +337,20 @@ def test_the_hybrid_rows_heads_read_the_ladders_history_summaries() -> None:
         row = rows[key]
         assert row.kind == "hybrid" and row.overrides == rows[REFERENCE].overrides
         assert {f for f in HYBRID_COLUMNS if f not in row.exclude} == wanted
+
+
+def test_the_benchmarks_that_measure_dupn_all_pin_it_whatever_the_config_trains() -> None:
+    """conf/local.yaml trains the detached hybrid; the comparison's base, the slices, ESMM and the training-speed
+    benchmark put benchmarks.common.DUPN_ALL first, which gives DUPN-all's heads alone (their own overrides win)."""
+    from benchmarks.bench_comparison import BASE
+    from benchmarks.common import DUPN_ALL
+    from core.config import load_config
+    from tests.conftest import LOCAL_CONF
+
+    assert BASE == DUPN_ALL
+    local = load_config(LOCAL_CONF)
+    assert local.training.hybrid and local.training.model.prior_pieces
+    pinned = load_config(LOCAL_CONF, list(DUPN_ALL))
+    assert not pinned.training.hybrid and not pinned.training.model.prior_pieces
+    assert not pinned.training.model.side_detached
+    assert load_config(LOCAL_CONF, [*DUPN_ALL, "training.model.prior_pieces=true"]).training.model.prior_pieces
