@@ -197,9 +197,10 @@ def test_the_pipeline_command_runs_the_demo_jobs_on_the_logs_days() -> None:
     train = next(s for s in steps if s[0] == "jobs.build_training_set")
     assert train[-4:] == ["--start", "2017-11-26", "--end", "2017-12-03"]
     demo_jobs = [s[0] for s in demo.steps("conf/local.yaml", dt.date(2026, 11, 1), dt.date(2026, 11, 14))]
+    # no shop preferences: no transfer; conf/taobao.yaml trains DUPN-all, conf/local.yaml the detached hybrid
     assert [s[0] for s in steps[1:-1]] == [j for j in demo_jobs if j not in (
-        "jobs.generate_demo_world", "jobs.transfer", "scripts.demo")]  # no shop preferences: no transfer
-    assert "jobs.build_hybrid_examples" not in demo_jobs  # conf/local.yaml trains DUPN-all
+        "jobs.generate_demo_world", "jobs.transfer", "scripts.demo", "jobs.build_hybrid_examples")]
+    assert "jobs.build_hybrid_examples" in demo_jobs and "jobs.build_hybrid_examples" not in [s[0] for s in steps]
     # with training.hybrid the hybrid examples of the same range follow the training set
     days = ["2026-11-05", "2026-11-06", "2026-11-07"]
     hybrid = demo.daily_steps(["--config", "c"], days, 1, hybrid=True)
