@@ -99,12 +99,12 @@ def prepare(config: str, overrides: Sequence[str], cfg: Config, source: str | No
 
     tables = get_tables(get_spark(cfg), cfg)
     if not tables.exists(CENSUS_INCOME):
-        run_job("bench_census", config, overrides, "jobs.import_census", *(["--source", source] if source else []))
+        run_job(config, overrides, "jobs.import_census", *(["--source", source] if source else []))
     try:
         return load_tabular_set(tables, cfg.tabular)
     except PlatformError as exc:
         logger.info("building the encoded table (%s)", exc)
-    run_job("bench_census", config, overrides, "jobs.build_tabular_set")
+    run_job(config, overrides, "jobs.build_tabular_set")
     return load_tabular_set(tables, cfg.tabular)
 
 
@@ -286,7 +286,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "tabular.split.method=permutation", *args.overrides]
     cfg = load_config(args.config, overrides)
     load = os.getloadavg()[0]
-    built = prepare(args.config, overrides, cfg, str(folder))
+    try:
+        built = prepare(args.config, overrides, cfg, str(folder))
+    except PlatformError as exc:  # a preparation job failed: one line naming it
+        raise SystemExit(f"bench_census: {exc}") from None
     from training.data import TensorBatches
     from training.tabular import TabularSpec, TabularWorkload
 

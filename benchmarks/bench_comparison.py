@@ -45,6 +45,7 @@ from benchmarks.common import DUPN_ALL, ROOT, WORK, commit, machine, run_job
 from core import tables as t
 from core.config import Config, LRScheduleConfig, ModelFamily, load_config
 from core.delta import DeltaTables, get_tables
+from core.errors import PlatformError
 from core.spark import get_spark
 from features.gbdt import HISTORY_GROUPS, SIDE_COLUMNS, WINDOWED  # noqa: F401 - re-exported for the rows
 from features.priors import TALENT_PRIOR
@@ -333,20 +334,20 @@ def prepare(config: str, overrides: Sequence[str], cfg: Config, tables: DeltaTab
 
     start, end = world_days(world, cfg)
     if not tables.exists(t.EVENTS):
-        run_job("bench_comparison", config, overrides,
+        run_job(config, overrides,
                 "jobs.import_taobao_userbehavior" if world == "taobao" else "jobs.generate_demo_world")
     if not tables.exists(t.USER_SEQUENCES) or end not in tables.partitions(t.USER_SEQUENCES):
-        run_job("bench_comparison", config, overrides, "jobs.build_sequences", "--date", end)
+        run_job(config, overrides, "jobs.build_sequences", "--date", end)
     if not tables.exists(t.TRAINING_EXAMPLES) or not (tables.last_metadata(t.TRAINING_EXAMPLES).get("splits")):
-        run_job("bench_comparison", config, overrides, "jobs.build_training_set", "--start", start, "--end", end)
+        run_job(config, overrides, "jobs.build_training_set", "--start", start, "--end", end)
     if not tables.exists(t.FEATURE_STATS) or end not in tables.partitions(t.FEATURE_STATS):
-        run_job("bench_comparison", config, overrides, "jobs.feature_stats", "--date", end,
+        run_job(config, overrides, "jobs.feature_stats", "--date", end,
                 "--training-start", start, "--training-end", end)
     spec = gbdt_spec(cfg.inputs.rank_features_dim)
     version = tables.version(t.TRAINING_EXAMPLES)
     if not tables.exists(spec) or tables.last_metadata(spec).get("training_examples_version") != version:
         days = tables.partitions(t.TRAINING_EXAMPLES, version)
-        run_job("bench_comparison", config, overrides, "jobs.build_gbdt_features", "--start", days[0],
+        run_job(config, overrides, "jobs.build_gbdt_features", "--start", days[0],
                 "--end", days[-1])
 
 
@@ -924,7 +925,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = load_config(args.config, overrides)
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
-    prepare(args.config, overrides, cfg, tables, args.world)
+    try:
+        prepare(args.config, overrides, cfg, tables, args.world)
+    except PlatformError as exc:  # a preparation job failed: one line naming it
+        raise SystemExit(f"bench_comparison: {exc}") from None
     meta = tables.last_metadata(t.TRAINING_EXAMPLES)
     splits = meta["splits"]
     data = training_data(tables, splits["train"], cfg.training.tasks)

@@ -21,6 +21,11 @@ are scored) and the training users (``seen``). Rows:
   training set's tier rows exactly as the user tower computes them (log price minus the frozen
   category mean of the serving statistics), trained on the training split and scored on the test
   split's rows (needs ``features/training_examples``; left out with a note when absent);
+* two probes that learn the Bayes classifier's own form from the labelled training users
+  (:class:`ChoiceModel`: each behaviour picks a relative-price bin with probability softmax over the
+  bins of the category's offer plus the tier's taste for the behaviour type), with and without a
+  learned offer per category; bins chosen on the validation split's held-out users, the test split
+  scored once. They show how much of the catalogue's term can be learned from the data;
 * the oracle (the latent tier; label noise is what it misses);
 * the platform's models, quoted from ``comparison.json`` (``--comparison``) when present.
 
@@ -35,6 +40,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -69,19 +75,17 @@ def quoted_models(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def price_probe(tables: Any, cfg: Any) -> dict[str, float] | str:
-    """Accuracy of a logistic regression on the tower's per-behaviour-type price statistics (see the
-    module docstring): ``unseen`` / ``seen`` accuracy and label counts, or the reason it was not run."""
+def _tier_rows(tables: Any, cfg: Any) -> Any:
+    """The training set's tier rows as the user tower reads their prices, or the reason there are none:
+    ``(split files, rows)`` where ``rows(files)`` gives per row the relative log prices of the behaviours
+    with a known price (log price minus the frozen category reference of the serving statistics), their
+    behaviour types and categories, the label and the label group."""
     import datetime as dt
 
     import numpy as np
     import pyarrow.parquet as pq
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
 
-    from core import protocol as pr
     from core import tables as t
-    from features.encoding import BEHAVIOR_INDEX
     from training.datasets import serving_statistics, training_data
 
     if not tables.exists(t.TRAINING_EXAMPLES):
@@ -94,30 +98,139 @@ def price_probe(tables: Any, cfg: Any) -> dict[str, float] | str:
     reference = np.zeros(cfg.sequences.hash_buckets.category_id)
     for index, value in stats.model_inputs(cfg.training.model.price_reference)["category_log_price"].items():
         reference[index] = value
-    types = [BEHAVIOR_INDEX[b] for b in ("click", "fav", "cart", "buy")]
 
-    def rows(files: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        feats, labels, groups = [], [], []
+    def rows(files: Sequence[str]) -> list[tuple[Any, Any, Any, int, int]]:
+        out = []
         cols = ["seq_log_price", "seq_behavior", "seq_category", "label_tier", "ppp_user"]
         for f in files:  # tier rows only: one per labelled user and day
             part = pq.read_table(f, columns=cols, filters=[("kind", "=", "ppp")]).to_pydict()
             for price, beh, cat, label, group in zip(*(part[c] for c in cols)):
                 price, beh, cat = np.asarray(price, float), np.asarray(beh), np.asarray(cat)
-                rel = np.where(price > 0, price - reference[cat], 0.0)
                 known = price > 0
-                feats.append([x for b in types for x in (rel[(beh == b) & known].sum(), ((beh == b) & known).sum())])
-                labels.append(label)
-                groups.append(group)
-        return np.asarray(feats, float), np.asarray(labels), np.asarray(groups)
+                out.append((price[known] - reference[cat[known]], beh[known], cat[known], int(label), int(group)))
+        return out
 
-    x_train, y_train, _ = rows(data.train_files)
-    x_test, y_test, g_test = rows(data.test_files)
+    return data, rows
+
+
+def price_probe(tables: Any, cfg: Any) -> dict[str, float] | str:
+    """Accuracy of a logistic regression on the tower's per-behaviour-type price statistics (see the
+    module docstring): ``unseen`` / ``seen`` accuracy and label counts, or the reason it was not run."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from core import protocol as pr
+    from features.encoding import BEHAVIOR_INDEX
+
+    loaded = _tier_rows(tables, cfg)
+    if isinstance(loaded, str):
+        return loaded
+    data, rows = loaded
+    types = [BEHAVIOR_INDEX[b] for b in ("click", "fav", "cart", "buy")]
+
+    def features(files: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rs = rows(files)
+        x = [[v for b in types for v in (rel[beh == b].sum(), (beh == b).sum())] for rel, beh, _, _, _ in rs]
+        return np.asarray(x, float), np.asarray([r[3] for r in rs]), np.asarray([r[4] for r in rs])
+
+    x_train, y_train, _ = features(data.train_files)
+    x_test, y_test, g_test = features(data.test_files)
     scaler = StandardScaler().fit(x_train)
     model = LogisticRegression(max_iter=2000).fit(scaler.transform(x_train), y_train)
     hit = model.predict(scaler.transform(x_test)) == y_test
     unseen, seen = g_test == pr.PPP_TEST_USER, g_test == pr.PPP_TRAIN_USER
     return {"unseen": float(hit[unseen].mean()), "seen": float(hit[seen].mean()),
             "unseen_labels": float(unseen.sum()), "seen_labels": float(seen.sum()), "train_rows": float(len(y_train))}
+
+
+CHOICE_BINS = (8, 16, 32)  # the relative-price bins the choice probe chooses from on validation
+
+
+@dataclass
+class ChoiceModel:
+    """A learned form of the Bayes classifier's likelihood: each behaviour of type ``b`` in category ``c``
+    picks a relative-price bin with probability softmax over bins of ``catalogue[c] + taste[b, :, tier]``
+    (the category's offer and the tier's taste for each price, fitted by maximum likelihood on labelled
+    users); a user's tier is the label with the highest prior + summed log likelihood. ``catalogue`` is
+    zero when fitted without per-category terms (every price equally on offer)."""
+
+    edges: Any  # (bins - 1,) relative log price cuts
+    log_prior: Any  # (tiers,)
+    log_lik: Any  # (categories, behaviour types, bins, tiers)
+
+    @staticmethod
+    def fit(rows: Sequence[tuple[Any, Any, Any, int, int]], bins: int, categories: int, per_category: bool,
+            max_iter: int = 300) -> "ChoiceModel":
+        import numpy as np
+        import torch
+
+        rel = np.concatenate([r[0] for r in rows])
+        edges = np.quantile(rel, np.linspace(0, 1, bins + 1)[1:-1])
+        tiers = max(r[3] for r in rows) + 1
+        types = int(max(r[1].max(initial=0) for r in rows)) + 1
+        counts = np.zeros((categories, types, bins, tiers))
+        for r_rel, beh, cat, label, _ in rows:  # sufficient statistics: behaviours per (category, type, bin, tier)
+            np.add.at(counts, (cat, beh, np.searchsorted(edges, r_rel), label), 1.0)
+        n = torch.tensor(counts, dtype=torch.float64)
+        catalogue = torch.zeros(categories if per_category else 1, bins, dtype=torch.float64, requires_grad=True)
+        taste = torch.zeros(types, bins, tiers, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([catalogue, taste], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def log_lik() -> torch.Tensor:
+            logits = catalogue[:, None, :, None] + taste[None]
+            return logits - torch.logsumexp(logits, dim=2, keepdim=True)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = -(n * log_lik()).sum() / n.sum().clamp(min=1.0)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        labels = np.bincount([r[3] for r in rows], minlength=tiers) + 1.0
+        with torch.no_grad():
+            table = log_lik().expand(categories, types, bins, tiers).numpy().copy()
+        return ChoiceModel(edges, np.log(labels / labels.sum()), table)
+
+    def predict(self, rows: Sequence[tuple[Any, Any, Any, int, int]]) -> Any:
+        import numpy as np
+
+        out = np.empty(len(rows), dtype=int)
+        for i, (rel, beh, cat, _, _) in enumerate(rows):
+            out[i] = int(np.argmax(self.log_prior + self.log_lik[cat, beh, np.searchsorted(self.edges, rel)].sum(0)))
+        return out
+
+
+def choice_probe(tables: Any, cfg: Any, per_category: bool) -> dict[str, float] | str:
+    """:class:`ChoiceModel` fitted on the training split's tier rows, its bins chosen on the validation
+    split's held-out users, the test split scored once: accuracies as :func:`price_probe` gives them, with
+    the chosen ``bins`` and its ``valid`` accuracy (or the reason it was not run)."""
+    import numpy as np
+
+    from core import protocol as pr
+
+    loaded = _tier_rows(tables, cfg)
+    if isinstance(loaded, str):
+        return loaded
+    data, rows = loaded
+    train, valid, test = rows(data.train_files), rows(data.valid_files), rows(data.test_files)
+    categories = cfg.sequences.hash_buckets.category_id
+
+    def accuracy(model: ChoiceModel, rs: Sequence[Any], group: Any) -> tuple[float, float]:
+        hit = model.predict(rs) == np.asarray([r[3] for r in rs])
+        keep = group(np.asarray([r[4] for r in rs]))
+        return float(hit[keep].mean()) if keep.any() else float("nan"), float(keep.sum())
+
+    held_out = lambda g: g != pr.PPP_TRAIN_USER  # noqa: E731  (the validation split's unseen users)
+    fits = {b: ChoiceModel.fit(train, b, categories, per_category) for b in CHOICE_BINS}
+    scored = {b: accuracy(m, valid, held_out)[0] for b, m in fits.items()}
+    bins = max(CHOICE_BINS, key=lambda b: (scored[b], -b))
+    unseen, n_unseen = accuracy(fits[bins], test, lambda g: g == pr.PPP_TEST_USER)
+    seen, n_seen = accuracy(fits[bins], test, lambda g: g == pr.PPP_TRAIN_USER)
+    logger.info("choice probe (per category %s): validation by bins %s, chose %d", per_category, scored, bins)
+    return {"unseen": unseen, "seen": seen, "unseen_labels": n_unseen, "seen_labels": n_seen,
+            "train_rows": float(len(train)), "bins": float(bins), "valid": scored[bins]}
 
 
 def _cell(result: Mapping[str, float]) -> str:
@@ -127,7 +240,8 @@ def _cell(result: Mapping[str, float]) -> str:
 
 def markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]], oracle: Mapping[str, float],
              models: Sequence[Mapping[str, Any]], context: Mapping[str, Any],
-             probe: Mapping[str, float] | str = "not run") -> str:
+             probe: Mapping[str, float] | str = "not run",
+             choices: Mapping[str, Mapping[str, float] | str] | None = None) -> str:
     lines = [
         "# Purchasing power: what behaviour can reveal",
         "",
@@ -162,6 +276,14 @@ def markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]], oracle: M
         lines.append(f"| probe: logistic regression on the tower's price statistics (sum of relative prices and "
                      f"count per behaviour type; {int(probe['train_rows']):,} training rows) | {_cell(u)} | {_cell(s)} "
                      "| – | – |")
+    choice_names = {"per_category": "with each category's offer learned", "no_catalogue": "without per-category terms"}
+    for key, result in (choices or {}).items():
+        if isinstance(result, dict):
+            u = {"ppp_accuracy": result["unseen"], "labels": result["unseen_labels"]}
+            s = {"ppp_accuracy": result["seen"], "labels": result["seen_labels"]}
+            lines.append(f"| probe: choice model {choice_names[key]} (the Bayes classifier's form fitted on "
+                         f"{int(result['train_rows']):,} training rows; {int(result['bins'])} relative-price bins, "
+                         f"chosen on validation: {result['valid']:.4f}) | {_cell(u)} | {_cell(s)} | – | – |")
     lines.append(f"| oracle: the latent tier | {oracle['ppp_accuracy']:.4f} | {oracle['ppp_accuracy_seen']:.4f} | "
                  "1.0000 | – |")
     for m in models:
@@ -171,6 +293,15 @@ def markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]], oracle: M
                      f"{seen} | – | – |")
     if isinstance(probe, str):
         lines += ["", f"Probe of the tower's price statistics: {probe}."]
+    if choices:
+        lines += ["", "The choice-model probes (`ChoiceModel` in the benchmark) learn the Bayes classifier's own form "
+                  "from the labelled training users: a behaviour of type b in category c picks a bin of the "
+                  "relative log price (the tower's input) with probability softmax(offer[c] + taste[b, ·, tier]); "
+                  "a user's label is the one with the highest prior plus summed log likelihood. The bins (8, 16 or "
+                  "32 quantile bins) are chosen on the validation day's held-out users, the test day is scored once. "
+                  "With the offer per category they can learn which prices each category offers, the term the "
+                  "Bayes classifier's catalogue gives it; without, every price is equally on offer."]
+        lines += [f"Choice probe {key}: {r}." for key, r in choices.items() if isinstance(r, str)]
     lines += ["", "Models are quoted from `benchmarks/results/comparison.json` (mean ± std over seeds, same day, same "
               "users); rerun `python -m benchmarks.bench_comparison` to refresh them."]
     return "\n".join(lines)
@@ -207,17 +338,20 @@ def run(args: argparse.Namespace, command: str) -> str:
                                        catalogue=False),
     }
     probe = price_probe(tables, cfg)
+    choices = {"per_category": choice_probe(tables, cfg, per_category=True),
+               "no_catalogue": choice_probe(tables, cfg, per_category=False)}
     scores = oracle.oracle_scores(tables, [day], cfg.training_set)
     orc = {"ppp_accuracy": scores["ppp_accuracy"], "ppp_accuracy_seen": scores["ppp_accuracy_seen"]}
     models = quoted_models(args.comparison)
     context = {"command": command, "machine": machine(), "day": day, "max_len": seq.max_len,
                "lookback_days": seq.lookback_days, "label_noise": cfg.demo.ppp_label_noise,
                "seconds": time.time() - started}
-    text = markdown(results, orc, models, context, probe)
+    text = markdown(results, orc, models, context, probe, choices)
     if args.out_dir:
         write_result(args.out_dir / f"{args.name}.md", command, text)
         (args.out_dir / f"{args.name}.json").write_text(json.dumps(
-            {"context": context, "bayes": results, "probe": probe, "oracle": orc, "models": models}, indent=1) + "\n")
+            {"context": context, "bayes": results, "probe": probe, "choices": choices, "oracle": orc,
+             "models": models}, indent=1) + "\n")
     return text
 
 

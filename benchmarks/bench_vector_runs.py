@@ -44,7 +44,6 @@ import datetime as dt
 import json
 import logging
 import math
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -53,7 +52,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from benchmarks.common import ROOT, bench_main, job_command, machine_line, set_args
+from benchmarks.common import ROOT, bench_main, machine_line, run_job, set_args
 from core.errors import PlatformError
 
 logger = logging.getLogger("bench_vector_runs")
@@ -133,14 +132,6 @@ def load_cached(runs_dir: Path, variant: Variant, seed: int) -> RunResult | None
 
 
 # ---------------------------------------------------------------------- one run
-def _run_job(config: str, overrides: Sequence[str], module: str, *args: str) -> None:
-    cmd = job_command(config, overrides, module, *args)
-    logger.info("$ %s", " ".join(cmd[2:]))
-    code = subprocess.run(cmd, cwd=ROOT).returncode
-    if code != 0:
-        raise PlatformError(f"{module} failed (exit {code}): {' '.join(cmd[2:])}")
-
-
 def registered_runs(cfg: Any) -> tuple[Any, dict[str, str]]:
     """The registry and {version: run id} of every registered version of the configured model."""
     from registry.models import ModelRegistry
@@ -161,14 +152,14 @@ def train_and_score(args: argparse.Namespace, variant: Variant, seed: int, days:
     cfg = load_config(args.config, sets)
     _, before = registered_runs(cfg)
     started = time.time()
-    _run_job(args.config, sets, "jobs.train", "--mode", "full", "--start", days.start, "--end", days.end)
+    run_job(args.config, sets, "jobs.train", "--mode", "full", "--start", days.start, "--end", days.end)
     train_seconds = time.time() - started
     registry, after = registered_runs(cfg)
     new = sorted(set(after) - set(before), key=int)
     if len(new) != 1:
         raise PlatformError(f"jobs.train registered {len(new)} new versions of '{registry.name}' ({new}); expected 1")
     version = new[0]
-    _run_job(args.config, sets, "jobs.publish_user_representations", "--date", days.publish, "--model-version", version)
+    run_job(args.config, sets, "jobs.publish_user_representations", "--date", days.publish, "--model-version", version)
     run = registry.client.get_run(after[version])
     with tempfile.TemporaryDirectory() as out:
         ns = bench_neighbours.parser().parse_args(

@@ -120,12 +120,17 @@ def job_command(config: str, overrides: Sequence[str], module: str, *args: str) 
     return [sys.executable, "-m", module, "--config", config, *set_args(overrides), "--log-level", "WARNING", *args]
 
 
-def run_job(bench: str, config: str, overrides: Sequence[str], module: str, *args: str) -> None:
-    """Run a platform job (``python -m module``) as a benchmark's preparation step; exit when it fails."""
+def run_job(config: str, overrides: Sequence[str], module: str, *args: str) -> None:
+    """Run a platform job (``python -m module``) as a benchmark's step; a failure raises
+    :class:`core.errors.PlatformError` naming the job and its command line (the benchmark's entry point turns
+    it into its one-line exit)."""
+    from core.errors import PlatformError
+
     cmd = job_command(config, overrides, module, *args)
-    logger.info("preparing: %s", " ".join(cmd[1:]))
-    if subprocess.run(cmd, cwd=ROOT).returncode != 0:
-        raise SystemExit(f"{bench}: preparation step {module} failed")
+    logger.info("$ %s", " ".join(cmd[2:]))
+    code = subprocess.run(cmd, cwd=ROOT).returncode
+    if code != 0:
+        raise PlatformError(f"{module} failed (exit {code}): {' '.join(cmd[2:])}")
 
 
 def machine() -> str:

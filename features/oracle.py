@@ -27,10 +27,21 @@ def rank_auc(df: "DataFrame", score: str, label: str, buckets: int = 16) -> floa
     sees the same ranges); the rows below each range come from the ranges' totals (``buckets`` numbers),
     and a window per range adds those inside it. No window spans the whole table, so no partition holds
     every score."""
+    from pyspark.sql import functions as F
+
+    # three passes read it (the quantiles, the ranges' totals, the sum): computed once, one row per score
+    by_score = df.groupBy(score).agg(F.count("*").alias("n"), F.sum(label).alias("pos")).persist()
+    try:
+        return _ranked_auc(by_score, score, buckets)
+    finally:
+        by_score.unpersist()
+
+
+def _ranked_auc(by_score: "DataFrame", score: str, buckets: int) -> float:
+    """:func:`rank_auc` on ``by_score``: one row per distinct ``score`` with its rows ``n`` and positives."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    by_score = df.groupBy(score).agg(F.count("*").alias("n"), F.sum(label).alias("pos"))
     cuts = sorted(set(by_score.approxQuantile(score, [i / buckets for i in range(1, buckets)], 0.001)))
     bucket = F.lit(0)
     for c in cuts:

@@ -354,3 +354,16 @@ def test_the_benchmarks_that_measure_dupn_all_pin_it_whatever_the_config_trains(
     assert not pinned.training.hybrid and not pinned.training.model.prior_pieces
     assert not pinned.training.model.side_detached
     assert load_config(LOCAL_CONF, [*DUPN_ALL, "training.model.prior_pieces=true"]).training.model.prior_pieces
+
+
+def test_a_failing_job_step_raises_one_platform_error_naming_the_job_and_its_command() -> None:
+    """benchmarks.common.run_job is every benchmark's way to run a platform job: its failure is a PlatformError
+    (the benchmark's entry point prints it as its one exit line), not a traceback or a silent return."""
+    import pytest
+
+    from benchmarks.common import run_job
+    from core.errors import PlatformError
+    from tests.conftest import LOCAL_CONF
+
+    with pytest.raises(PlatformError, match=r"^jobs\.no_such_job failed \(exit 1\): jobs\.no_such_job --config "):
+        run_job(str(LOCAL_CONF), ["lake_root=/nonexistent"], "jobs.no_such_job", "--date", "2026-11-14")

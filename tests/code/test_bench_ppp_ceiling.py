@@ -49,3 +49,67 @@ def test_probe_reads_the_tier_from_the_price_inputs(tiny_pipeline) -> None:
     seen_and_unseen = (got["unseen"] * got["unseen_labels"] + got["seen"] * got["seen_labels"]) \
         / (got["unseen_labels"] + got["seen_labels"])
     assert seen_and_unseen > 0.35
+
+
+def _choice_world(users: int, rng) -> list:
+    """Users whose behaviours pick a price bin from their category's offer, tilted by their tier: the
+    ChoiceModel's own form, with categories that offer only cheap or only dear prices, and users who shop
+    mostly in one kind whatever their tier."""
+    import numpy as np
+
+    bins, tiers, cats = 8, 3, 6
+    offer = np.full((cats, bins), -4.0)
+    offer[np.arange(cats) % 2 == 0, :4] = 0.0  # even categories: cheap prices only
+    offer[np.arange(cats) % 2 == 1, 4:] = 0.0  # odd categories: dear prices only
+    taste = np.stack([-0.6 * (np.arange(bins) - 2.5 * t) ** 2 / 4 for t in range(tiers)], axis=1)  # (bins, tiers)
+    centres = np.linspace(-1.75, 1.75, bins)  # the relative prices behind the bins (quantile cuts fall between)
+    rows = []
+    for u in range(users):
+        tier = int(rng.integers(tiers))
+        dear = rng.random(12) < rng.choice([0.1, 0.9])  # a user shops mostly cheap or mostly dear categories
+        cat = 2 * rng.integers(cats // 2, size=12) + dear
+        logits = offer[cat] + taste[:, tier][None, :]
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        b = np.array([rng.choice(bins, p=row) for row in p])
+        rows.append((centres[b] + rng.normal(0, 0.01, size=len(b)), np.zeros(len(b), dtype=int), cat, tier, u % 3))
+    return rows
+
+
+def test_the_choice_model_learns_each_categorys_offer() -> None:
+    """Fitted on users of a world whose categories offer only cheap or only dear prices, the choice model with a
+    learned offer per category reads the tier from where a price sits within its category's offer; without the
+    per-category term it takes a cheap category's price for a poor user's choice."""
+    import numpy as np
+
+    from benchmarks.bench_ppp_ceiling import ChoiceModel
+
+    rng = np.random.default_rng(0)
+    train, test = _choice_world(1500, rng), _choice_world(600, rng)
+    truth = np.array([r[3] for r in test])
+    per_category = (ChoiceModel.fit(train, 8, 6, per_category=True).predict(test) == truth).mean()
+    flat = (ChoiceModel.fit(train, 8, 6, per_category=False).predict(test) == truth).mean()
+    assert per_category > 0.8
+    assert per_category > flat + 0.1
+
+
+def test_table_has_the_choice_probes() -> None:
+    choice = {"unseen": 0.83, "seen": 0.8, "unseen_labels": 500.0, "seen_labels": 2000.0, "train_rows": 9000.0,
+              "bins": 16.0, "valid": 0.81}
+    text = markdown(RESULTS, {"ppp_accuracy": 0.91, "ppp_accuracy_seen": 0.9}, [], CONTEXT, "not run",
+                    {"per_category": choice, "no_catalogue": "not run: no training set"})
+    assert "| probe: choice model with each category's offer learned" in text
+    assert "16 relative-price bins, chosen on validation: 0.8100) | 0.8300 [" in text
+    assert "Choice probe no_catalogue: not run: no training set." in text
+
+
+def test_choice_probe_reads_the_tier_from_the_price_inputs(tiny_pipeline) -> None:
+    from benchmarks.bench_ppp_ceiling import CHOICE_BINS, choice_probe
+
+    cfg, tables, _ = tiny_pipeline
+    got = choice_probe(tables, cfg, per_category=False)
+    assert isinstance(got, dict), got
+    assert got["bins"] in CHOICE_BINS and got["train_rows"] > 50
+    both = (got["unseen"] * got["unseen_labels"] + got["seen"] * got["seen_labels"]) \
+        / (got["unseen_labels"] + got["seen_labels"])
+    assert both > 0.35  # far above the most common tier's share (22%)

@@ -75,6 +75,8 @@ def test_rank_auc_is_the_exact_auc_with_ties_over_several_ranges(spark) -> None:
     labels = (rng.random(3000) < 1 / (1 + np.exp(-scores))).astype(int)
     df = spark.createDataFrame([(float(s), int(y)) for s, y in zip(scores, labels)], "score double, y int")
     want = auc(labels, scores)
+    cached = spark.sparkContext._jsc.getPersistentRDDs().size()
     for buckets in (1, 4, 16):
         assert rank_auc(df, "score", "y", buckets=buckets) == pytest.approx(want, abs=1e-12)
+    assert spark.sparkContext._jsc.getPersistentRDDs().size() == cached  # its one cached pass is released
     assert rank_auc(df.where("y = 1"), "score", "y") != rank_auc(df.where("y = 1"), "score", "y")  # NaN: no negatives
