@@ -142,6 +142,11 @@ SECTIONS: tuple[Section, ...] = (
             "Task correlation against multi-task design, the paper's generator, seeds paired across correlations."),
     Section("ESMM's sample-selection bias", "esmm.md",
             "ESMM against a CVR model on clicked impressions only and against DIVISION, on the demo world."),
+    Section("ESMM against the SSB baseline with a longer epoch cap", "esmm_cap4.md",
+            "The two leading models of esmm.md again with twice its epoch cap (its networks all chose their last "
+            "scoring).",
+            command="python -m benchmarks.bench_esmm --set training.torch_threads=1 --set training.epochs=4 "
+                    "--models esmm ssb --name esmm_cap4"),
     Section("The real Taobao log", "taobao.md",
             "Next-day interaction and purchase on a real log, the baselines, heuristics and DUPN ablations, 3 seeds "
             "(docs/taobao.md).",
