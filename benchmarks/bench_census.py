@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from benchmarks.common import ROOT, WORK, commit, machine, run_job, write_result
+from benchmarks.common import ROOT, WORK, commit, exits_on_platform_error, machine, run_job, write_result
 from core.config import Config, load_config
 from core.errors import PlatformError
 
@@ -286,10 +286,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                  "tabular.split.method=permutation", *args.overrides]
     cfg = load_config(args.config, overrides)
     load = os.getloadavg()[0]
-    try:
+    with exits_on_platform_error("bench_census"):  # a preparation job failed: one line naming it
         built = prepare(args.config, overrides, cfg, str(folder))
-    except PlatformError as exc:  # a preparation job failed: one line naming it
-        raise SystemExit(f"bench_census: {exc}") from None
     from training.data import TensorBatches
     from training.tabular import TabularSpec, TabularWorkload
 

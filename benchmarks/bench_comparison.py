@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, get_args
 
 from benchmarks import figures
-from benchmarks.common import DUPN_ALL, ROOT, WORK, commit, machine, run_job
+from benchmarks.common import DUPN_ALL, ROOT, WORK, commit, exits_on_platform_error, machine, run_job
 from core import tables as t
 from core.config import Config, LRScheduleConfig, ModelFamily, load_config
 from core.delta import DeltaTables, get_tables
-from core.errors import PlatformError
 from core.spark import get_spark
 from features.gbdt import HISTORY_GROUPS, SIDE_COLUMNS, WINDOWED  # noqa: F401 - re-exported for the rows
 from features.priors import TALENT_PRIOR
@@ -925,10 +924,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     cfg = load_config(args.config, overrides)
     spark = get_spark(cfg)
     tables = get_tables(spark, cfg)
-    try:
+    with exits_on_platform_error("bench_comparison"):  # a preparation job failed: one line naming it
         prepare(args.config, overrides, cfg, tables, args.world)
-    except PlatformError as exc:  # a preparation job failed: one line naming it
-        raise SystemExit(f"bench_comparison: {exc}") from None
     meta = tables.last_metadata(t.TRAINING_EXAMPLES)
     splits = meta["splits"]
     data = training_data(tables, splits["train"], cfg.training.tasks)

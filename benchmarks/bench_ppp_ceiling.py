@@ -75,11 +75,23 @@ def quoted_models(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _tier_rows(tables: Any, cfg: Any) -> Any:
-    """The training set's tier rows as the user tower reads their prices, or the reason there are none:
-    ``(split files, rows)`` where ``rows(files)`` gives per row the relative log prices of the behaviours
-    with a known price (log price minus the frozen category reference of the serving statistics), their
-    behaviour types and categories, the label and the label group."""
+TierRow = tuple[Any, Any, Any, int, int]  # relative log prices, behaviour types, categories, label, label group
+
+
+@dataclass
+class TierRows:
+    """The training set's tier rows (one per labelled user and day) of each split, as the user tower reads
+    their prices: per row the relative log prices of the behaviours with a known price (log price minus the
+    frozen category reference of the serving statistics), their behaviour types and categories, the label
+    and the label group. Read once (:func:`tier_rows`) for every probe."""
+
+    train: list[TierRow]
+    valid: list[TierRow]
+    test: list[TierRow]
+
+
+def tier_rows(tables: Any, cfg: Any) -> TierRows | str:
+    """The training set's :class:`TierRows`, or the reason there are none."""
     import datetime as dt
 
     import numpy as np
@@ -99,7 +111,7 @@ def _tier_rows(tables: Any, cfg: Any) -> Any:
     for index, value in stats.model_inputs(cfg.training.model.price_reference)["category_log_price"].items():
         reference[index] = value
 
-    def rows(files: Sequence[str]) -> list[tuple[Any, Any, Any, int, int]]:
+    def rows(files: Sequence[str]) -> list[TierRow]:
         out = []
         cols = ["seq_log_price", "seq_behavior", "seq_category", "label_tier", "ppp_user"]
         for f in files:  # tier rows only: one per labelled user and day
@@ -110,10 +122,10 @@ def _tier_rows(tables: Any, cfg: Any) -> Any:
                 out.append((price[known] - reference[cat[known]], beh[known], cat[known], int(label), int(group)))
         return out
 
-    return data, rows
+    return TierRows(rows(data.train_files), rows(data.valid_files), rows(data.test_files))
 
 
-def price_probe(tables: Any, cfg: Any) -> dict[str, float] | str:
+def price_probe(loaded: TierRows | str) -> dict[str, float] | str:
     """Accuracy of a logistic regression on the tower's per-behaviour-type price statistics (see the
     module docstring): ``unseen`` / ``seen`` accuracy and label counts, or the reason it was not run."""
     import numpy as np
@@ -123,19 +135,16 @@ def price_probe(tables: Any, cfg: Any) -> dict[str, float] | str:
     from core import protocol as pr
     from features.encoding import BEHAVIOR_INDEX
 
-    loaded = _tier_rows(tables, cfg)
     if isinstance(loaded, str):
         return loaded
-    data, rows = loaded
     types = [BEHAVIOR_INDEX[b] for b in ("click", "fav", "cart", "buy")]
 
-    def features(files: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        rs = rows(files)
+    def features(rs: Sequence[TierRow]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         x = [[v for b in types for v in (rel[beh == b].sum(), (beh == b).sum())] for rel, beh, _, _, _ in rs]
         return np.asarray(x, float), np.asarray([r[3] for r in rs]), np.asarray([r[4] for r in rs])
 
-    x_train, y_train, _ = features(data.train_files)
-    x_test, y_test, g_test = features(data.test_files)
+    x_train, y_train, _ = features(loaded.train)
+    x_test, y_test, g_test = features(loaded.test)
     scaler = StandardScaler().fit(x_train)
     model = LogisticRegression(max_iter=2000).fit(scaler.transform(x_train), y_train)
     hit = model.predict(scaler.transform(x_test)) == y_test
@@ -160,7 +169,7 @@ class ChoiceModel:
     log_lik: Any  # (categories, behaviour types, bins, tiers)
 
     @staticmethod
-    def fit(rows: Sequence[tuple[Any, Any, Any, int, int]], bins: int, categories: int, per_category: bool,
+    def fit(rows: Sequence[TierRow], bins: int, categories: int, per_category: bool,
             max_iter: int = 300) -> "ChoiceModel":
         import numpy as np
         import torch
@@ -193,7 +202,7 @@ class ChoiceModel:
             table = log_lik().expand(categories, types, bins, tiers).numpy().copy()
         return ChoiceModel(edges, np.log(labels / labels.sum()), table)
 
-    def predict(self, rows: Sequence[tuple[Any, Any, Any, int, int]]) -> Any:
+    def predict(self, rows: Sequence[TierRow]) -> Any:
         import numpy as np
 
         out = np.empty(len(rows), dtype=int)
@@ -202,20 +211,18 @@ class ChoiceModel:
         return out
 
 
-def choice_probe(tables: Any, cfg: Any, per_category: bool) -> dict[str, float] | str:
+def choice_probe(loaded: TierRows | str, categories: int, per_category: bool) -> dict[str, float] | str:
     """:class:`ChoiceModel` fitted on the training split's tier rows, its bins chosen on the validation
     split's held-out users, the test split scored once: accuracies as :func:`price_probe` gives them, with
-    the chosen ``bins`` and its ``valid`` accuracy (or the reason it was not run)."""
+    the chosen ``bins`` and its ``valid`` accuracy (or the reason it was not run). ``categories``: the
+    category hash space (``sequences.hash_buckets.category_id``)."""
     import numpy as np
 
     from core import protocol as pr
 
-    loaded = _tier_rows(tables, cfg)
     if isinstance(loaded, str):
         return loaded
-    data, rows = loaded
-    train, valid, test = rows(data.train_files), rows(data.valid_files), rows(data.test_files)
-    categories = cfg.sequences.hash_buckets.category_id
+    train, valid, test = loaded.train, loaded.valid, loaded.test
 
     def accuracy(model: ChoiceModel, rs: Sequence[Any], group: Any) -> tuple[float, float]:
         hit = model.predict(rs) == np.asarray([r[3] for r in rs])
@@ -337,9 +344,11 @@ def run(args: argparse.Namespace, command: str) -> str:
         "no_catalogue": ceiling_scores(spark, tables, cfg.demo, [day], seq.max_len, seq.lookback_days, groups,
                                        catalogue=False),
     }
-    probe = price_probe(tables, cfg)
-    choices = {"per_category": choice_probe(tables, cfg, per_category=True),
-               "no_catalogue": choice_probe(tables, cfg, per_category=False)}
+    labelled = tier_rows(tables, cfg)  # read once for the three probes
+    categories = cfg.sequences.hash_buckets.category_id
+    probe = price_probe(labelled)
+    choices = {"per_category": choice_probe(labelled, categories, per_category=True),
+               "no_catalogue": choice_probe(labelled, categories, per_category=False)}
     scores = oracle.oracle_scores(tables, [day], cfg.training_set)
     orc = {"ppp_accuracy": scores["ppp_accuracy"], "ppp_accuracy_seen": scores["ppp_accuracy_seen"]}
     models = quoted_models(args.comparison)

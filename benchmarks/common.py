@@ -12,9 +12,10 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import psutil
 
@@ -173,19 +174,27 @@ def latest_published(cfg: Any, bench: str) -> tuple[Any, int, str, list[str]]:
     return tables, version, day, files
 
 
+@contextmanager
+def exits_on_platform_error(name: str) -> Iterator[None]:
+    """Turn a :class:`core.errors.PlatformError` raised inside (a failed job, a missing table) into the
+    benchmark's one-line exit, ``<name>: <the error>``, without a traceback."""
+    from core.errors import PlatformError
+
+    try:
+        yield
+    except PlatformError as exc:
+        raise SystemExit(f"{name}: {exc}") from None
+
+
 def bench_main(name: str, args: argparse.Namespace, run: Callable[[argparse.Namespace, str], str],
                argv: Sequence[str] | None) -> None:
     """A benchmark's entry point: log lines with times (Py4J and Petastorm at WARNING), ``run(args, command)``
     with the command line that reproduces it, its text printed; a :class:`core.errors.PlatformError`
-    ends the run with one line naming the benchmark."""
-    from core.errors import PlatformError
-
+    ends the run with one line naming the benchmark (:func:`exits_on_platform_error`)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "petastorm"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     command = f"python -m benchmarks.{name} " + " ".join(argv if argv is not None else sys.argv[1:])
-    try:
+    with exits_on_platform_error(name):
         text = run(args, command.strip())
-    except PlatformError as exc:
-        raise SystemExit(f"{name}: {exc}") from None
     print(text)

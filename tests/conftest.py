@@ -98,8 +98,10 @@ def tiny_pipeline(tiny_world):  # noqa: ANN001, ANN201
     return cfg, tables, tmp
 
 
-# A small DUPN-all (fast on 2 cores) for job tests: without the hybrid's side heads (conf/local.yaml's default),
-# which need features/hybrid_examples; tests/code/test_hybrid_job.py runs the hybrid through the jobs.
+# A small DUPN (fast on 2 cores) for job tests: conf/local.yaml's model without the hybrid's side heads (its
+# default), which need features/hybrid_examples; tests/code/test_hybrid_job.py runs the hybrid through the jobs.
+# Its heads read the target priors as pieces (model.prior_pieces, on in conf/local.yaml), so it is not the
+# benchmarks' DUPN-all (benchmarks.common.DUPN_ALL), whose heads read them as logs.
 SMALL = ("training.hybrid=false",
          "training.model.lstm_hidden=16", "training.model.attention_hidden=8", "training.model.pooled_dim=16",
          "training.model.representation_dim=16", "training.model.head_hidden=16", "training.model.expert_dim=16",

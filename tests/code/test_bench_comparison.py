@@ -367,3 +367,22 @@ def test_a_failing_job_step_raises_one_platform_error_naming_the_job_and_its_com
 
     with pytest.raises(PlatformError, match=r"^jobs\.no_such_job failed \(exit 1\): jobs\.no_such_job --config "):
         run_job(str(LOCAL_CONF), ["lake_root=/nonexistent"], "jobs.no_such_job", "--date", "2026-11-14")
+
+
+def test_a_platform_error_inside_a_benchmark_ends_it_with_one_line_naming_the_benchmark() -> None:
+    """benchmarks.common.exits_on_platform_error (bench_main's and bench_comparison's and bench_census's
+    preparation): a PlatformError becomes ``SystemExit("<benchmark>: <error>")`` without its traceback
+    chained; any other error passes through unchanged."""
+    import pytest
+
+    from benchmarks.common import exits_on_platform_error
+    from core.errors import PlatformError
+
+    with pytest.raises(SystemExit) as caught:
+        with exits_on_platform_error("bench_x"):
+            raise PlatformError("jobs.build_sequences failed (exit 1): jobs.build_sequences --date 2026-11-14")
+    assert str(caught.value) == "bench_x: jobs.build_sequences failed (exit 1): jobs.build_sequences --date 2026-11-14"
+    assert caught.value.__suppress_context__ and caught.value.__cause__ is None
+    with pytest.raises(ValueError, match="not a platform error"):
+        with exits_on_platform_error("bench_x"):
+            raise ValueError("not a platform error")

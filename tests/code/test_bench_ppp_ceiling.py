@@ -40,9 +40,19 @@ def test_table_has_every_row(tmp_path: Path) -> None:
     assert quoted_models(tmp_path / "missing.json") == []
 
 
+def test_probes_pass_on_the_reason_there_are_no_tier_rows() -> None:
+    from benchmarks.bench_ppp_ceiling import choice_probe
+
+    reason = "not run: no features/training_examples (run jobs/build_training_set.py)"
+    assert price_probe(reason) == reason
+    assert choice_probe(reason, 16, per_category=True) == reason
+
+
 def test_probe_reads_the_tier_from_the_price_inputs(tiny_pipeline) -> None:
+    from benchmarks.bench_ppp_ceiling import tier_rows
+
     cfg, tables, _ = tiny_pipeline
-    got = price_probe(tables, cfg)
+    got = price_probe(tier_rows(tables, cfg))
     assert isinstance(got, dict), got
     assert got["train_rows"] > 50 and got["unseen_labels"] + got["seen_labels"] > 20
     # far above the most common tier's share (22%): the prices carry the tier
@@ -104,10 +114,10 @@ def test_table_has_the_choice_probes() -> None:
 
 
 def test_choice_probe_reads_the_tier_from_the_price_inputs(tiny_pipeline) -> None:
-    from benchmarks.bench_ppp_ceiling import CHOICE_BINS, choice_probe
+    from benchmarks.bench_ppp_ceiling import CHOICE_BINS, choice_probe, tier_rows
 
     cfg, tables, _ = tiny_pipeline
-    got = choice_probe(tables, cfg, per_category=False)
+    got = choice_probe(tier_rows(tables, cfg), cfg.sequences.hash_buckets.category_id, per_category=False)
     assert isinstance(got, dict), got
     assert got["bins"] in CHOICE_BINS and got["train_rows"] > 50
     both = (got["unseen"] * got["unseen_labels"] + got["seen"] * got["seen_labels"]) \
