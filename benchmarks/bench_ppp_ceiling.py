@@ -25,7 +25,9 @@ are scored) and the training users (``seen``). Rows:
   (:class:`ChoiceModel`: each behaviour picks a relative-price bin with probability softmax over the
   bins of the category's offer plus the tier's taste for the behaviour type), with and without a
   learned offer per category; bins chosen on the validation split's held-out users, the test split
-  scored once. They show how much of the catalogue's term can be learned from the data;
+  scored once. They show how much of the catalogue's term can be learned from the data. Two more fit the
+  same form on the labels' cross-entropy (:meth:`ChoiceModel.fit_labels`), as a tier head of this form
+  inside the model would be trained, with the L2 penalty also chosen on validation;
 * the oracle (the latent tier; label noise is what it misses);
 * the platform's models, quoted from ``comparison.json`` (``--comparison``) when present.
 
@@ -154,6 +156,11 @@ def price_probe(loaded: TierRows | str) -> dict[str, float] | str:
 
 
 CHOICE_BINS = (8, 16, 32)  # the relative-price bins the choice probe chooses from on validation
+# the choice probes: (fitted by the behaviours' likelihood, or on the labels as a tier head would be) x (with or
+# without a learned offer per category)
+CHOICE_NAMES = {"per_category": "with each category's offer learned", "no_catalogue": "without per-category terms",
+                "labels_per_category": "with each category's offer learned, trained on the labels",
+                "labels_no_catalogue": "without per-category terms, trained on the labels"}
 
 
 @dataclass
@@ -169,15 +176,22 @@ class ChoiceModel:
     log_lik: Any  # (categories, behaviour types, bins, tiers)
 
     @staticmethod
-    def fit(rows: Sequence[TierRow], bins: int, categories: int, per_category: bool,
-            max_iter: int = 300) -> "ChoiceModel":
+    def _edges_and_types(rows: Sequence[TierRow], bins: int) -> tuple[Any, int, int]:
+        """(quantile cuts of the training rows' relative log prices into ``bins``, tiers, behaviour types)."""
         import numpy as np
-        import torch
 
         rel = np.concatenate([r[0] for r in rows])
         edges = np.quantile(rel, np.linspace(0, 1, bins + 1)[1:-1])
-        tiers = max(r[3] for r in rows) + 1
-        types = int(max(r[1].max(initial=0) for r in rows)) + 1
+        return edges, max(r[3] for r in rows) + 1, int(max(r[1].max(initial=0) for r in rows)) + 1
+
+    @staticmethod
+    def fit(rows: Sequence[TierRow], bins: int, categories: int, per_category: bool,
+            max_iter: int = 300) -> "ChoiceModel":
+        """Maximum likelihood of the behaviours' price bins given the users' labels (the generative fit)."""
+        import numpy as np
+        import torch
+
+        edges, tiers, types = ChoiceModel._edges_and_types(rows, bins)
         counts = np.zeros((categories, types, bins, tiers))
         for r_rel, beh, cat, label, _ in rows:  # sufficient statistics: behaviours per (category, type, bin, tier)
             np.add.at(counts, (cat, beh, np.searchsorted(edges, r_rel), label), 1.0)
@@ -202,6 +216,50 @@ class ChoiceModel:
             table = log_lik().expand(categories, types, bins, tiers).numpy().copy()
         return ChoiceModel(edges, np.log(labels / labels.sum()), table)
 
+    @staticmethod
+    def fit_labels(rows: Sequence[TierRow], bins: int, categories: int, per_category: bool, l2: float,
+                   max_iter: int = 300) -> "ChoiceModel":
+        """The same form fitted as a tier head would be trained: the labels' cross-entropy of
+        ``bias[tier] + sum over behaviours of log softmax(offer[c] + taste[b, ., tier])[bin]``, with an L2
+        penalty ``l2`` on the offer and the taste (``bias`` takes the prior's place). The offer of the chosen
+        bin is the same for every tier, so only the normaliser carries it: per row, counts of behaviours by
+        (type, bin) and by (category, type) are all the fit needs."""
+        import numpy as np
+        import torch
+
+        edges, tiers, types = ChoiceModel._edges_and_types(rows, bins)
+        by_bin = np.zeros((len(rows), types, bins))
+        at, weight = [], []
+        for i, (r_rel, beh, cat, _, _) in enumerate(rows):
+            np.add.at(by_bin, (i, beh, np.searchsorted(edges, r_rel)), 1.0)
+            keys, n = np.unique(cat * types + beh, return_counts=True)
+            at.append(np.stack([np.full(len(keys), i), keys]))
+            weight.append(n)
+        by_cat = torch.sparse_coo_tensor(torch.tensor(np.concatenate(at, axis=1)),
+                                         torch.tensor(np.concatenate(weight), dtype=torch.float64),
+                                         (len(rows), categories * types), check_invariants=True).coalesce()
+        h = torch.tensor(by_bin)
+        y = torch.tensor([r[3] for r in rows])
+        offer = torch.zeros(categories if per_category else 1, bins, dtype=torch.float64, requires_grad=True)
+        taste = torch.zeros(types, bins, tiers, dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros(tiers, dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([offer, taste, bias], max_iter=max_iter, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            norm = torch.logsumexp(offer[:, None, :, None] + taste[None], dim=2)  # (C or 1, types, tiers)
+            norm = norm.expand(categories, types, tiers).reshape(categories * types, tiers)
+            logits = torch.einsum("ntb,tbk->nk", h, taste) - torch.sparse.mm(by_cat, norm) + bias
+            loss = torch.nn.functional.cross_entropy(logits, y) + l2 * (offer.square().sum() + taste.square().sum())
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            logits = offer[:, None, :, None] + taste[None]
+            table = (logits - torch.logsumexp(logits, dim=2, keepdim=True)).expand(categories, types, bins, tiers)
+            return ChoiceModel(edges, bias.numpy().copy(), table.numpy().copy())
+
     def predict(self, rows: Sequence[TierRow]) -> Any:
         import numpy as np
 
@@ -211,10 +269,15 @@ class ChoiceModel:
         return out
 
 
-def choice_probe(loaded: TierRows | str, categories: int, per_category: bool) -> dict[str, float] | str:
-    """:class:`ChoiceModel` fitted on the training split's tier rows, its bins chosen on the validation
-    split's held-out users, the test split scored once: accuracies as :func:`price_probe` gives them, with
-    the chosen ``bins`` and its ``valid`` accuracy (or the reason it was not run). ``categories``: the
+CHOICE_L2 = (1e-4, 1e-3, 1e-2)  # the L2 penalties the label-trained choice probe chooses from on validation
+
+
+def choice_probe(loaded: TierRows | str, categories: int, per_category: bool,
+                 on_labels: bool = False) -> dict[str, float] | str:
+    """:class:`ChoiceModel` fitted on the training split's tier rows (by :meth:`ChoiceModel.fit`, or by
+    :meth:`ChoiceModel.fit_labels` when ``on_labels``), its bins (and L2 penalty) chosen on the validation
+    split's held-out users, the test split scored once: accuracies as :func:`price_probe` gives them, with the
+    chosen ``bins`` (and ``l2``) and its ``valid`` accuracy (or the reason it was not run). ``categories``: the
     category hash space (``sequences.hash_buckets.category_id``)."""
     import numpy as np
 
@@ -230,14 +293,20 @@ def choice_probe(loaded: TierRows | str, categories: int, per_category: bool) ->
         return float(hit[keep].mean()) if keep.any() else float("nan"), float(keep.sum())
 
     held_out = lambda g: g != pr.PPP_TRAIN_USER  # noqa: E731  (the validation split's unseen users)
-    fits = {b: ChoiceModel.fit(train, b, categories, per_category) for b in CHOICE_BINS}
-    scored = {b: accuracy(m, valid, held_out)[0] for b, m in fits.items()}
-    bins = max(CHOICE_BINS, key=lambda b: (scored[b], -b))
-    unseen, n_unseen = accuracy(fits[bins], test, lambda g: g == pr.PPP_TEST_USER)
-    seen, n_seen = accuracy(fits[bins], test, lambda g: g == pr.PPP_TRAIN_USER)
-    logger.info("choice probe (per category %s): validation by bins %s, chose %d", per_category, scored, bins)
-    return {"unseen": unseen, "seen": seen, "unseen_labels": n_unseen, "seen_labels": n_seen,
-            "train_rows": float(len(train)), "bins": float(bins), "valid": scored[bins]}
+    grid = [(b, l2) for b in CHOICE_BINS for l2 in (CHOICE_L2 if on_labels else (0.0,))]
+    fits = {(b, l2): ChoiceModel.fit_labels(train, b, categories, per_category, l2) if on_labels
+            else ChoiceModel.fit(train, b, categories, per_category) for b, l2 in grid}
+    scored = {key: accuracy(m, valid, held_out)[0] for key, m in fits.items()}
+    chosen = max(grid, key=lambda key: (scored[key], -key[0], key[1]))  # ties: fewer bins, more penalty
+    unseen, n_unseen = accuracy(fits[chosen], test, lambda g: g == pr.PPP_TEST_USER)
+    seen, n_seen = accuracy(fits[chosen], test, lambda g: g == pr.PPP_TRAIN_USER)
+    logger.info("choice probe (per category %s, on labels %s): validation by (bins, l2) %s, chose %s",
+                per_category, on_labels, scored, chosen)
+    out = {"unseen": unseen, "seen": seen, "unseen_labels": n_unseen, "seen_labels": n_seen,
+           "train_rows": float(len(train)), "bins": float(chosen[0]), "valid": scored[chosen]}
+    if on_labels:
+        out["l2"] = chosen[1]
+    return out
 
 
 def _cell(result: Mapping[str, float]) -> str:
@@ -283,14 +352,16 @@ def markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]], oracle: M
         lines.append(f"| probe: logistic regression on the tower's price statistics (sum of relative prices and "
                      f"count per behaviour type; {int(probe['train_rows']):,} training rows) | {_cell(u)} | {_cell(s)} "
                      "| – | – |")
-    choice_names = {"per_category": "with each category's offer learned", "no_catalogue": "without per-category terms"}
     for key, result in (choices or {}).items():
         if isinstance(result, dict):
             u = {"ppp_accuracy": result["unseen"], "labels": result["unseen_labels"]}
             s = {"ppp_accuracy": result["seen"], "labels": result["seen_labels"]}
-            lines.append(f"| probe: choice model {choice_names[key]} (the Bayes classifier's form fitted on "
-                         f"{int(result['train_rows']):,} training rows; {int(result['bins'])} relative-price bins, "
-                         f"chosen on validation: {result['valid']:.4f}) | {_cell(u)} | {_cell(s)} | – | – |")
+            how = f"trained on the labels' cross-entropy as a tier head would be, over {int(result['train_rows']):,} " \
+                f"training rows; {int(result['bins'])} relative-price bins and an L2 penalty of {result['l2']:g}" \
+                if "l2" in result else f"the Bayes classifier's form fitted on {int(result['train_rows']):,} " \
+                f"training rows; {int(result['bins'])} relative-price bins"
+            lines.append(f"| probe: choice model {CHOICE_NAMES[key]} ({how}, chosen on validation: "
+                         f"{result['valid']:.4f}) | {_cell(u)} | {_cell(s)} | – | – |")
     lines.append(f"| oracle: the latent tier | {oracle['ppp_accuracy']:.4f} | {oracle['ppp_accuracy_seen']:.4f} | "
                  "1.0000 | – |")
     for m in models:
@@ -307,7 +378,10 @@ def markdown(results: Mapping[str, Mapping[str, Mapping[str, float]]], oracle: M
                   "a user's label is the one with the highest prior plus summed log likelihood. The bins (8, 16 or "
                   "32 quantile bins) are chosen on the validation day's held-out users, the test day is scored once. "
                   "With the offer per category they can learn which prices each category offers, the term the "
-                  "Bayes classifier's catalogue gives it; without, every price is equally on offer."]
+                  "Bayes classifier's catalogue gives it; without, every price is equally on offer. The rows "
+                  "*trained on the labels* fit the same form by the labels' cross-entropy, as a tier head of this "
+                  "form inside the model would be trained, with a free bias per tier and an L2 penalty (1e-4, "
+                  "1e-3 or 1e-2, chosen on validation with the bins); the others by the behaviours' likelihood."]
         lines += [f"Choice probe {key}: {r}." for key, r in choices.items() if isinstance(r, str)]
     lines += ["", "Models are quoted from `benchmarks/results/comparison.json` (mean ± std over seeds, same day, same "
               "users); rerun `python -m benchmarks.bench_comparison` to refresh them."]
@@ -347,8 +421,8 @@ def run(args: argparse.Namespace, command: str) -> str:
     labelled = tier_rows(tables, cfg)  # read once for the three probes
     categories = cfg.sequences.hash_buckets.category_id
     probe = price_probe(labelled)
-    choices = {"per_category": choice_probe(labelled, categories, per_category=True),
-               "no_catalogue": choice_probe(labelled, categories, per_category=False)}
+    choices = {key: choice_probe(labelled, categories, per_category=key.endswith("per_category"),
+                                 on_labels=key.startswith("labels_")) for key in CHOICE_NAMES}
     scores = oracle.oracle_scores(tables, [day], cfg.training_set)
     orc = {"ppp_accuracy": scores["ppp_accuracy"], "ppp_accuracy_seen": scores["ppp_accuracy_seen"]}
     models = quoted_models(args.comparison)

@@ -103,6 +103,22 @@ def test_the_choice_model_learns_each_categorys_offer() -> None:
     assert per_category > flat + 0.1
 
 
+def test_the_choice_model_trained_on_the_labels_learns_each_categorys_offer() -> None:
+    """ChoiceModel.fit_labels (the form trained as a tier head would be): the offer reaches the tiers only
+    through each category's normaliser, and that is enough to beat the form without it on the same world."""
+    import numpy as np
+
+    from benchmarks.bench_ppp_ceiling import ChoiceModel
+
+    rng = np.random.default_rng(0)
+    train, test = _choice_world(1500, rng), _choice_world(600, rng)
+    truth = np.array([r[3] for r in test])
+    per_category = (ChoiceModel.fit_labels(train, 8, 6, True, 1e-3).predict(test) == truth).mean()
+    flat = (ChoiceModel.fit_labels(train, 8, 6, False, 1e-3).predict(test) == truth).mean()
+    assert per_category > 0.85
+    assert per_category > flat + 0.05
+
+
 def test_table_has_the_choice_probes() -> None:
     choice = {"unseen": 0.83, "seen": 0.8, "unseen_labels": 500.0, "seen_labels": 2000.0, "train_rows": 9000.0,
               "bins": 16.0, "valid": 0.81}
@@ -111,15 +127,22 @@ def test_table_has_the_choice_probes() -> None:
     assert "| probe: choice model with each category's offer learned" in text
     assert "16 relative-price bins, chosen on validation: 0.8100) | 0.8300 [" in text
     assert "Choice probe no_catalogue: not run: no training set." in text
+    text = markdown(RESULTS, {"ppp_accuracy": 0.91, "ppp_accuracy_seen": 0.9}, [], CONTEXT, "not run",
+                    {"labels_per_category": {**choice, "l2": 0.001}})
+    assert "| probe: choice model with each category's offer learned, trained on the labels (trained on the " \
+        "labels' cross-entropy as a tier head would be, over 9,000 training rows; 16 relative-price bins and an L2 " \
+        "penalty of 0.001, chosen on validation: 0.8100) | 0.8300 [" in text
 
 
 def test_choice_probe_reads_the_tier_from_the_price_inputs(tiny_pipeline) -> None:
     from benchmarks.bench_ppp_ceiling import CHOICE_BINS, choice_probe, tier_rows
 
     cfg, tables, _ = tiny_pipeline
-    got = choice_probe(tier_rows(tables, cfg), cfg.sequences.hash_buckets.category_id, per_category=False)
-    assert isinstance(got, dict), got
-    assert got["bins"] in CHOICE_BINS and got["train_rows"] > 50
-    both = (got["unseen"] * got["unseen_labels"] + got["seen"] * got["seen_labels"]) \
-        / (got["unseen_labels"] + got["seen_labels"])
-    assert both > 0.35  # far above the most common tier's share (22%)
+    rows = tier_rows(tables, cfg)
+    for on_labels in (False, True):
+        got = choice_probe(rows, cfg.sequences.hash_buckets.category_id, per_category=False, on_labels=on_labels)
+        assert isinstance(got, dict), got
+        assert got["bins"] in CHOICE_BINS and got["train_rows"] > 50 and ("l2" in got) == on_labels
+        both = (got["unseen"] * got["unseen_labels"] + got["seen"] * got["seen_labels"]) \
+            / (got["unseen_labels"] + got["seen_labels"])
+        assert both > 0.35  # far above the most common tier's share (22%)
