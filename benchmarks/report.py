@@ -147,6 +147,10 @@ SECTIONS: tuple[Section, ...] = (
             "scoring).",
             command="python -m benchmarks.bench_esmm --set training.torch_threads=1 --set training.epochs=4 "
                     "--models esmm ssb --name esmm_cap4"),
+    Section("ESMM against the SSB baseline with a 6-epoch cap", "esmm_cap6.md",
+            "The same two models with a 6-epoch cap (esmm_cap4.md's ESMM networks again chose their last scoring).",
+            command="python -m benchmarks.bench_esmm --set training.torch_threads=1 --set training.epochs=6 "
+                    "--models esmm ssb --name esmm_cap6"),
     Section("The real Taobao log", "taobao.md",
             "Next-day interaction and purchase on a real log, the baselines, heuristics and DUPN ablations, 3 seeds "
             "(docs/taobao.md).",
@@ -156,6 +160,11 @@ SECTIONS: tuple[Section, ...] = (
             command="python -m scripts.taobao --config conf/taobao.yaml --report --attention-out benchmarks/results"),
     Section("Performance: the sequence job against DuckDB", "sequences.md",
             "build_sequences on local[2] against the same top-N query in DuckDB."),
+    Section("Performance: where the top-N selection's time goes", "sequences_profile.md",
+            "The platform's top-N plan profiled from Spark's monitoring API (stages and timed operators) beside "
+            "DuckDB's own profile of the same query, and two other Spark plans of the selection checked row for row "
+            "against it.",
+            command="python -m benchmarks.bench_sequences_profile --sizes 5000000 20000000"),
     Section("Performance: incremental sequences", "incremental_sequences.md",
             "build_sequences advancing yesterday's state by one day against a full rebuild of the look-back, "
             "5M and 20M events, with the rows that differ (none) and the phases of each run."),
