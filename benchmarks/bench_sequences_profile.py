@@ -276,6 +276,12 @@ def reading(n: int, r: Mapping[str, Any]) -> list[str]:
                    f"above include their sorts). The tasks were on a CPU for {cpu:.1f} of the {task_s:.1f} s "
                    f"({cpu / task_s:.0%}); the rest is waiting (disk, memory, the other task and other processes "
                    "on the 2 cores).")
+    if spark["collect"]["seconds"] < spark["window"]["seconds"]:
+        out.append(f"* *collect* is {spark['window']['seconds'] / spark['collect']['seconds']:.2f}x as fast as the "
+                   "platform's plan here, but it builds each user's whole window as one array in one task's memory: "
+                   "its memory grows with the busiest user's events (a crawler's millions), where both window plans "
+                   "keep at most 100 rows per user after the partial limit or sort with spilling. The job keeps the "
+                   "window plan, whose memory is bounded whatever the skew.")
     for key in ("window_nolimit", "collect"):
         if spark[key]["rows_differing"]:
             out.append(f"* **{PLANS[key]} differs from the platform's plan in "

@@ -76,5 +76,6 @@ def test_the_table_gives_each_plan_against_duckdb_and_flags_a_plan_that_differs(
     assert "| 14 | Sort | sort time | 3.0 | 50% |" in text  # of the 6.0 task-seconds
     assert f"the fastest Spark plan here is *{PLANS['collect']}* at 3.0 s (6.0x)" in text
     assert "differs from the platform's plan" not in text
+    assert "*collect* is 2.00x as fast as the platform's plan here, but it builds each user's whole window" in text
     flagged = markdown({1_000_000: _size(7)}, context)
     assert f"**{PLANS['collect']} differs from the platform's plan in 7 rows.**" in flagged
