@@ -106,24 +106,30 @@ def run_spark(path: Path, mode: str) -> dict[str, float]:
     return result
 
 
+def duckdb_topn(path: Path, out: Path) -> str:
+    """DuckDB's statement of the top-N selection: the latest ``N`` events per user of the 30 days before the
+    end of ``DAY`` in the Parquet events under ``path``, written to ``out``."""
+    end = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time())
+    start = end - dt.timedelta(days=30)
+    return f"""
+        COPY (SELECT user_id, item_id, behavior, scene, event_time FROM (
+                SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY event_time DESC, item_id DESC,
+                                             behavior DESC, scene DESC) AS rn
+                FROM read_parquet('{path}/*.parquet')
+                WHERE event_time < TIMESTAMP '{end}' AND event_time >= TIMESTAMP '{start}')
+              WHERE rn <= {N}) TO '{out}' (FORMAT PARQUET)"""
+
+
 def run_duckdb(path: Path) -> dict[str, float]:
     import duckdb
 
     out = WORK / "out_duckdb.parquet"
     con = duckdb.connect()
     con.execute("SET threads TO 2")
-    end = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time())
-    start = end - dt.timedelta(days=30)
 
     def once() -> dict[str, float]:
         t0 = time.time()
-        con.execute(f"""
-            COPY (SELECT user_id, item_id, behavior, scene, event_time FROM (
-                    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY event_time DESC, item_id DESC,
-                                                 behavior DESC, scene DESC) AS rn
-                    FROM read_parquet('{path}/*.parquet')
-                    WHERE event_time < TIMESTAMP '{end}' AND event_time >= TIMESTAMP '{start}')
-                  WHERE rn <= {N}) TO '{out}' (FORMAT PARQUET)""")
+        con.execute(duckdb_topn(path, out))
         seconds = time.time() - t0
         row = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()
         return {"seconds": seconds, "rows": row[0] if row else 0}

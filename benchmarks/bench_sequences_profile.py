@@ -178,7 +178,7 @@ def run_spark(path: Path, runs: int) -> dict[str, Any]:
 def run_duckdb(path: Path, runs: int) -> dict[str, Any]:
     import duckdb
 
-    from benchmarks.bench_sequences import DAY, N
+    from benchmarks.bench_sequences import duckdb_topn
 
     out_file = WORK / "out_profile_duckdb.parquet"
     profile = WORK / "duckdb_profile.json"
@@ -186,18 +186,10 @@ def run_duckdb(path: Path, runs: int) -> dict[str, Any]:
     con.execute("SET threads TO 2")
     con.execute("PRAGMA enable_profiling='json'")
     con.execute(f"PRAGMA profiling_output='{profile}'")
-    end = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time())
-    start = end - dt.timedelta(days=30)
 
     def once() -> dict[str, Any]:
         t0 = time.time()
-        con.execute(f"""
-            COPY (SELECT user_id, item_id, behavior, scene, event_time FROM (
-                    SELECT *, row_number() OVER (PARTITION BY user_id ORDER BY event_time DESC, item_id DESC,
-                                                 behavior DESC, scene DESC) AS rn
-                    FROM read_parquet('{path}/*.parquet')
-                    WHERE event_time < TIMESTAMP '{end}' AND event_time >= TIMESTAMP '{start}')
-                  WHERE rn <= {N}) TO '{out_file}' (FORMAT PARQUET)""")
+        con.execute(duckdb_topn(path, out_file))
         seconds = time.time() - t0
         return {"seconds": seconds, "operators": duckdb_profile(json.loads(profile.read_text()))}
 
