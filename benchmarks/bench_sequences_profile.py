@@ -6,7 +6,8 @@ of the same selection.
 ``bench_sequences`` found Spark's top-100-per-user selection 5.4-7.2x slower than DuckDB's on the same
 Parquet events (goal <= 3x), with the selection a window. This benchmark profiles it on the same inputs
 (``bench_sequences.make_input``), each engine in a fresh process whose peak memory is sampled, the best of
-two warm runs after a cold one:
+``--runs`` (3) warm runs after a cold one (the Spark plans' cold runs first, then rounds of warm runs, each round
+starting one plan later):
 
 * **Spark**, four plans of the selection, each written to Parquet and checked row for row against the
   first (``exceptAll`` both ways):
@@ -107,10 +108,25 @@ def duckdb_profile(tree: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def _best_of(runs: int, once: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     """A cold run, then ``runs`` warm ones: the fastest warm run's result, with every run's seconds."""
-    cold = once()
-    warm = [once() for _ in range(runs)]
-    best = min(warm, key=lambda r: r["seconds"])
-    return {**best, "cold": cold["seconds"], "warm_runs": [r["seconds"] for r in warm]}
+    return interleaved(["only"], runs, lambda _: once())["only"]
+
+
+def interleaved(names: Sequence[str], runs: int, once: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every plan's cold run (in ``names``' order), then ``runs`` warm rounds over all of them, each round
+    starting one plan later (so no plan always runs first or after the same one, and every plan's warm runs
+    come after every plan's cold one: the JVM's compilation warms all plans alike). Per plan the fastest
+    warm run's result, with ``cold`` and every warm run's seconds."""
+    cold = {name: once(name)["seconds"] for name in names}
+    warm: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for r in range(runs):
+        for i in range(len(names)):
+            name = names[(i + r) % len(names)]
+            warm[name].append(once(name))
+    out = {}
+    for name in names:
+        best = min(warm[name], key=lambda x: x["seconds"])
+        out[name] = {**best, "cold": cold[name], "warm_runs": [x["seconds"] for x in warm[name]]}
+    return out
 
 
 def run_spark(path: Path, runs: int) -> dict[str, Any]:
@@ -149,26 +165,24 @@ def run_spark(path: Path, runs: int) -> dict[str, Any]:
 
     plans = {"window": window_plan, "window_nolimit": window_plan, "collect": collect_plan,
              "platform": lambda: latest_n_per_user(beh, N, as_of, 30)}
-    out: dict[str, Any] = {}
-    for name, plan in plans.items():
-        target = WORK / f"out_profile_{name}"
+
+    def once(name: str) -> dict[str, Any]:
         if name == "window_nolimit":
             spark.conf.set("spark.sql.optimizer.windowGroupLimitThreshold", "-1")
         else:
             spark.conf.unset("spark.sql.optimizer.windowGroupLimitThreshold")
+        group = f"{name}-{time.time_ns()}"
+        sc.setJobGroup(group, name)
+        t0 = time.time()
+        plans[name]().write.mode("overwrite").parquet(str(WORK / f"out_profile_{name}"))
+        seconds = time.time() - t0
+        jobs = set(sc.statusTracker().getJobIdsForGroup(group))
+        executions = json.load(urlopen(f"{api}/sql?details=false&length=100000"))
+        return {"seconds": seconds, "jobs": sorted(jobs),
+                "executions": [e["id"] for e in executions if jobs & set(e.get("successJobIds", []))]}
 
-        def once(name: str = name, plan: Callable[[], Any] = plan, target: Path = target) -> dict[str, Any]:
-            group = f"{name}-{time.time_ns()}"
-            sc.setJobGroup(group, name)
-            t0 = time.time()
-            plan().write.mode("overwrite").parquet(str(target))
-            seconds = time.time() - t0
-            jobs = set(sc.statusTracker().getJobIdsForGroup(group))
-            executions = json.load(urlopen(f"{api}/sql?details=false&length=100000"))
-            return {"seconds": seconds, "jobs": sorted(jobs),
-                    "executions": [e["id"] for e in executions if jobs & set(e.get("successJobIds", []))]}
-
-        best = _best_of(runs, once)
+    out: dict[str, Any] = {}
+    for name, best in interleaved(list(plans), runs, once).items():
         if name in PROFILED:  # the warm run's stages and operators
             jobs = [json.load(urlopen(f"{api}/jobs/{j}")) for j in best["jobs"]]
             stages = [rec for s in sorted({s for j in jobs for s in j["stageIds"]})
@@ -240,7 +254,9 @@ def markdown(sizes: Mapping[int, Mapping[str, Any]], context: Mapping[str, Any])
              f"Machine: {context['machine']}; date {context['date']}; commit {context['commit']}; "
              f"{context['seconds'] / 60:.1f} min.  ",
              "Spark `local[2]`, 4 shuffle partitions, driver memory 6g; DuckDB 2 threads; each engine a fresh process; "
-             f"a cold run, then the best of {context['runs']} warm runs; peak RSS of the process tree. Inputs: "
+             f"a cold run, then the best of {context['runs']} warm runs (Spark: every plan's cold run first, then "
+             "rounds of warm runs over all plans, each round starting one plan later); peak RSS of the process "
+             "tree. Inputs: "
              "`bench_sequences.make_input` (Zipf-skewed users with power users; 30 days). The platform's plan "
              f"collects users with at most {context['collect_max']:,} behaviours in the look-back.", "",
              "| events | plan | cold s | warm s | warm vs DuckDB | rows differing from the window's | "
@@ -328,7 +344,7 @@ def run(args: argparse.Namespace, command: str) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[5_000_000, 20_000_000])
-    p.add_argument("--runs", type=int, default=2, help="warm runs after the cold one (the best is kept)")
+    p.add_argument("--runs", type=int, default=3, help="warm runs after the cold one (the best is kept)")
     p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="sequences_profile")
     p.add_argument("--worker", nargs=3, metavar=("ENGINE", "PATH", "RUNS"), help=argparse.SUPPRESS)

@@ -83,3 +83,22 @@ def test_the_table_gives_each_plan_against_duckdb_and_flags_a_plan_that_differs(
     assert "differs from the window's selection" not in text
     flagged = markdown({1_000_000: _size(7)}, context)
     assert f"**{PLANS['platform']} differs from the window's selection in 7 rows.**" in flagged
+
+
+def test_plans_run_cold_first_then_in_rounds_each_starting_one_plan_later() -> None:
+    """bench_sequences_profile.interleaved: no plan's warm run comes before every plan's cold run, and no plan
+    always runs first; per plan the fastest warm run is kept."""
+    from benchmarks.bench_sequences_profile import interleaved
+
+    calls: list[str] = []
+    seconds = iter([9, 8, 7, 3, 2, 1, 4, 6, 5, 6, 5, 4])
+
+    def once(name: str) -> dict:
+        calls.append(name)
+        return {"seconds": float(next(seconds)), "n": len(calls)}
+
+    got = interleaved(["a", "b", "c"], 3, once)
+    assert calls == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert got["a"] == {"seconds": 3.0, "n": 4, "cold": 9.0, "warm_runs": [3.0, 5.0, 5.0]}
+    assert got["b"]["seconds"] == 2.0 and got["b"]["warm_runs"] == [2.0, 4.0, 4.0]
+    assert got["c"]["seconds"] == 1.0 and got["c"]["cold"] == 7.0
