@@ -87,37 +87,19 @@ def encode_users(users: "DataFrame") -> "DataFrame":
                         enc.level_index(F.col("city_level")).alias("user_city"))
 
 
-# A user with more behaviours than this in the look-back is selected by a window over the user (memory bounded
-# whatever the user's count); the others by collecting and sorting each user's behaviours in one task
-# (benchmarks/results/sequences_profile.md: about half the time of the window's sort on 2 cores)
-COLLECT_MAX_BEHAVIOURS = 5_000
-
-
-def latest_n_per_user(behaviour: "DataFrame", n: int, as_of: _dt.datetime, lookback_days: int,
-                      collect_max: int = COLLECT_MAX_BEHAVIOURS) -> "DataFrame":
+def latest_n_per_user(behaviour: "DataFrame", n: int, as_of: _dt.datetime, lookback_days: int) -> "DataFrame":
     """The latest ``n`` behaviours of every user strictly before ``as_of`` within the look-back.
 
-    Returns the behaviour columns plus ``anchor_time`` (= ``as_of``) for each selected row. Latest means
-    the greatest (event_time, item_id, behavior, scene, then the other columns). Users with at most
-    ``collect_max`` behaviours in the look-back (counted first, a hash aggregate) have theirs collected,
-    sorted and cut in one aggregate, which needs no sort of the events; the rest (crawlers, power users) go
-    through ``row_number() <= n`` over a window by user, whose memory does not grow with a user's count.
+    Returns the behaviour columns plus ``anchor_time`` (= ``as_of``) for each selected row.
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     start = as_of - _dt.timedelta(days=lookback_days)
-    kept = behaviour.where((F.col("event_time") < F.lit(as_of)) & (F.col("event_time") >= F.lit(start)))
-    keys = ["event_time", "item_id", "behavior", "scene"]
-    fields = keys + [c for c in behaviour.columns if c not in keys and c != "user_id"]
-    heavy = F.broadcast(kept.groupBy("user_id").count().where(F.col("count") > collect_max).select("user_id"))
-    collected = (kept.join(heavy, "user_id", "left_anti").groupBy("user_id")
-                 .agg(F.slice(F.sort_array(F.collect_list(F.struct(*fields)), asc=False), 1, n).alias("_e"))
-                 .select("user_id", F.inline("_e")))
-    w = Window.partitionBy("user_id").orderBy(*[F.col(c).desc() for c in fields])
-    windowed = (kept.join(heavy, "user_id", "left_semi").withColumn("_rn", F.row_number().over(w))
-                .where(F.col("_rn") <= n).drop("_rn"))
-    return (collected.select(*behaviour.columns).unionByName(windowed.select(*behaviour.columns))
+    order = [F.col(c).desc() for c in ("event_time", "item_id", "behavior", "scene")]
+    w = Window.partitionBy("user_id").orderBy(*order)
+    return (behaviour.where((F.col("event_time") < F.lit(as_of)) & (F.col("event_time") >= F.lit(start)))
+            .withColumn("_rn", F.row_number().over(w)).where(F.col("_rn") <= n).drop("_rn")
             .withColumn("anchor_time", F.lit(as_of)))
 
 

@@ -253,37 +253,3 @@ def test_a_date_without_its_own_events_warns(spark, tmp_path: Path, lake, capsys
     out = capsys.readouterr().out
     assert "warning: raw/events has no rows of 2026-11-03 itself" in out
     assert tables.read(t.USER_SEQUENCES, dt="2026-11-03").count() == 2
-
-
-@pytest.mark.parametrize("collect_max", [0, 4, 1000])
-def test_the_latest_n_are_the_same_whether_collected_or_windowed(spark, collect_max: int) -> None:
-    """latest_n_per_user collects the behaviours of users with at most ``collect_max`` of them in the look-back
-    and windows the others: with every user collected (1000), every user windowed (0) or a mix (4: users 1 and 3
-    windowed, 2 and 4 collected), the selection equals ``row_number() <= n`` over the whole order, ties in time
-    broken by item, behaviour and scene, duplicates kept, the window's edges respected."""
-    import datetime as dt
-
-    from pyspark.sql import Window
-
-    from features.sequences import latest_n_per_user
-
-    evs = [event(1, i, f"2026-11-02T10:{i:02d}:00") for i in range(1, 9)]            # 8 behaviours: cut to 3
-    evs += [event(1, 50, "2026-11-02T10:08:00", behavior="cart"),                    # ties with item 8 at 10:08
-            event(1, 9, "2026-11-02T10:08:00", scene="search"), event(1, 2, "2026-11-02T10:08:00")]
-    evs += [event(2, 20, "2026-11-02T09:00:00"), event(2, 21, "2026-11-02T09:00:00")]  # 2 behaviours: all kept
-    evs += [event(3, 30, "2026-11-02T11:00:00")] * 6                                  # 6 duplicates: 3 kept
-    evs += [event(4, 40, "2026-11-04T00:00:00"), event(4, 41, "2026-10-20T10:00:00"),  # at as_of, too old: out
-            event(4, 42, "2026-11-03T23:59:59")]
-    beh = encode_behaviour(frame(spark, t.EVENTS, evs))
-    as_of = dt.datetime(2026, 11, 4)
-    got = latest_n_per_user(beh, 3, as_of, 7, collect_max=collect_max)
-    assert got.columns == [*beh.columns, "anchor_time"]
-    w = Window.partitionBy("user_id").orderBy(*[F.col(c).desc() for c in ("event_time", "item_id", "behavior",
-                                                                          "scene")])
-    want = (beh.where((F.col("event_time") < F.lit(as_of)) & (F.col("event_time") >= F.lit(as_of - dt.timedelta(7))))
-            .withColumn("_rn", F.row_number().over(w)).where("_rn <= 3").drop("_rn"))
-    rows = sorted(tuple(r) for r in got.drop("anchor_time").collect())
-    assert rows == sorted(tuple(r) for r in want.collect())
-    assert sorted(r[1] for r in rows if r[0] == 1) == [8, 9, 50]  # 4 at 10:08: the greatest item ids kept
-    assert [r[1] for r in rows if r[0] == 3] == [30] * 3 and [r[1] for r in rows if r[0] == 4] == [42]
-    assert {r.anchor_time for r in got.collect()} == {as_of}
