@@ -185,6 +185,14 @@ class ChoiceModel:
         return edges, max(r[3] for r in rows) + 1, int(max(r[1].max(initial=0) for r in rows)) + 1
 
     @staticmethod
+    def _log_lik(offer: Any, taste: Any) -> Any:
+        """log softmax over the bins of ``offer[c] + taste[b, ., tier]``: (C or 1, types, bins, tiers)."""
+        import torch
+
+        logits = offer[:, None, :, None] + taste[None]
+        return logits - torch.logsumexp(logits, dim=2, keepdim=True)
+
+    @staticmethod
     def fit(rows: Sequence[TierRow], bins: int, categories: int, per_category: bool,
             max_iter: int = 300) -> "ChoiceModel":
         """Maximum likelihood of the behaviours' price bins given the users' labels (the generative fit)."""
@@ -200,20 +208,16 @@ class ChoiceModel:
         taste = torch.zeros(types, bins, tiers, dtype=torch.float64, requires_grad=True)
         opt = torch.optim.LBFGS([catalogue, taste], max_iter=max_iter, line_search_fn="strong_wolfe")
 
-        def log_lik() -> torch.Tensor:
-            logits = catalogue[:, None, :, None] + taste[None]
-            return logits - torch.logsumexp(logits, dim=2, keepdim=True)
-
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = -(n * log_lik()).sum() / n.sum().clamp(min=1.0)
+            loss = -(n * ChoiceModel._log_lik(catalogue, taste)).sum() / n.sum().clamp(min=1.0)
             loss.backward()
             return loss
 
         opt.step(closure)
         labels = np.bincount([r[3] for r in rows], minlength=tiers) + 1.0
         with torch.no_grad():
-            table = log_lik().expand(categories, types, bins, tiers).numpy().copy()
+            table = ChoiceModel._log_lik(catalogue, taste).expand(categories, types, bins, tiers).numpy().copy()
         return ChoiceModel(edges, np.log(labels / labels.sum()), table)
 
     @staticmethod
@@ -256,8 +260,7 @@ class ChoiceModel:
 
         opt.step(closure)
         with torch.no_grad():
-            logits = offer[:, None, :, None] + taste[None]
-            table = (logits - torch.logsumexp(logits, dim=2, keepdim=True)).expand(categories, types, bins, tiers)
+            table = ChoiceModel._log_lik(offer, taste).expand(categories, types, bins, tiers)
             return ChoiceModel(edges, bias.numpy().copy(), table.numpy().copy())
 
     def predict(self, rows: Sequence[TierRow]) -> Any:

@@ -26,13 +26,16 @@ DAY = dt.date(2026, 11, 14)
 N = 100
 
 
-def spark_session(cores: int = 2):  # noqa: ANN201
+def spark_session(cores: int = 2, ui: bool = False):  # noqa: ANN201
+    """The benchmarks' Spark session: ``local[cores]``, 4 shuffle partitions, driver memory 6g; with ``ui`` its
+    web UI and monitoring API on a free port (bench_sequences_profile reads its stages from them)."""
     from core.config import load_config
     from core.spark import get_spark
 
     return get_spark(load_config(ROOT / "conf" / "local.yaml", [
         f"spark.master=local[{cores}]", "spark.conf.spark.sql.shuffle.partitions=4",
-        "spark.conf.spark.driver.memory=6g", "spark.conf.spark.ui.enabled=false"]))
+        "spark.conf.spark.driver.memory=6g", f"spark.conf.spark.ui.enabled={str(ui).lower()}",
+        *(["spark.conf.spark.ui.port=0"] if ui else [])]))
 
 
 def make_input(n: int) -> Path:

@@ -107,11 +107,6 @@ def duckdb_profile(tree: Mapping[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _best_of(runs: int, once: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """A cold run, then ``runs`` warm ones: the fastest warm run's result, with every run's seconds."""
-    return interleaved(["only"], runs, lambda _: once())["only"]
-
-
 def interleaved(names: Sequence[str], runs: int, once: Callable[[str], dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every plan's cold run (in ``names``' order), then ``runs`` warm rounds over all of them, each round
     starting one plan later (so no plan always runs first or after the same one, and every plan's warm runs
@@ -136,15 +131,11 @@ def run_spark(path: Path, runs: int) -> dict[str, Any]:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from benchmarks.bench_sequences import DAY, N
+    from benchmarks.bench_sequences import DAY, N, spark_session
     from core import tables as t
-    from core.config import load_config
-    from core.spark import get_spark
     from features.sequences import encode_behaviour, end_of_day, latest_n_per_user
 
-    spark = get_spark(load_config(ROOT / "conf" / "local.yaml", [
-        "spark.master=local[2]", "spark.conf.spark.sql.shuffle.partitions=4", "spark.conf.spark.driver.memory=6g",
-        "spark.conf.spark.ui.enabled=true", "spark.conf.spark.ui.port=0"]))
+    spark = spark_session(ui=True)
     sc = spark.sparkContext
     api = f"{sc.uiWebUrl}/api/v1/applications/{sc.applicationId}"
     beh = encode_behaviour(spark.read.schema(t.EVENTS.schema).parquet(str(path)))
@@ -226,7 +217,7 @@ def run_duckdb(path: Path, runs: int) -> dict[str, Any]:
         seconds = time.time() - t0
         return {"seconds": seconds, "operators": duckdb_profile(json.loads(profile.read_text()))}
 
-    best = _best_of(runs, once)
+    best = interleaved(["duckdb"], runs, lambda _: once())["duckdb"]
     con.execute("PRAGMA disable_profiling")
     row = con.execute(f"SELECT count(*) FROM read_parquet('{out_file}')").fetchone()
     best["rows"] = row[0] if row else 0

@@ -162,8 +162,8 @@ SECTIONS: tuple[Section, ...] = (
             "build_sequences on local[2] against the same top-N query in DuckDB."),
     Section("Performance: where the top-N selection's time goes", "sequences_profile.md",
             "The platform's top-N plan profiled from Spark's monitoring API (stages and timed operators) beside "
-            "DuckDB's own profile of the same query, and two other Spark plans of the selection checked row for row "
-            "against it.",
+            "DuckDB's own profile of the same query, and the other Spark plans of the selection (the window without "
+            "its partial limit, collect_list, a bounded collect_list) checked row for row against it.",
             command="python -m benchmarks.bench_sequences_profile --sizes 5000000 20000000"),
     Section("Performance: incremental sequences", "incremental_sequences.md",
             "build_sequences advancing yesterday's state by one day against a full rebuild of the look-back, "
