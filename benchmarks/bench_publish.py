@@ -320,13 +320,16 @@ def main() -> None:
                      f"| {share:.0%} | {mem:.0f} |")
     lines += ["", *reading([tuple(r[:6]) for r in rows]), *[  # type: ignore[misc]
         f"* {n:,} users, the job's path: {sec:.1f} s = scoring tasks {score:.1f} s (a forward pass at that run's "
-        f"ceiling would take {n / ceil:.1f} s) + user_id's uniqueness over the written files {unique:.1f} s + "
+        f"ceiling would take {n / ceil:.1f} s) + user_id's uniqueness (a merge of the written files' sorted "
+        f"ids) {unique:.1f} s + "
         f"the rest (broadcast, the Delta commit) {sec - score - unique:.1f} s. Inside the tasks (their seconds "
         f"summed, two tasks at a time on the 2 cores, so about twice the wall time; the ceiling's forward would "
         f"be {2 * n / ceil:.1f} task-seconds): reading and decoding into tensors {read:.1f}, forward passes "
         f"{forward:.1f}, checks and Parquet write {write:.1f}, the rest (task start-up, waiting) "
         f"{2 * score - read - forward - write:.1f}. With its forward passes at the ceiling's speed and the rest "
-        f"as measured, the job would reach {share_bound(n, sec, ceil, forward):.0%} of the ceiling."
+        f"as measured, the job would reach {share_bound(n, sec, ceil, forward):.0%} of the ceiling; with nothing "
+        f"but those forward passes and the tasks' reading and writing (no uniqueness check, commit, task "
+        f"start-up or waiting), {io_bound(n, ceil, read, write):.0%}."
         for n, sec, score, unique, ceil, read, forward, write in phases]]
     table = "\n".join(lines)
     print(table)
@@ -340,6 +343,14 @@ def share_bound(n: int, seconds: float, ceiling: float, forward: float) -> float
     reading the sequences and writing the vectors on the same cores set."""
     saved = (forward - 2 * n / ceiling) / 2  # wall seconds: two tasks run at a time
     return (n / ceiling) / (seconds - saved)
+
+
+def io_bound(n: int, ceiling: float, read: float, write: float) -> float:
+    """The share of the ceiling a job would reach whose tasks did nothing but forward passes at the
+    ceiling's speed and their reading and writing as measured (``read``, ``write``: task-seconds): the
+    bound that moving the sequences in and the vectors out on the same cores set by themselves."""
+    forward = 2 * n / ceiling  # task-seconds: two tasks at a time
+    return forward / (forward + read + write)
 
 
 def rate_of(ceiling: dict[str, float]) -> float:

@@ -92,6 +92,60 @@ def local_paths(files: list[str]) -> list[str] | None:
     return [unquote(p.path) for p in parsed]
 
 
+def repeated_ids(paths: list[str], column: str = "user_id", buffered: int = 1 << 22) -> int:
+    """How many rows of the Parquet ``paths`` repeat a ``column`` value of an earlier row (0: unique), for
+    files each sorted by that column (the nightly job's output files): a k-way merge of the files' sorted
+    runs, read in chunks, holding at most about ``buffered`` values whatever the number of rows.
+
+    Each round takes, from every file's buffered chunk, the values up to the smallest of the chunks' last
+    values (no file can hold a smaller one later), sorts them and counts equal neighbours; a value that
+    ends one round and starts the next is counted too.
+
+    Raises:
+        PlatformError: a file is not sorted by ``column`` (naming it), or the column has nulls.
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    chunk = max(1024, buffered // max(1, len(paths)))
+    readers = [(p, pq.ParquetFile(p).iter_batches(batch_size=chunk, columns=[column])) for p in paths]
+    buffers: dict[str, Any] = {}
+    ends: dict[str, Any] = {}  # each file's last value read so far: its next chunk must not start below it
+
+    def refill(path: str, batches: Any) -> None:
+        while not len(buffers.get(path, ())):
+            batch = next(batches, None)
+            if batch is None:
+                buffers.pop(path, None)
+                return
+            col = batch.column(0)
+            if col.null_count:
+                raise PlatformError(f"{path}: column '{column}' has nulls")
+            values = col.to_numpy()
+            if len(values) and ((path in ends and values[0] < ends[path]) or (np.diff(values) < 0).any()):
+                raise PlatformError(f"{path} is not sorted by '{column}': repeated_ids needs files sorted by it "
+                                    f"(count the distinct values with Spark instead)")
+            if len(values):
+                ends[path] = values[-1]
+            buffers[path] = values
+
+    repeats, last = 0, None
+    while True:
+        for path, batches in readers:
+            refill(path, batches)
+        if not buffers:
+            return repeats
+        cutoff = min(v[-1] for v in buffers.values())
+        taken = []
+        for path, values in list(buffers.items()):
+            cut = int(np.searchsorted(values, cutoff, side="right"))
+            taken.append(values[:cut])
+            buffers[path] = values[cut:]
+        merged = np.sort(np.concatenate(taken), kind="stable")
+        repeats += int((merged[1:] == merged[:-1]).sum()) + int(last is not None and merged[0] == last)
+        last = merged[-1]
+
+
 def _arrow_table(paths: list[str], columns: list[str], users: list[int] | None = None) -> Any:
     """``columns`` of the Parquet ``paths`` (of ``users`` only: row groups whose ``user_id`` range misses
     them are not read)."""

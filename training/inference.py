@@ -28,6 +28,7 @@ import threading
 import time
 import uuid
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
@@ -37,8 +38,6 @@ from core import tables as t
 from core.errors import DataQualityError, PlatformError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     import pyarrow as pa
 
     from pyspark import Broadcast
@@ -340,7 +339,6 @@ def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, mo
     outputs go straight into (users, width) matrices at their users' sorted rows, so no Arrow list
     or output batch is copied or taken. Returns the file's checks and the task's seconds per phase
     (:data:`TASK_PHASES`)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
     import torch
 
@@ -379,14 +377,25 @@ def _score_unit(unit: Unit, state: "Broadcast[bytes]", key: str, folder: str, mo
     assert emb is not None and start == n
     tier = tiers(probs)
     stats = _file_stats(emb, probs, tier, id_col.null_count)
-    table = pa.table(_published_arrays(ids[order], emb, probs, tier, (model_name, model_version)),
-                     names=list(_FILE_COLUMNS))
-    rows_per_group = max(1024, int(row_group_bytes * n / max(1, table.nbytes))) if row_group_bytes else None
-    pq.write_table(table, f"{folder}/part-{index:05d}-{uuid.uuid4().hex}.snappy.parquet",
-                   row_group_size=rows_per_group, use_dictionary=["model_name", "model_version"],
-                   write_statistics=["user_id", "ppp_tier"])  # what lookups prune by
+    write_published(f"{folder}/part-{index:05d}-{uuid.uuid4().hex}.snappy.parquet", ids[order], emb, probs, tier,
+                    model_name, model_version, row_group_bytes)
     _lap(seconds, "task_write_s", clock)
     return {**stats, **seconds}
+
+
+def write_published(path: str, user_ids: np.ndarray, emb: np.ndarray, probs: np.ndarray, tier: np.ndarray,
+                    model_name: str, model_version: str, row_group_bytes: int = 0) -> None:
+    """One published Parquet file (the table's columns without ``dt``) of these rows, in row groups of
+    about ``row_group_bytes`` (0: pyarrow's default), with statistics only where lookups prune."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table(_published_arrays(user_ids, emb, probs, tier, (model_name, model_version)),
+                     names=list(_FILE_COLUMNS))
+    n = len(user_ids)
+    rows_per_group = max(1024, int(row_group_bytes * n / max(1, table.nbytes))) if row_group_bytes else None
+    pq.write_table(table, path, row_group_size=rows_per_group, use_dictionary=["model_name", "model_version"],
+                   write_statistics=["user_id", "ppp_tier"])
 
 
 def _lap(seconds: dict[str, float], phase: str, since: float) -> float:
@@ -510,15 +519,14 @@ def publish_from_files(tables: "DeltaTables", cfg: "PublishConfig", files: list[
                        timings: dict[str, float] | None = None) -> "WriteResult":
     """Replace partition ``ds`` of ``outputs/user_representations`` with the users of the local sequence
     ``files`` scored by :func:`score_user_files`, in one commit. The checks come from the scoring pass;
-    user_id's uniqueness across files from the written files' user_id column (Spark). ``timings``, when
+    user_id's uniqueness across files from a merge of the written files' sorted user_id columns
+    (:func:`features.representations.repeated_ids`, bounded memory). ``timings``, when
     given, receives the seconds of ``score`` (the scoring tasks) and ``unique`` (that check).
 
     Raises:
         DataQualityError: a check failed; nothing is committed.
     """
-    from pyspark.sql import functions as F
-
-    from features.representations import local_paths
+    from features.representations import local_paths, repeated_ids
 
     def stage(folder: str) -> dict[str, Any]:
         target = (local_paths([f"{folder}/dt={ds}"]) or [""])[0]
@@ -526,9 +534,9 @@ def publish_from_files(tables: "DeltaTables", cfg: "PublishConfig", files: list[
         stats = score_user_files(tables.spark, files, target, state, name, version, cfg.batch_size,
                                  cfg.forward_batch, cfg.partitions, t.USER_REPRESENTATIONS.row_group_bytes)
         scored = time.perf_counter()
-        if stats.get("rows"):
-            row = tables.spark.read.parquet(target).agg(F.countDistinct("user_id")).first()
-            stats["users"] = float(row[0]) if row else 0.0
+        if stats.get("rows"):  # each task wrote its file sorted by user_id: one merge of their sorted runs
+            written = sorted(str(p) for p in Path(target).glob("*.parquet"))
+            stats["users"] = stats["rows"] - repeated_ids(written)
         if timings is not None:
             timings.update(score=scored - started, unique=time.perf_counter() - scored,
                            **{k: stats.get(k, 0.0) for k in TASK_PHASES})

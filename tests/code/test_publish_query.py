@@ -298,3 +298,38 @@ def test_scoring_units_cover_every_row_group_once_in_bounded_runs(tmp_path: Path
     units = plan_units(paths, tasks=8, max_users=300)
     assert [len(u[2]) for u in units if u[1].endswith("a.parquet")] == [1] * 10
     assert [u[2] for u in units if not u[1].endswith("a.parquet")] == [[0], [0, 1, 2]]
+
+
+def test_repeated_ids_counts_what_a_distinct_count_would_across_sorted_files(tmp_path: Path) -> None:
+    """The nightly job's uniqueness check (``repeated_ids``): a merge of the files' sorted user_id runs
+    in chunks counts exactly the rows minus the distinct values, including repeats that straddle two
+    rounds of the merge and repeats inside one file; a file not sorted by user_id is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from core.errors import PlatformError
+    from features.representations import repeated_ids
+
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        files, every = [], []
+        for i in range(int(rng.integers(1, 6))):
+            ids = np.sort(rng.integers(0, 3000, int(rng.integers(0, 2500))))
+            every.append(ids)
+            files.append(str(tmp_path / f"t{trial}-{i}.parquet"))
+            pq.write_table(pa.table({"user_id": pa.array(ids, pa.int64())}), files[-1], row_group_size=700)
+        rows = np.concatenate(every)
+        want = len(rows) - len(np.unique(rows))
+        assert repeated_ids(files, buffered=4096) == want  # chunks of at least 1,024: many merge rounds
+        assert repeated_ids(files) == want  # one round
+    unique = str(tmp_path / "unique.parquet")
+    pq.write_table(pa.table({"user_id": pa.array(np.arange(5000), pa.int64())}), unique)
+    assert repeated_ids([unique], buffered=1024) == 0
+    # the value that ends one round (1023, the first chunk's last) starts the next one in another file
+    other = str(tmp_path / "other.parquet")
+    pq.write_table(pa.table({"user_id": pa.array(np.arange(1023, 1024 + 2048), pa.int64())}), other)
+    assert repeated_ids([unique, other], buffered=2048) == 2049
+    unsorted = str(tmp_path / "unsorted.parquet")
+    pq.write_table(pa.table({"user_id": pa.array([3, 1, 2], pa.int64())}), unsorted)
+    with pytest.raises(PlatformError, match="unsorted.parquet is not sorted by 'user_id'"):
+        repeated_ids([unique, unsorted])
