@@ -12,6 +12,10 @@ process whose peak resident memory (the process tree: Python + JVM) is sampled:
 * ``spark build``: the whole serving transform (selection, item attributes, encoding,
   ordered padded arrays) of ``build_sequences`` written to Parquet;
 * ``duckdb top-N``: the same top-100-per-user query in DuckDB, written to Parquet.
+
+Each process runs its work once cold (with the JVM's or DuckDB's start) and then ``--runs`` times warm; the
+fastest warm run is the row's time (every run is in the JSON beside ``--out``). The reading is computed from
+the rows; ``--render`` writes the markdown of a saved JSON again.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import datetime as dt
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import ROOT, WORK, run_worker, write_result
 DAY = dt.date(2026, 11, 14)
@@ -73,14 +78,17 @@ def make_input(n: int) -> Path:
     return path
 
 
-def timed(fn) -> dict[str, float]:  # noqa: ANN001
-    """Run ``fn`` twice: the first (cold: JVM start-up, JIT) and the second (warm) wall time."""
+def timed(fn, runs: int) -> dict[str, Any]:  # noqa: ANN001
+    """Run ``fn`` once cold (JVM start-up, JIT) and ``runs`` times warm: the cold run's seconds, the fastest
+    warm run's seconds and rows, and every warm run's seconds."""
     cold = fn()
-    warm = fn()
-    return {"cold": cold["seconds"], "seconds": warm["seconds"], "rows": warm["rows"]}
+    warm = [fn() for _ in range(max(1, runs))]
+    best = min(warm, key=lambda r: r["seconds"])
+    return {"cold": cold["seconds"], "seconds": best["seconds"], "rows": best["rows"],
+            "warm_runs": [r["seconds"] for r in warm]}
 
 
-def run_spark(path: Path, mode: str) -> dict[str, float]:
+def run_spark(path: Path, mode: str, runs: int) -> dict[str, Any]:
     from core import tables as t
     from core.config import load_config
     from features.sequences import (encode_behaviour, encode_items, encode_users, latest_n_per_user,
@@ -104,7 +112,7 @@ def run_spark(path: Path, mode: str) -> dict[str, float]:
         seconds = time.time() - t0
         return {"seconds": seconds, "rows": spark.read.parquet(str(out)).count()}
 
-    result = timed(once)
+    result = timed(once, runs)
     spark.stop()
     return result
 
@@ -123,7 +131,7 @@ def duckdb_topn(path: Path, out: Path) -> str:
               WHERE rn <= {N}) TO '{out}' (FORMAT PARQUET)"""
 
 
-def run_duckdb(path: Path) -> dict[str, float]:
+def run_duckdb(path: Path, runs: int) -> dict[str, Any]:
     import duckdb
 
     out = WORK / "out_duckdb.parquet"
@@ -137,40 +145,112 @@ def run_duckdb(path: Path) -> dict[str, float]:
         row = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()
         return {"seconds": seconds, "rows": row[0] if row else 0}
 
-    return timed(once)
+    return timed(once, runs)
+
+
+ENGINES = ("spark:topn", "spark:build", "duckdb")
+GOAL = 3.0  # issue 13: the top-N selection within 3x DuckDB's time on the same input
+
+
+def table(rows: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
+    lines = ["| events | engine | cold s | warm s (fastest) | warm runs s | events/s (warm) | peak RSS (MB) | "
+             "output rows | warm vs DuckDB |",
+             "|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+    duck = {n: r["seconds"] for n, e, r in rows if e == "duckdb"}
+    for n, e, r in rows:
+        runs = " / ".join(f"{x:.1f}" for x in r.get("warm_runs", [r["seconds"]]))
+        lines.append(f"| {n:,} | {e} | {r['cold']:.1f} | {r['seconds']:.1f} | {runs} | {n / r['seconds']:,.0f} | "
+                     f"{r['peak_rss_mb']:.0f} | {int(r['rows']):,} | "
+                     + (f"{r['seconds'] / duck[n]:.2f}x |" if n in duck else "|"))
+    return lines
+
+
+def reading(rows: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
+    """What the rows show: growth with the input between the two largest sizes, Spark's time against
+    DuckDB's at each size against the goal, the row counts' agreement and the memory."""
+    at = {(n, e): r for n, e, r in rows}
+    sizes = sorted({n for n, _, _ in rows})
+    out = ["## Reading", ""]
+    if len(sizes) >= 2:
+        a, b = sizes[-2], sizes[-1]
+        growth = [f"{e} {at[(a, e)]['seconds']:.1f} s → {at[(b, e)]['seconds']:.1f} s "
+                  f"({at[(b, e)]['seconds'] / at[(a, e)]['seconds']:.1f}x)" for e in ENGINES
+                  if (a, e) in at and (b, e) in at]
+        out.append(f"* **Growth.** From {a:,} to {b:,} events ({b / a:.0f}x) the fastest warm times grow: "
+                   + "; ".join(growth) + ".")
+    gaps = {e: [(n, at[(n, e)]["seconds"] / at[(n, "duckdb")]["seconds"]) for n in sizes
+                if (n, e) in at and (n, "duckdb") in at] for e in ENGINES[:2]}
+    if gaps["spark:topn"]:
+        ratios = [g for _, g in gaps["spark:topn"]]
+        met = [n for n, g in gaps["spark:topn"] if g <= GOAL]
+        out.append(f"* **Against DuckDB** (the same top-N query on the same Parquet, 2 threads): Spark's top-N "
+                   f"selection takes {min(ratios):.1f}–{max(ratios):.1f}x DuckDB's time "
+                   + ", ".join(f"({g:.1f}x at {n:,})" for n, g in gaps["spark:topn"])
+                   + (f"; the ≤ {GOAL:.0f}x goal is met at " + ", ".join(f"{n:,}" for n in met) if met else
+                      f"; the ≤ {GOAL:.0f}x goal is not met at any size")
+                   + ". The whole build (selection, item attributes, encoding, ordered padded arrays, which "
+                     "DuckDB does not do here) takes "
+                   + ", ".join(f"{g:.1f}x at {n:,}" for n, g in gaps["spark:build"])
+                   + ". Where the selection's time goes is in sequences_profile.md.")
+    same = [n for n in sizes if (n, "spark:topn") in at and (n, "duckdb") in at
+            and int(at[(n, "spark:topn")]["rows"]) == int(at[(n, "duckdb")]["rows"])]
+    out.append(f"* **Rows.** Spark's and DuckDB's selections have the same row count at "
+               f"{len(same)} of {len(sizes)} sizes" + (f" ({', '.join(f'{n:,}' for n in same)})." if same else "."))
+    mem = {e: [at[(n, e)]["peak_rss_mb"] for n in sizes if (n, e) in at] for e in ENGINES}
+    out.append("* **Memory** (peak RSS of each process tree, smallest to largest size): "
+               + "; ".join(f"{e} {min(m):,.0f}–{max(m):,.0f} MB" for e, m in mem.items() if m)
+               + ". Nothing is collected to the driver: Spark's memory is its JVM heap, page cache and shuffle "
+                 "buffers, bounded by the executor and shuffle settings.")
+    return out
+
+
+def render(rows: list[tuple[int, str, dict[str, Any]]], command: str) -> str:
+    return "\n".join([*table(rows), "", f"Command: `{command}`",
+                      "(2 cores, `local[2]`, 4 shuffle partitions; each engine and size a fresh process; \"cold\" "
+                      "includes the JVM or DuckDB start and the session, then warm runs in the same process, the "
+                      "fastest of them the row's time; peak RSS of the whole process tree.)", "", *reading(rows)])
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 5_000_000, 20_000_000])
-    p.add_argument("--out", type=Path, default=None, help="write the markdown table here")
-    p.add_argument("--worker", nargs=2, metavar=("ENGINE", "PATH"), help=argparse.SUPPRESS)
+    p.add_argument("--runs", type=int, default=3, help="warm runs per engine and size (the fastest counts)")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown here (and its JSON beside it)")
+    p.add_argument("--render", type=Path, default=None, metavar="JSON",
+                   help="write --out (or print) the markdown of a saved JSON, without measuring")
+    p.add_argument("--worker", nargs=3, metavar=("ENGINE", "PATH", "RUNS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        engine, path = args.worker
-        res = run_duckdb(Path(path)) if engine == "duckdb" else run_spark(Path(path), engine.split(":")[1])
+        engine, path, runs = args.worker
+        res = run_duckdb(Path(path), int(runs)) if engine == "duckdb" else \
+            run_spark(Path(path), engine.split(":")[1], int(runs))
         print(json.dumps(res))
         return
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        rows = [(int(n), e, r) for n, e, r in saved["rows"]]
+        text = render(rows, saved["command"])
+        print(text)
+        write_result(args.out, saved["command"], text)
+        return
+    command = (f"python -m benchmarks.bench_sequences --sizes {' '.join(str(s) for s in args.sizes)} "
+               f"--runs {args.runs}" + (f" --out {args.out}" if args.out else ""))
     WORK.mkdir(parents=True, exist_ok=True)
     rows = []
     for n in args.sizes:
         path = make_input(n)
-        for engine in ("spark:topn", "spark:build", "duckdb"):
-            r = run_worker("benchmarks.bench_sequences", [engine, str(path)])
+        for engine in ENGINES:
+            r = run_worker("benchmarks.bench_sequences", [engine, str(path), str(args.runs)])
             rows.append((n, engine, r))
             print(f"{n:>11,} {engine:<12} {r['cold']:7.1f}s cold {r['seconds']:7.1f}s warm "
                   f"{n / r['seconds']:>12,.0f} ev/s "
                   f"{r['peak_rss_mb']:7.0f} MB  rows={int(r['rows']):,}", flush=True)
-    lines = ["| events | engine | cold s | warm s | events/s (warm) | peak RSS (MB) | output rows | warm vs DuckDB |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    duck = {n: r["seconds"] for n, e, r in rows if e == "duckdb"}
-    for n, e, r in rows:
-        lines.append(f"| {n:,} | {e} | {r['cold']:.1f} | {r['seconds']:.1f} | {n / r['seconds']:,.0f} | "
-                     f"{r['peak_rss_mb']:.0f} | {int(r['rows']):,} | {r['seconds'] / duck[n]:.2f}x |")
-    table = "\n".join(lines)
-    print(table)
-    write_result(args.out, "python -m benchmarks.bench_sequences --sizes " + " ".join(str(s) for s in args.sizes),
-                 table)
+    text = render(rows, command)
+    print(text)
+    write_result(args.out, command, text)
+    if args.out:
+        args.out.with_suffix(".json").write_text(json.dumps({"command": command, "date": dt.date.today().isoformat(),
+                                                             "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
