@@ -184,8 +184,8 @@ def reading(rows: list[tuple[int, str, dict[str, Any]]]) -> list[str]:
         ratios = [g for _, g in gaps["spark:topn"]]
         met = [n for n, g in gaps["spark:topn"] if g <= GOAL]
         out.append(f"* **Against DuckDB** (the same top-N query on the same Parquet, 2 threads): Spark's top-N "
-                   f"selection takes {min(ratios):.1f}–{max(ratios):.1f}x DuckDB's time "
-                   + ", ".join(f"({g:.1f}x at {n:,})" for n, g in gaps["spark:topn"])
+                   f"selection takes {min(ratios):.1f}–{max(ratios):.1f}x DuckDB's time ("
+                   + ", ".join(f"{g:.1f}x at {n:,}" for n, g in gaps["spark:topn"]) + ")"
                    + (f"; the ≤ {GOAL:.0f}x goal is met at " + ", ".join(f"{n:,}" for n in met) if met else
                       f"; the ≤ {GOAL:.0f}x goal is not met at any size")
                    + ". The whole build (selection, item attributes, encoding, ordered padded arrays, which "

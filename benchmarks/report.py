@@ -159,7 +159,9 @@ SECTIONS: tuple[Section, ...] = (
             "The paper's attention analysis on real data: mean attention by behaviour type × age, with the figure.",
             command="python -m scripts.taobao --config conf/taobao.yaml --report --attention-out benchmarks/results"),
     Section("Performance: the sequence job against DuckDB", "sequences.md",
-            "build_sequences on local[2] against the same top-N query in DuckDB."),
+            "build_sequences on local[2] against the same top-N query in DuckDB: a cold run, then the fastest of "
+            "3 warm runs per engine and size.",
+            command="python -m benchmarks.bench_sequences --sizes 1000000 5000000 20000000 --runs 3"),
     Section("Performance: where the top-N selection's time goes", "sequences_profile.md",
             "The platform's top-N plan profiled from Spark's monitoring API (stages and timed operators) beside "
             "DuckDB's own profile of the same query, and the other Spark plans of the selection (the window without "

@@ -31,7 +31,7 @@ def test_the_reading_states_the_growth_the_gap_per_size_and_the_goal() -> None:
     text = "\n".join(reading(ROWS))
     assert "From 5,000,000 to 20,000,000 events (4x)" in text
     assert "spark:topn 5.0 s → 12.0 s (2.4x)" in text
-    assert "(5.0x at 5,000,000), (3.0x at 20,000,000); the ≤ 3x goal is met at 20,000,000" in text
+    assert "3.0–5.0x DuckDB's time (5.0x at 5,000,000, 3.0x at 20,000,000); the ≤ 3x goal is met at 20,000,000" in text
     assert "10.0x at 5,000,000, 10.0x at 20,000,000" in text
     assert "the same row count at 1 of 2 sizes (5,000,000)" in text  # 1,200 vs 1,199 rows at 20M
     slower = [(n, e, {**r, "seconds": r["seconds"] * 2}) if e == "spark:topn" else (n, e, r) for n, e, r in ROWS]
