@@ -108,6 +108,32 @@ def test_a_model_version_that_does_not_exist(tiny_published, capsys) -> None:
     assert tables.version(t.USER_REPRESENTATIONS) == before
 
 
+def test_a_user_scored_twice_is_refused_and_the_table_is_untouched(tiny_published) -> None:
+    """The nightly job's path on a local lake counts user_id's repeats across the files its tasks wrote
+    (``repeated_ids``): a sequence file listed twice publishes every one of its users twice, which the
+    checks refuse before the commit, even when the row count matches the population it is given."""
+    import pyarrow.parquet as pq
+
+    from core.errors import DataQualityError
+    from features.representations import local_paths
+    from registry.models import ModelRegistry
+    from training import inference
+    from training.trainer import model_from_state
+
+    cfg, tables, _ = tiny_published
+    before = tables.version(t.USER_REPRESENTATIONS)
+    files = tables.files(t.USER_SEQUENCES, dt=TINY_END)
+    twice = files + files[:1]
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in local_paths(twice) or [])
+    once = sum(pq.ParquetFile(p).metadata.num_rows for p in local_paths(files[:1]) or [])
+    reg = ModelRegistry(cfg.mlflow)
+    state = reg.state_bytes(reg.champion_version())
+    dim = model_from_state(state).embedding_dim
+    with pytest.raises(DataQualityError, match=rf"user_id not unique \({rows - once} users in {rows} rows\)"):
+        inference.publish_from_files(tables, cfg.publish, twice, state, "m", "1", TINY_END, rows, dim, {})
+    assert tables.version(t.USER_REPRESENTATIONS) == before
+
+
 def test_the_model_is_built_once_per_process(tiny_model, spark) -> None:
     from registry.models import ModelRegistry
     from training import inference
