@@ -231,7 +231,7 @@ def main() -> None:
         rows = [(int(n), e, r) for n, e, r in saved["rows"]]
         text = render(rows, saved["command"])
         print(text)
-        write_result(args.out, saved["command"], text)
+        write_result(args.out, saved["command"], text, measured=saved.get("date"))
         return
     command = (f"python -m benchmarks.bench_sequences --sizes {' '.join(str(s) for s in args.sizes)} "
                f"--runs {args.runs}" + (f" --out {args.out}" if args.out else ""))
