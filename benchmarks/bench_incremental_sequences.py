@@ -248,9 +248,12 @@ def reading(results: list[dict], cores: int | None) -> list[str]:
                  "from it touch most of what the full build touches. The incremental path gains more when users "
                  "have many more behaviours in the look-back than `max_len`.")
     loads = [(r["events"], p, max(r[p].get("load_1min") or [0])) for r in results for p in ("full", "incremental")]
-    busy = [(n, p, x) for n, p, x in loads if cores and x > cores]
-    out.append("* **Load.** " + ("The 1-minute load stayed at or below the core count in every run." if not busy else
-               "The 1-minute load exceeded the " + f"{cores} cores in " + ", ".join(
+    # the build itself keeps the 2 cores busy (and the JVM's own threads a little more): a load above the cores
+    # plus one means other work ran beside it
+    busy = [(n, p, x) for n, p, x in loads if cores and x > cores + 1]
+    out.append("* **Load.** " + (f"The 1-minute load stayed within the {cores} cores plus one in every run (the "
+                                 f"build's own; highest {max(x for _, _, x in loads):.1f})." if not busy else
+               f"The 1-minute load exceeded the {cores} cores plus one (other work beside the build) in " + ", ".join(
                    f"the {p} runs at {n:,} ({x:.1f})" for n, p, x in busy) + ": those times are noisy."))
     return out
 
